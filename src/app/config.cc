@@ -1,0 +1,317 @@
+#include "app/config.h"
+
+#include "core/duration.h"
+#include "net/address.h"
+
+#include <toml++/toml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <sstream>
+
+namespace sightline::app {
+namespace {
+
+std::string join(const std::string& prefix, std::string_view key) {
+  return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
+}
+
+class Parser {
+ public:
+  Parser(std::string file, ConfigError& err) : file_(std::move(file)), err_(err) {
+    auto parent = std::filesystem::path(file_).parent_path();
+    base_dir_ = parent.empty() ? std::filesystem::path(".") : parent;
+  }
+
+  bool fail(const toml::source_region& where, const std::string& key, const std::string& why) {
+    std::ostringstream os;
+    os << file_ << ":" << where.begin.line << ":" << where.begin.column << ": key '" << key
+       << "': " << why;
+    err_.message = os.str();
+    return false;
+  }
+
+  bool check_keys(const toml::table& t, const std::string& prefix,
+                  std::initializer_list<std::string_view> known) {
+    for (auto&& [k, v] : t) {
+      bool ok = false;
+      for (auto n : known) ok = ok || k.str() == n;
+      if (!ok) {
+        return fail(k.source(), join(prefix, k.str()), "unknown key");
+      }
+    }
+    return true;
+  }
+
+  bool get_string(const toml::table& t, const std::string& prefix, std::string_view key,
+                  std::string& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    auto v = n->value<std::string>();
+    if (!n->is_string() || !v) return fail(n->source(), join(prefix, key), "expected a string");
+    out = *v;
+    return true;
+  }
+
+  bool get_path(const toml::table& t, const std::string& prefix, std::string_view key,
+                std::string& out) {
+    std::string v;
+    if (!get_string(t, prefix, key, v)) return false;
+    if (v.empty()) return true;
+    std::filesystem::path p(v);
+    out = p.is_absolute() ? v : (base_dir_ / p).lexically_normal().string();
+    return true;
+  }
+
+  bool get_uint(const toml::table& t, const std::string& prefix, std::string_view key,
+                std::uint64_t lo, std::uint64_t hi, std::uint64_t& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    auto v = n->value<std::int64_t>();
+    if (!n->is_integer() || !v || *v < 0 || static_cast<std::uint64_t>(*v) < lo ||
+        static_cast<std::uint64_t>(*v) > hi)
+      return fail(n->source(), join(prefix, key),
+                  "expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+    out = static_cast<std::uint64_t>(*v);
+    return true;
+  }
+
+  bool get_duration(const toml::table& t, const std::string& prefix, std::string_view key,
+                    milliseconds& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    auto s = n->value<std::string>();
+    std::optional<milliseconds> d;
+    if (n->is_string() && s) d = parse_duration(*s);
+    if (!d || d->count() == 0)
+      return fail(n->source(), join(prefix, key),
+                  "expected a positive duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"");
+    out = *d;
+    return true;
+  }
+
+  bool get_choice(const toml::table& t, const std::string& prefix, std::string_view key,
+                  std::initializer_list<std::string_view> choices, std::string& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    auto s = n->value<std::string>();
+    std::string list;
+    for (auto c : choices) list += (list.empty() ? "\"" : ", \"") + std::string(c) + "\"";
+    if (n->is_string() && s)
+      for (auto c : choices)
+        if (*s == c) {
+          out = *s;
+          return true;
+        }
+    return fail(n->source(), join(prefix, key), "expected one of " + list);
+  }
+
+  bool get_string_list(const toml::table& t, const std::string& prefix, std::string_view key,
+                       std::vector<std::string>& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    const toml::array* arr = n->as_array();
+    if (!arr) return fail(n->source(), join(prefix, key), "expected an array of strings");
+    std::vector<std::string> v;
+    for (auto& e : *arr) {
+      auto s = e.value<std::string>();
+      if (!e.is_string() || !s || s->empty() || s->size() > 255)
+        return fail(e.source(), join(prefix, key), "expected non-empty strings");
+      v.push_back(*s);
+    }
+    out = std::move(v);
+    return true;
+  }
+
+  const toml::table* section(const toml::table& root, std::string_view name) {
+    const toml::node* n = root.get(name);
+    if (!n) return nullptr;
+    if (!n->is_table()) {
+      fail(n->source(), std::string(name), "expected a table");
+      bad_section_ = true;
+      return nullptr;
+    }
+    return n->as_table();
+  }
+
+  bool parse(const toml::table& root, Config& cfg) {
+    if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
+                               "timeouts", "limits", "log"}))
+      return false;
+    std::uint64_t u = 0;
+    if (!get_uint(root, "", "workers", 0, 256, u)) return false;
+    cfg.workers = static_cast<unsigned>(u);
+
+    if (const toml::node* ln = root.get("listener")) {
+      const toml::array* arr = ln->as_array();
+      if (!arr || !arr->is_array_of_tables())
+        return fail(ln->source(), "listener", "expected [[listener]] tables");
+      cfg.listeners.clear();
+      for (auto& e : *arr) {
+        const toml::table& lt = *e.as_table();
+        if (!check_keys(lt, "listener", {"address", "mode"})) return false;
+        ListenerConfig l;
+        const toml::node* an = lt.get("address");
+        if (!an) return fail(lt.source(), "listener.address", "missing");
+        if (!get_string(lt, "listener", "address", l.address)) return false;
+        auto addr = net::parse_listen_address(l.address);
+        if (!addr)
+          return fail(an->source(), "listener.address",
+                      "expected IP:PORT such as \"127.0.0.1:3128\" or \"[::1]:3128\"");
+        l.addr = *addr;
+        std::string mode = "explicit";
+        if (!get_choice(lt, "listener", "mode", {"explicit"}, mode)) return false;
+        cfg.listeners.push_back(l);
+      }
+    }
+
+    if (auto* t = section(root, "ca")) {
+      if (!check_keys(*t, "ca", {"cert", "key"}) || !get_path(*t, "ca", "cert", cfg.ca_cert) ||
+          !get_path(*t, "ca", "key", cfg.ca_key))
+        return false;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "client")) {
+      std::string v = cfg.client_min_tls13 ? "1.3" : "1.2";
+      if (!check_keys(*t, "client", {"min_version"}) ||
+          !get_choice(*t, "client", "min_version", {"1.2", "1.3"}, v))
+        return false;
+      cfg.client_min_tls13 = v == "1.3";
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "upstream")) {
+      std::string inv = "block", minv = "1.2";
+      if (!check_keys(*t, "upstream", {"ca_file", "crl_file", "on_invalid", "min_version", "alpn"}) ||
+          !get_path(*t, "upstream", "ca_file", cfg.upstream_ca_file) ||
+          !get_path(*t, "upstream", "crl_file", cfg.upstream_crl_file) ||
+          !get_choice(*t, "upstream", "on_invalid", {"block", "forward-untrusted"}, inv) ||
+          !get_choice(*t, "upstream", "min_version", {"1.2", "1.3"}, minv) ||
+          !get_string_list(*t, "upstream", "alpn", cfg.upstream_alpn))
+        return false;
+      cfg.on_invalid = inv == "block" ? tls::OnInvalid::block : tls::OnInvalid::forward_untrusted;
+      cfg.upstream_min_tls13 = minv == "1.3";
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "forge")) {
+      std::uint64_t entries = cfg.cert_cache_entries;
+      if (!check_keys(*t, "forge", {"key_lifetime", "cache_entries"}) ||
+          !get_duration(*t, "forge", "key_lifetime", cfg.leaf_key_lifetime) ||
+          !get_uint(*t, "forge", "cache_entries", 16, 10'000'000, entries))
+        return false;
+      cfg.cert_cache_entries = entries;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "timeouts")) {
+      if (!check_keys(*t, "timeouts", {"connect", "handshake", "idle"}) ||
+          !get_duration(*t, "timeouts", "connect", cfg.connect_timeout) ||
+          !get_duration(*t, "timeouts", "handshake", cfg.handshake_timeout) ||
+          !get_duration(*t, "timeouts", "idle", cfg.idle_timeout))
+        return false;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "limits")) {
+      std::uint64_t head = cfg.max_request_head, hello = cfg.max_client_hello,
+                    relay = cfg.relay_high_watermark;
+      if (!check_keys(*t, "limits", {"max_request_head", "max_client_hello", "relay_buffer"}) ||
+          !get_uint(*t, "limits", "max_request_head", 1024, 1 << 20, head) ||
+          !get_uint(*t, "limits", "max_client_hello", 1024, 64 * 1024, hello) ||
+          !get_uint(*t, "limits", "relay_buffer", 16 * 1024, 64 << 20, relay))
+        return false;
+      cfg.max_request_head = head;
+      cfg.max_client_hello = hello;
+      cfg.relay_high_watermark = relay;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "log")) {
+      if (!check_keys(*t, "log", {"file", "level"}) || !get_path(*t, "log", "file", cfg.log_file) ||
+          !get_choice(*t, "log", "level", {"debug", "info", "warn", "error"}, cfg.log_level))
+        return false;
+    }
+    return !bad_section_;
+  }
+
+ private:
+  std::string file_;
+  ConfigError& err_;
+  std::filesystem::path base_dir_;
+  bool bad_section_ = false;
+};
+
+}  // namespace
+
+Config default_config() {
+  Config cfg;
+  ListenerConfig l;
+  l.address = "127.0.0.1:3128";
+  l.addr = *net::parse_listen_address(l.address);
+  cfg.listeners.push_back(l);
+  return cfg;
+}
+
+std::optional<Config> parse_config(std::string_view toml_text, const std::string& source_name,
+                                   ConfigError& err) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << source_name << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+       << e.description();
+    err.message = os.str();
+    return std::nullopt;
+  }
+  Config cfg = default_config();
+  cfg.source = source_name;
+  Parser p(source_name, err);
+  if (!p.parse(root, cfg)) return std::nullopt;
+  return cfg;
+}
+
+std::optional<Config> load_config_file(const std::string& path, ConfigError& err) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    err.message = path + ": cannot open config file";
+    return std::nullopt;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path, err);
+}
+
+bool set_listen_addresses(Config& cfg, const std::vector<std::string>& addrs, ConfigError& err) {
+  std::vector<ListenerConfig> out;
+  for (const auto& a : addrs) {
+    auto addr = net::parse_listen_address(a);
+    if (!addr) {
+      err.message = "--listen " + a + ": expected IP:PORT such as 127.0.0.1:3128 or [::1]:3128";
+      return false;
+    }
+    ListenerConfig l;
+    l.address = a;
+    l.addr = *addr;
+    out.push_back(l);
+  }
+  cfg.listeners = std::move(out);
+  return true;
+}
+
+bool validate(const Config& cfg, ConfigError& err) {
+  if (cfg.listeners.empty()) {
+    err.message = "no listener configured";
+    return false;
+  }
+  if (cfg.ca_cert.empty() || cfg.ca_key.empty()) {
+    err.message = "ca.cert and ca.key are required (or --ca-cert/--ca-key)";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace sightline::app

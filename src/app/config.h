@@ -1,0 +1,79 @@
+// sightline's configuration: TOML file (toml++) plus command-line overrides.
+// Every key is known here; unknown keys and bad values stop startup with the
+// file, line and key named.
+#pragma once
+
+#include "tls/upstream_verify.h"
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sightline::app {
+
+using std::chrono::milliseconds;
+
+enum class ListenerMode { explicit_proxy };
+
+struct ListenerConfig {
+  std::string address;  // as written, for logs
+  sockaddr_storage addr{};
+  ListenerMode mode = ListenerMode::explicit_proxy;
+};
+
+struct Config {
+  std::string source;  // config file path, empty when none
+
+  unsigned workers = 0;  // 0: one per core
+  std::vector<ListenerConfig> listeners;
+
+  std::string ca_cert;
+  std::string ca_key;
+
+  bool client_min_tls13 = false;
+
+  std::string upstream_ca_file;
+  std::string upstream_crl_file;
+  tls::OnInvalid on_invalid = tls::OnInvalid::block;
+  bool upstream_min_tls13 = false;
+  std::vector<std::string> upstream_alpn = {"h2", "http/1.1"};
+
+  milliseconds leaf_key_lifetime = std::chrono::hours(1);
+  std::size_t cert_cache_entries = 10000;
+
+  milliseconds connect_timeout = std::chrono::seconds(10);
+  milliseconds handshake_timeout = std::chrono::seconds(10);
+  milliseconds idle_timeout = std::chrono::minutes(5);
+
+  std::size_t max_request_head = 16 * 1024;
+  std::size_t max_client_hello = 16 * 1024;
+  std::size_t relay_high_watermark = 256 * 1024;
+
+  std::string log_file;  // empty: stderr
+  std::string log_level = "info";
+};
+
+struct ConfigError {
+  std::string message;  // "file:line:col: key 'a.b': reason"
+};
+
+// Parses TOML text; `source_name` names it in errors and relative paths are
+// resolved against its directory.
+std::optional<Config> parse_config(std::string_view toml_text, const std::string& source_name,
+                                   ConfigError& err);
+std::optional<Config> load_config_file(const std::string& path, ConfigError& err);
+
+// The defaults with one explicit listener on 127.0.0.1:3128.
+Config default_config();
+
+// Adds or replaces listeners from "ADDR:PORT" strings; false on a bad address.
+bool set_listen_addresses(Config& cfg, const std::vector<std::string>& addrs, ConfigError& err);
+
+// Cross-field checks done after overrides (CA present, at least one listener).
+bool validate(const Config& cfg, ConfigError& err);
+
+}  // namespace sightline::app

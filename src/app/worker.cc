@@ -1,0 +1,126 @@
+#include "app/worker.h"
+
+#include "core/log.h"
+#include "net/listener.h"
+
+namespace sightline::app {
+
+Worker::Worker(unsigned index, const proxy::ProxyContext& ctx)
+    : index_(index),
+      ctx_(ctx),
+      read_buf_(std::make_unique<char[]>(kReadBuffer)),
+      plain_buf_(std::make_unique<char[]>(kPlainBuffer)) {}
+
+Worker::~Worker() {
+  join();
+  if (loop_ready_) {
+    // Close whatever is left (a failed bind leaves listeners) and let the
+    // close callbacks run before the loop goes.
+    listeners_.clear();
+    async_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+}
+
+bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* error) {
+  if (uv_loop_init(&loop_) != 0) {
+    if (error) *error = "uv_loop_init failed";
+    return false;
+  }
+  loop_ready_ = true;
+  if (int rc = async_.init(uv_async_init, &loop_, [](uv_async_t* a) {
+        static_cast<Worker*>(a->data)->on_async();
+      });
+      rc != 0) {
+    if (error) *error = std::string("uv_async_init: ") + uv_strerror(rc);
+    return false;
+  }
+  async_.get()->data = this;
+  for (const auto& l : listeners) {
+    std::string why;
+    auto h = net::listen_reuseport(&loop_, l.addr, 1024, on_connection, this, &why);
+    if (!h) {
+      if (error) *error = "listen on " + l.address + ": " + why;
+      return false;
+    }
+    listeners_.push_back(std::move(h));
+  }
+  return true;
+}
+
+void Worker::start_thread() {
+  thread_ = std::thread([this] {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  });
+}
+
+void Worker::stop() {
+  {
+    std::lock_guard lock(post_mu_);
+    if (stopped_ || stop_requested_) return;
+    stop_requested_ = true;
+  }
+  uv_async_send(async_.get());
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(post_mu_);
+    if (stopped_) return;
+    inbox_.push_back(std::move(fn));
+  }
+  uv_async_send(async_.get());
+}
+
+void Worker::on_async() {
+  std::vector<std::function<void()>> tasks;
+  bool stopping;
+  {
+    std::lock_guard lock(post_mu_);
+    tasks.swap(inbox_);
+    stopping = stop_requested_ && !stopped_;
+    if (stopping) stopped_ = true;
+  }
+  for (auto& t : tasks) t();
+  if (stopping) shutdown_on_loop();
+}
+
+void Worker::shutdown_on_loop() {
+  listeners_.clear();
+  // Copy: aborting a session may release it from the map.
+  std::vector<std::shared_ptr<proxy::Session>> live;
+  live.reserve(sessions_.size());
+  for (auto& [id, s] : sessions_) live.push_back(s);
+  for (auto& s : live) s->abort("proxy shutting down");
+  async_.reset();
+}
+
+void Worker::on_connection(uv_stream_t* server, int status) {
+  auto* self = static_cast<Worker*>(server->data);
+  if (status < 0) {
+    log::emit(log::Level::warn, {{"event", "accept_error"}, {"worker", self->index_},
+                                 {"msg", uv_strerror(status)}});
+    return;
+  }
+  std::uint64_t id = (static_cast<std::uint64_t>(self->index_) << 48) | ++self->next_id_;
+  auto session = std::make_shared<proxy::Session>(*self, self->ctx_, id);
+  self->sessions_.emplace(id, session);
+  session->start(server);
+}
+
+void Worker::session_closed(std::uint64_t id) {
+  // Deferred: the session may be on the call stack that reported its close.
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  auto keep = std::move(it->second);
+  sessions_.erase(it);
+  // Destroyed when the last callback holding it returns.
+  (void)keep;
+}
+
+}  // namespace sightline::app

@@ -1,0 +1,71 @@
+// One worker thread: its own libuv loop, its own SO_REUSEPORT listeners, and
+// the sessions accepted on them. Nothing here is shared with other workers
+// except the read-only ProxyContext and its thread-safe cache and key pool.
+#pragma once
+
+#include "app/config.h"
+#include "core/uv_handle.h"
+#include "proxy/context.h"
+#include "proxy/session.h"
+
+#include <uv.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace sightline::app {
+
+class Worker final : public proxy::SessionHost {
+ public:
+  Worker(unsigned index, const proxy::ProxyContext& ctx);
+  ~Worker() override;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Creates the loop and binds the listeners on the calling thread, so bind
+  // errors are reported before any thread starts.
+  bool bind(const std::vector<ListenerConfig>& listeners, std::string* error);
+  void start_thread();
+  // Thread-safe: closes listeners and sessions; the thread then ends.
+  void stop();
+  void join();
+
+  uv_loop_t* loop() override { return &loop_; }
+  std::span<char> read_buffer() override { return {read_buf_.get(), kReadBuffer}; }
+  std::span<char> plain_buffer() override { return {plain_buf_.get(), kPlainBuffer}; }
+  void post(std::function<void()> fn) override;
+  void session_closed(std::uint64_t id) override;
+
+ private:
+  static constexpr std::size_t kReadBuffer = 64 * 1024;
+  static constexpr std::size_t kPlainBuffer = 16 * 1024;
+
+  static void on_connection(uv_stream_t* server, int status);
+  void on_async();
+  void shutdown_on_loop();
+
+  unsigned index_;
+  const proxy::ProxyContext& ctx_;
+  uv_loop_t loop_{};
+  bool loop_ready_ = false;
+  core::UvHandle<uv_async_t> async_;
+  std::vector<core::UvHandle<uv_tcp_t>> listeners_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<proxy::Session>> sessions_;
+  std::uint64_t next_id_ = 0;
+  std::unique_ptr<char[]> read_buf_;
+  std::unique_ptr<char[]> plain_buf_;
+
+  std::mutex post_mu_;  // this worker's inbox only
+  std::vector<std::function<void()>> inbox_;
+  bool stop_requested_ = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+}  // namespace sightline::app

@@ -1,0 +1,20 @@
+// A TCP listening socket for one worker loop. Every worker binds its own
+// socket with SO_REUSEPORT so the kernel spreads connections across workers
+// without a shared accept lock.
+#pragma once
+
+#include "core/uv_handle.h"
+
+#include <sys/socket.h>
+
+#include <string>
+
+namespace sightline::net {
+
+// Creates, binds and listens. On failure returns an empty handle and fills
+// `error` with the reason (address in use, permission...).
+core::UvHandle<uv_tcp_t> listen_reuseport(uv_loop_t* loop, const sockaddr_storage& addr,
+                                          int backlog, uv_connection_cb on_connection,
+                                          void* data, std::string* error);
+
+}  // namespace sightline::net

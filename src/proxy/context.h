@@ -1,0 +1,60 @@
+// What every session needs from the process: settings, TLS contexts, the
+// issuing CAs, leaf keys and the forged-certificate cache. Built once at
+// start, read-only afterwards except for the thread-safe pool and cache.
+#pragma once
+
+#include "tls/cert_cache.h"
+#include "tls/contexts.h"
+#include "tls/enterprise_ca.h"
+#include "tls/leaf_keys.h"
+#include "tls/upstream_verify.h"
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace sightline::proxy {
+
+struct SessionSettings {
+  std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds handshake_timeout{10'000};
+  std::chrono::milliseconds idle_timeout{300'000};
+  std::size_t max_request_head = 16 * 1024;
+  std::size_t max_client_hello = 16 * 1024;
+  std::size_t relay_high_watermark = 256 * 1024;
+  tls::OnInvalid on_invalid = tls::OnInvalid::block;
+  std::vector<std::string> upstream_alpn;  // protocols the proxy relays
+};
+
+struct ProxyContext {
+  SessionSettings settings;
+  tls::TlsContexts tls;
+  tls::IssuingCa ca;
+  tls::IssuingCa untrusted_ca;
+  std::unique_ptr<tls::LeafKeyPool> leaf_keys;
+  std::unique_ptr<tls::CertCache> cert_cache;
+};
+
+// The worker a session lives on. Everything except post() is called on the
+// worker's own loop thread.
+class SessionHost {
+ public:
+  virtual ~SessionHost() = default;
+  virtual uv_loop_t* loop() = 0;
+  // Scratch for libuv reads; consumed before the read callback returns.
+  virtual std::span<char> read_buffer() = 0;
+  // Scratch for decrypted plaintext; consumed before the caller returns.
+  virtual std::span<char> plain_buffer() = 0;
+  // Runs `fn` on this worker's loop. Thread-safe; dropped after stop.
+  virtual void post(std::function<void()> fn) = 0;
+  // The session's handles are all closed: the host may release it.
+  virtual void session_closed(std::uint64_t id) = 0;
+};
+
+}  // namespace sightline::proxy

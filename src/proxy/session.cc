@@ -1,0 +1,839 @@
+#include "proxy/session.h"
+
+#include "core/log.h"
+#include "net/address.h"
+#include "tls/forge.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace sightline::proxy {
+
+namespace {
+
+double ms_between(std::uint64_t from, std::uint64_t to) {
+  if (from == 0 || to == 0 || to < from) return -1;
+  return static_cast<double>(to - from) / 1e6;
+}
+
+nlohmann::json tls_info(SSL* ssl) {
+  if (!ssl || !SSL_is_init_finished(ssl)) return nullptr;
+  const unsigned char* alpn = nullptr;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  return {{"version", SSL_get_version(ssl)},
+          {"cipher", SSL_get_cipher_name(ssl)},
+          {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""}};
+}
+
+// Wire encoding of an ALPN list.
+std::string encode_alpn(const std::vector<std::string>& protos) {
+  std::string out;
+  for (const auto& p : protos) {
+    out.push_back(static_cast<char>(p.size()));
+    out += p;
+  }
+  return out;
+}
+
+}  // namespace
+
+struct Session::WriteReq {
+  uv_write_t req{};
+  std::unique_ptr<char[]> data;
+  Session* session = nullptr;
+  Leg* leg = nullptr;
+};
+
+// Holds the session alive while libuv's thread pool resolves: a DNS request
+// is not tied to a handle, so closing the session does not cancel it in time.
+struct Session::ResolveReq {
+  uv_getaddrinfo_t req{};
+  std::shared_ptr<Session> session;
+};
+
+Session::Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id)
+    : host_(host), ctx_(ctx), id_(id) {
+  client_.name = "client";
+  upstream_.name = "upstream";
+}
+
+Session::~Session() = default;
+
+// ---------------------------------------------------------------------------
+// Accept and request head
+
+void Session::start(uv_stream_t* server) {
+  t_accept_ = uv_hrtime();
+  uv_loop_t* loop = host_.loop();
+  uv_timer_init(loop, &timer_);
+  timer_.data = this;
+  timer_initialized_ = true;
+  ++open_handles_;
+  uv_tcp_init(loop, &client_.tcp);
+  client_.tcp.data = this;
+  client_.initialized = true;
+  ++open_handles_;
+  if (int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(&client_.tcp)); rc != 0) {
+    fatal_ = true;
+    close(std::string("accept failed: ") + uv_strerror(rc));
+    return;
+  }
+  uv_tcp_nodelay(&client_.tcp, 1);
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0)
+    client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&peer));
+  arm_timer(ctx_.settings.handshake_timeout);
+  start_reading(client_);
+}
+
+void Session::on_request_data(const char* data, std::size_t n) {
+  inbuf_.append(data, n);
+  auto res = net::parse_proxy_request(inbuf_, ctx_.settings.max_request_head, request_);
+  if (res.status == net::ParseStatus::need_more) return;
+  stop_reading(client_);
+  if (res.status == net::ParseStatus::error) {
+    const char* phrase = res.http_status == 405   ? "Method Not Allowed"
+                         : res.http_status == 431 ? "Request Header Fields Too Large"
+                         : res.http_status == 505 ? "HTTP Version Not Supported"
+                                                  : "Bad Request";
+    respond_error(res.http_status, phrase, "sightline: " + res.reason + "\n", res.reason);
+    return;
+  }
+  // Bytes sent after the head (a client that does not wait for "200") are
+  // the start of its TLS stream.
+  inbuf_.erase(0, request_.head_bytes);
+  state_ = State::connecting;
+  t_connect_start_ = uv_hrtime();
+  arm_timer(ctx_.settings.connect_timeout);
+  resolve();
+}
+
+void Session::resolve() {
+  const auto& target = request_.authority;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_family = AF_UNSPEC;
+  if (target.kind != net::HostKind::name) hints.ai_flags = AI_NUMERICHOST;
+  auto req = std::make_unique<ResolveReq>();
+  req->session = shared_from_this();
+  req->req.data = req.get();
+  std::string port = std::to_string(target.port);
+  int rc = uv_getaddrinfo(
+      host_.loop(), &req->req,
+      [](uv_getaddrinfo_t* r, int status, addrinfo* res) {
+        std::unique_ptr<ResolveReq> owned(static_cast<ResolveReq*>(r->data));
+        owned->session->on_resolved(status, res);
+      },
+      target.host.c_str(), port.c_str(), &hints);
+  if (rc != 0) {
+    on_resolved(rc, nullptr);
+    return;
+  }
+  (void)req.release();  // owned by the callback from here on
+}
+
+void Session::on_resolved(int status, addrinfo* res) {
+  addrs_.reset(res);
+  if (state_ != State::connecting) return;  // closed or timed out meanwhile
+  if (status != 0 || !res) {
+    std::string why = std::string("DNS resolution failed for ") + request_.authority.host + ": " +
+                      uv_strerror(status);
+    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    return;
+  }
+  next_addr_ = addrs_.get();
+  connect_next();
+}
+
+void Session::connect_next() {
+  while (next_addr_ && next_addr_->ai_family != AF_INET && next_addr_->ai_family != AF_INET6)
+    next_addr_ = next_addr_->ai_next;
+  if (!next_addr_) {
+    std::string why = "connect to " + request_.authority.to_string() + " failed: " +
+                      (last_connect_error_.empty() ? "no usable address" : last_connect_error_);
+    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    return;
+  }
+  addrinfo* ai = next_addr_;
+  next_addr_ = ai->ai_next;
+  upstream_addr_ = net::sockaddr_to_string(ai->ai_addr);
+  uv_tcp_init(host_.loop(), &upstream_.tcp);
+  upstream_.tcp.data = this;
+  upstream_.initialized = true;
+  ++open_handles_;
+  uv_tcp_nodelay(&upstream_.tcp, 1);
+  connect_req_.data = this;
+  int rc = uv_tcp_connect(&connect_req_, &upstream_.tcp, ai->ai_addr, [](uv_connect_t* r, int st) {
+    static_cast<Session*>(r->data)->on_connected(st);
+  });
+  if (rc != 0) on_connected(rc);
+}
+
+void Session::on_connected(int status) {
+  if (state_ != State::connecting) return;
+  if (status != 0) {
+    last_connect_error_ = upstream_addr_ + ": " + uv_strerror(status);
+    // A failed socket cannot connect again: close it and retry with a fresh
+    // handle from its close callback (the memory is reused only after it).
+    upstream_.initialized = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&upstream_.tcp), [](uv_handle_t* h) {
+      auto* self = static_cast<Session*>(h->data);
+      --self->open_handles_;
+      if (self->state_ == State::connecting) {
+        self->connect_next();
+      } else if (self->open_handles_ == 0) {
+        self->host_.session_closed(self->id_);
+      }
+    });
+    return;
+  }
+  t_connected_ = uv_hrtime();
+  state_ = State::peeking_hello;
+  arm_timer(ctx_.settings.handshake_timeout);
+  static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+  send_raw(client_, kEstablished, sizeof kEstablished - 1);
+  if (!inbuf_.empty()) {
+    std::string early;
+    early.swap(inbuf_);
+    on_hello_data(early.data(), early.size());
+    if (state_ != State::peeking_hello) return;
+  }
+  start_reading(client_);
+}
+
+// ---------------------------------------------------------------------------
+// ClientHello peek and the two handshakes
+
+void Session::on_hello_data(const char* data, std::size_t n) {
+  inbuf_.append(data, n);
+  auto res = tls::parse_client_hello(
+      std::span(reinterpret_cast<const std::uint8_t*>(inbuf_.data()), inbuf_.size()), hello_,
+      ctx_.settings.max_client_hello);
+  switch (res.status) {
+    case tls::HelloStatus::need_more:
+      return;
+    case tls::HelloStatus::not_tls:
+      action_ = "reject";
+      close("not TLS after CONNECT: " + res.reason);
+      return;
+    case tls::HelloStatus::malformed:
+      close("malformed ClientHello: " + res.reason);
+      return;
+    case tls::HelloStatus::done:
+      break;
+  }
+  t_hello_ = uv_hrtime();
+  stop_reading(client_);
+  start_client_tls();
+  if (state_ == State::closing) return;
+  start_upstream_tls();
+}
+
+void Session::start_client_tls() {
+  client_.ssl.reset(SSL_new(ctx_.tls.client.get()));
+  if (!client_.ssl) {
+    close("client SSL_new: " + tls::drain_errors());
+    return;
+  }
+  client_.rbio = BIO_new(BIO_s_mem());
+  client_.wbio = BIO_new(BIO_s_mem());
+  SSL_set_bio(client_.ssl.get(), client_.rbio, client_.wbio);
+  SSL_set_app_data(client_.ssl.get(), static_cast<tls::ClientHandshakeHandler*>(this));
+  SSL_set_accept_state(client_.ssl.get());
+  BIO_write(client_.rbio, inbuf_.data(), static_cast<int>(inbuf_.size()));
+  std::string().swap(inbuf_);
+  // Runs the ClientHello through OpenSSL; the callback suspends it until the
+  // upstream side has decided what certificate (if any) to present.
+  state_ = State::upstream_handshake;
+  drive_client_handshake();
+}
+
+void Session::start_upstream_tls() {
+  t_upstream_hs_start_ = uv_hrtime();
+  upstream_.ssl.reset(SSL_new(ctx_.tls.upstream.get()));
+  if (!upstream_.ssl) {
+    refuse_client(SSL_AD_INTERNAL_ERROR, "upstream SSL_new: " + tls::drain_errors());
+    return;
+  }
+  SSL* ssl = upstream_.ssl.get();
+  upstream_.rbio = BIO_new(BIO_s_mem());
+  upstream_.wbio = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl, upstream_.rbio, upstream_.wbio);
+  SSL_set_connect_state(ssl);
+
+  const auto& target = request_.authority;
+  // Verify against the name the client asked for (SNI), else the CONNECT host.
+  std::string verify_name = hello_.sni.empty() ? target.host : hello_.sni;
+  bool is_ip = hello_.sni.empty() && target.kind != net::HostKind::name;
+  if (!is_ip) SSL_set_tlsext_host_name(ssl, verify_name.c_str());
+  verify_.allow_invalid = ctx_.settings.on_invalid == tls::OnInvalid::forward_untrusted;
+  if (!tls::prepare_upstream_ssl(ssl, verify_name, is_ip, &verify_)) {
+    refuse_client(SSL_AD_INTERNAL_ERROR, "cannot set verification name " + verify_name);
+    return;
+  }
+  std::vector<std::string> offer;
+  for (const auto& p : hello_.alpn)
+    if (std::find(ctx_.settings.upstream_alpn.begin(), ctx_.settings.upstream_alpn.end(), p) !=
+        ctx_.settings.upstream_alpn.end())
+      offer.push_back(p);
+  if (!offer.empty()) {
+    std::string wire = encode_alpn(offer);
+    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
+                        static_cast<unsigned>(wire.size()));
+  }
+  start_reading(upstream_);
+  drive_upstream_handshake();
+}
+
+void Session::drive_upstream_handshake() {
+  ERR_clear_error();
+  int rc = SSL_do_handshake(upstream_.ssl.get());
+  flush(upstream_);
+  if (rc == 1) {
+    t_upstream_hs_done_ = uv_hrtime();
+    stop_reading(upstream_);  // resumed once the client leg is ready
+    on_upstream_verified();
+    return;
+  }
+  int err = SSL_get_error(upstream_.ssl.get(), rc);
+  if (err == SSL_ERROR_WANT_READ) {
+    if (upstream_.eof) refuse_client(SSL_AD_HANDSHAKE_FAILURE, "upstream closed during TLS handshake");
+    return;
+  }
+  t_upstream_hs_done_ = uv_hrtime();
+  if (verify_.first_error != X509_V_OK) {
+    verdict_ = tls::verdict_for(verify_.first_error);
+    verdict_reason_ = tls::reason_for(verify_.first_error, verify_.first_error_depth);
+    ERR_clear_error();
+    refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+    return;
+  }
+  refuse_client(SSL_AD_HANDSHAKE_FAILURE, "upstream TLS handshake failed: " + tls::drain_errors());
+}
+
+void Session::on_upstream_verified() {
+  SSL* ssl = upstream_.ssl.get();
+  X509* origin = SSL_get0_peer_certificate(ssl);
+  long result = SSL_get_verify_result(ssl);
+  if (!origin) {
+    verdict_ = "invalid";
+    verdict_reason_ = "origin sent no certificate";
+    refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+    return;
+  }
+  // Both the callback's record and OpenSSL's own result must be clean.
+  int err = verify_.first_error != X509_V_OK ? verify_.first_error : static_cast<int>(result);
+  verdict_ = tls::verdict_for(err);
+  if (err != X509_V_OK) {
+    verdict_reason_ = tls::reason_for(err, verify_.first_error_depth);
+    if (ctx_.settings.on_invalid == tls::OnInvalid::block) {
+      refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+      return;
+    }
+    untrusted_ = true;
+  }
+  const unsigned char* alpn = nullptr;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  upstream_alpn_.assign(reinterpret_cast<const char*>(alpn), alpn_len);
+
+  state_ = State::forging;
+  t_forge_start_ = uv_hrtime();
+  auto keys = ctx_.leaf_keys->current();
+  cache_key_ = tls::CertCache::make_key(origin, hello_.sni, untrusted_);
+  tls::ForgedPtr hit;
+  std::weak_ptr<Session> weak = weak_from_this();
+  SessionHost* host = &host_;
+  auto lookup = ctx_.cert_cache->acquire(
+      cache_key_, keys->generation, &hit, [weak, host](tls::ForgedPtr v) {
+        host->post([weak, v = std::move(v)] {
+          if (auto s = weak.lock()) s->on_forged(v);
+        });
+      });
+  switch (lookup) {
+    case tls::CertCache::Lookup::hit:
+      cache_result_ = "hit";
+      on_forged(std::move(hit));
+      return;
+    case tls::CertCache::Lookup::pending:
+      cache_result_ = "wait";
+      return;
+    case tls::CertCache::Lookup::create:
+      break;
+  }
+  cache_result_ = "miss";
+  tls::LeafKeyType type = tls::leaf_type_for(origin);
+  const tls::IssuingCa& issuer = untrusted_ ? ctx_.untrusted_ca : ctx_.ca;
+  std::string error;
+  auto forged = std::make_shared<tls::ForgedCert>();
+  forged->key = tls::up_ref(keys->get(type));
+  forged->key_generation = keys->generation;
+  forged->cert = tls::forge_leaf(origin, issuer, forged->key.get(), &error);
+  if (!forged->cert) {
+    ctx_.cert_cache->publish(cache_key_, nullptr);
+    refuse_client(SSL_AD_INTERNAL_ERROR, error);
+    return;
+  }
+  tls::ForgedPtr ready = forged;
+  ctx_.cert_cache->publish(cache_key_, ready);
+  on_forged(ready);
+}
+
+void Session::on_forged(tls::ForgedPtr leaf) {
+  if (state_ != State::forging) return;
+  t_forge_done_ = uv_hrtime();
+  if (!leaf) {
+    refuse_client(SSL_AD_INTERNAL_ERROR, "certificate forging failed in another connection");
+    return;
+  }
+  leaf_ = std::move(leaf);
+  state_ = State::client_handshake;
+  drive_client_handshake();
+  if (state_ == State::client_handshake) start_reading(client_);
+}
+
+void Session::refuse_client(int alert, std::string reason) {
+  if (state_ == State::closing) return;
+  if (!client_.ssl) {
+    close(std::move(reason));
+    return;
+  }
+  action_ = "refuse";
+  close_reason_ = std::move(reason);
+  refuse_alert_ = alert;
+  state_ = State::client_handshake;
+  // The suspended handshake resumes into the ClientHello callback, which now
+  // fails with `alert`; OpenSSL writes the alert for us.
+  ERR_clear_error();
+  SSL_do_handshake(client_.ssl.get());
+  ERR_clear_error();
+  flush(client_);
+  shutdown_write(client_);
+  std::string r = close_reason_;
+  close(r);
+}
+
+int Session::on_client_hello(SSL* ssl, int* alert) {
+  if (refuse_alert_ != 0) {
+    *alert = refuse_alert_;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  if (!leaf_) return SSL_CLIENT_HELLO_RETRY;
+  const tls::IssuingCa& issuer = untrusted_ ? ctx_.untrusted_ca : ctx_.ca;
+  if (SSL_use_cert_and_key(ssl, leaf_->cert.get(), leaf_->key.get(), issuer.chain.get(), 1) != 1) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+void Session::drive_client_handshake() {
+  ERR_clear_error();
+  int rc = SSL_do_handshake(client_.ssl.get());
+  flush(client_);
+  if (rc == 1) {
+    t_client_hs_done_ = uv_hrtime();
+    start_relay();
+    return;
+  }
+  int err = SSL_get_error(client_.ssl.get(), rc);
+  if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB) return;  // suspended until upstream is ready
+  if (err == SSL_ERROR_WANT_READ) {
+    if (client_.eof) close("client closed during TLS handshake");
+    return;
+  }
+  std::string why = tls::drain_errors();
+  // A client that rejects the forged certificate says so with an alert.
+  close("client TLS handshake failed: " + why);
+}
+
+// ---------------------------------------------------------------------------
+// Relay
+
+void Session::start_relay() {
+  state_ = State::relaying;
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  start_reading(client_);
+  start_reading(upstream_);
+  // Either side may already hold decrypted data (early application data from
+  // a server-speaks-first protocol, or the client's first request).
+  pump(upstream_, client_);
+  if (state_ == State::relaying) pump(client_, upstream_);
+}
+
+void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
+  idle_since_ = uv_now(host_.loop());
+  BIO_write(from.rbio, data, static_cast<int>(n));
+  switch (state_) {
+    case State::upstream_handshake:
+      if (&from == &upstream_) drive_upstream_handshake();
+      return;
+    case State::client_handshake:
+      if (&from == &client_) drive_client_handshake();
+      return;
+    case State::relaying:
+      pump(from, &from == &client_ ? upstream_ : client_);
+      return;
+    default:
+      return;
+  }
+}
+
+std::size_t Session::pending_out(const Leg& leg) const {
+  return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&leg.tcp)) +
+         BIO_ctrl_pending(leg.wbio);
+}
+
+void Session::pump(Leg& from, Leg& to) {
+  if (from.read_done) return;
+  std::span<char> buf = host_.plain_buffer();
+  while (true) {
+    if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
+      // Back-pressure: stop taking bytes from `from` until `to` drains.
+      if (!from.paused) {
+        from.paused = true;
+        stop_reading(from);
+      }
+      break;
+    }
+    ERR_clear_error();
+    int n = SSL_read(from.ssl.get(), buf.data(), static_cast<int>(buf.size()));
+    if (n > 0) {
+      from.plaintext_in += static_cast<std::uint64_t>(n);
+      if (SSL_write(to.ssl.get(), buf.data(), n) != n) {
+        close(std::string("TLS write toward ") + to.name + " failed: " + tls::drain_errors());
+        return;
+      }
+      continue;
+    }
+    int err = SSL_get_error(from.ssl.get(), n);
+    if (err == SSL_ERROR_WANT_READ) {
+      if (from.eof) {
+        flush(to);
+        finish_direction(from, to, false);
+        return;
+      }
+      break;
+    }
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      flush(to);
+      finish_direction(from, to, true);
+      return;
+    }
+    close(std::string("TLS error from ") + from.name + ": " + tls::drain_errors());
+    return;
+  }
+  flush(to);
+  flush(from);  // reading may produce records (alerts, key updates)
+}
+
+// `from` will send nothing more: pass the end on to `to`, as close_notify if
+// `from` ended cleanly, as a bare FIN if it was truncated, so the receiver
+// sees the same kind of ending the sender produced.
+void Session::finish_direction(Leg& from, Leg& to, bool clean) {
+  if (from.read_done) return;
+  from.read_done = true;
+  stop_reading(from);
+  if (clean && !to.write_shutdown) {
+    ERR_clear_error();
+    SSL_shutdown(to.ssl.get());
+    ERR_clear_error();
+    flush(to);
+  }
+  if (!clean && close_reason_.empty())
+    close_reason_ = std::string(from.name) + " closed without close_notify";
+  shutdown_write(to);
+  maybe_finish();
+}
+
+void Session::maybe_finish() {
+  if (client_.read_done && upstream_.read_done && client_.shutdown_done && upstream_.shutdown_done)
+    close(close_reason_.empty() ? "closed" : close_reason_);
+}
+
+void Session::on_leg_eof(Leg& from) {
+  from.eof = true;
+  stop_reading(from);
+  switch (state_) {
+    case State::reading_request:
+      close("client closed before sending a request");
+      return;
+    case State::peeking_hello:
+      close("client closed before completing its ClientHello");
+      return;
+    case State::upstream_handshake:
+      if (&from == &upstream_) drive_upstream_handshake();
+      else close("client closed during TLS handshake");
+      return;
+    case State::forging:
+      if (&from == &client_) close("client closed during TLS handshake");
+      return;
+    case State::client_handshake:
+      if (&from == &client_) drive_client_handshake();
+      return;
+    case State::relaying:
+      pump(from, &from == &client_ ? upstream_ : client_);
+      return;
+    default:
+      return;
+  }
+}
+
+void Session::on_write_done(Leg& leg, int status) {
+  if (state_ == State::closing) return;
+  if (status < 0) {
+    fatal_ = true;
+    close(std::string("write to ") + leg.name + " failed: " + uv_strerror(status));
+    return;
+  }
+  if (state_ != State::relaying) return;
+  Leg& other = &leg == &client_ ? upstream_ : client_;
+  if (other.paused && pending_out(leg) <= ctx_.settings.relay_high_watermark / 4) {
+    other.paused = false;
+    if (!other.eof) start_reading(other);
+    pump(other, leg);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// I/O helpers
+
+void Session::alloc_cb(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+  auto* self = static_cast<Session*>(h->data);
+  std::span<char> s = self->host_.read_buffer();
+  *buf = uv_buf_init(s.data(), static_cast<unsigned>(s.size()));
+}
+
+void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+  auto* self = static_cast<Session*>(s->data);
+  if (self->state_ == State::closing || nread == 0) return;
+  Leg& leg = reinterpret_cast<uv_tcp_t*>(s) == &self->client_.tcp ? self->client_ : self->upstream_;
+  if (nread == UV_EOF) {
+    self->on_leg_eof(leg);
+    return;
+  }
+  if (nread < 0) {
+    self->fatal_ = true;
+    self->close(std::string(leg.name) + " read error: " + uv_strerror(static_cast<int>(nread)));
+    return;
+  }
+  auto n = static_cast<std::size_t>(nread);
+  switch (self->state_) {
+    case State::reading_request:
+      self->on_request_data(buf->base, n);
+      return;
+    case State::peeking_hello:
+      self->on_hello_data(buf->base, n);
+      return;
+    default:
+      self->on_leg_data(leg, buf->base, n);
+      return;
+  }
+}
+
+void Session::start_reading(Leg& leg) {
+  if (leg.reading || leg.eof || !leg.initialized || state_ == State::closing) return;
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(&leg.tcp), alloc_cb, read_cb) == 0)
+    leg.reading = true;
+}
+
+void Session::stop_reading(Leg& leg) {
+  if (!leg.reading) return;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&leg.tcp));
+  leg.reading = false;
+}
+
+void Session::flush(Leg& leg) {
+  if (!leg.wbio) return;
+  char* data = nullptr;
+  long n = BIO_get_mem_data(leg.wbio, &data);
+  if (n <= 0) return;
+  send_raw(leg, data, static_cast<std::size_t>(n));
+  (void)BIO_reset(leg.wbio);
+}
+
+void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
+  if (!leg.initialized || leg.write_shutdown || state_ == State::closing) return;
+  auto* stream = reinterpret_cast<uv_stream_t*>(&leg.tcp);
+  // Write straight from the caller's buffer when the socket takes it; copy
+  // only what the kernel could not accept now.
+  if (uv_stream_get_write_queue_size(stream) == 0) {
+    uv_buf_t b = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(n));
+    int w = uv_try_write(stream, &b, 1);
+    if (w > 0) {
+      data += w;
+      n -= static_cast<std::size_t>(w);
+    } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+      fatal_ = true;
+      close(std::string("write to ") + leg.name + " failed: " + uv_strerror(w));
+      return;
+    }
+    if (n == 0) return;
+  }
+  auto req = std::make_unique<WriteReq>();
+  req->data = std::make_unique<char[]>(n);
+  std::memcpy(req->data.get(), data, n);
+  req->session = this;
+  req->leg = &leg;
+  req->req.data = req.get();
+  uv_buf_t b = uv_buf_init(req->data.get(), static_cast<unsigned>(n));
+  int rc = uv_write(&req->req, stream, &b, 1, [](uv_write_t* r, int status) {
+    std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(r->data));
+    owned->session->on_write_done(*owned->leg, status);
+  });
+  if (rc != 0) {
+    fatal_ = true;
+    close(std::string("write to ") + leg.name + " failed: " + uv_strerror(rc));
+    return;
+  }
+  (void)req.release();  // owned by the write callback from here on
+}
+
+void Session::shutdown_write(Leg& leg) {
+  if (!leg.initialized || leg.write_shutdown) return;
+  leg.write_shutdown = true;
+  leg.shutdown_req.data = this;
+  int rc = uv_shutdown(&leg.shutdown_req, reinterpret_cast<uv_stream_t*>(&leg.tcp),
+                       [](uv_shutdown_t* r, int) {
+                         auto* self = static_cast<Session*>(r->data);
+                         Leg& l = r == &self->client_.shutdown_req ? self->client_ : self->upstream_;
+                         l.shutdown_done = true;
+                         if (self->state_ == State::relaying) self->maybe_finish();
+                         else if (self->state_ == State::closing) self->close_handles(false);
+                       });
+  if (rc != 0) leg.shutdown_done = true;
+}
+
+void Session::respond_error(int status, const char* phrase, std::string body, std::string reason) {
+  http_status_ = status;
+  action_ = "reject";
+  std::string resp = "HTTP/1.1 " + std::to_string(status) + " " + phrase +
+                     "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+                     std::to_string(body.size()) +
+                     "\r\nCache-Control: no-store\r\nConnection: close\r\n";
+  if (status == 405) resp += "Allow: CONNECT\r\n";
+  resp += "\r\n" + body;
+  send_raw(client_, resp.data(), resp.size());
+  // FIN after the response so the client reads it in full before the close.
+  shutdown_write(client_);
+  close(std::move(reason));
+}
+
+// ---------------------------------------------------------------------------
+// Timers and teardown
+
+void Session::arm_timer(std::chrono::milliseconds ms) {
+  uv_timer_start(&timer_, [](uv_timer_t* t) { static_cast<Session*>(t->data)->on_timer(); },
+                 static_cast<std::uint64_t>(ms.count()), 0);
+}
+
+void Session::on_timer() {
+  switch (state_) {
+    case State::reading_request:
+      close("timed out waiting for the request head");
+      return;
+    case State::connecting: {
+      std::string why = "connect to " + request_.authority.to_string() + " timed out after " +
+                        std::to_string(ctx_.settings.connect_timeout.count()) + " ms";
+      respond_error(504, "Gateway Timeout", "sightline: " + why + "\n", why);
+      return;
+    }
+    case State::relaying: {
+      auto idle = static_cast<std::uint64_t>(ctx_.settings.idle_timeout.count());
+      std::uint64_t quiet = uv_now(host_.loop()) - idle_since_;
+      if (quiet >= idle) {
+        close("idle timeout");
+      } else {
+        arm_timer(std::chrono::milliseconds(idle - quiet));
+      }
+      return;
+    }
+    case State::closing:
+      close_handles(true);  // lingering writes took too long
+      return;
+    default:
+      close("TLS handshake timed out");
+      return;
+  }
+}
+
+void Session::abort(const char* reason) {
+  fatal_ = true;
+  close(reason);
+}
+
+void Session::close_cb(uv_handle_t* h) {
+  auto* self = static_cast<Session*>(h->data);
+  if (--self->open_handles_ == 0) self->host_.session_closed(self->id_);
+}
+
+void Session::close(std::string reason) {
+  if (state_ == State::closing) return;
+  state_ = State::closing;
+  if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
+  log_connection();
+  stop_reading(client_);
+  stop_reading(upstream_);
+  close_handles(fatal_);
+}
+
+// Closes every handle, except that a leg with a FIN still queued (an error
+// response or alert not yet written) lingers until its shutdown completes,
+// bounded by the timer; uv_close would otherwise cancel those writes.
+void Session::close_handles(bool force) {
+  bool lingering = false;
+  for (Leg* leg : {&client_, &upstream_}) {
+    if (!leg->initialized) continue;
+    auto* h = reinterpret_cast<uv_handle_t*>(&leg->tcp);
+    if (uv_is_closing(h)) continue;
+    if (!force && leg->write_shutdown && !leg->shutdown_done) {
+      lingering = true;
+      continue;
+    }
+    uv_close(h, close_cb);
+  }
+  if (!timer_initialized_) return;
+  auto* t = reinterpret_cast<uv_handle_t*>(&timer_);
+  if (uv_is_closing(t)) return;
+  if (lingering) {
+    arm_timer(std::chrono::seconds(5));
+  } else {
+    uv_close(t, close_cb);
+  }
+}
+
+void Session::log_connection() {
+  nlohmann::json j = {
+      {"event", "connection"},
+      {"id", id_},
+      {"client", client_addr_},
+      {"target", request_.authority.port ? request_.authority.to_string() : ""},
+      {"upstream_addr", upstream_addr_},
+      {"sni", hello_.sni},
+      {"action", action_},
+      {"client_tls", tls_info(client_.ssl.get())},
+      {"upstream_tls", tls_info(upstream_.ssl.get())},
+      {"upstream_verdict", verdict_},
+      {"upstream_reason", verdict_reason_},
+      {"bytes_client_to_server", client_.plaintext_in},
+      {"bytes_server_to_client", upstream_.plaintext_in},
+      {"upstream_connect_ms", ms_between(t_connect_start_, t_connected_)},
+      {"upstream_handshake_ms", ms_between(t_upstream_hs_start_, t_upstream_hs_done_)},
+      {"forge_ms", ms_between(t_forge_start_, t_forge_done_)},
+      {"client_handshake_ms", ms_between(t_hello_, t_client_hs_done_)},
+      {"total_ms", ms_between(t_accept_, uv_hrtime())},
+      {"close_reason", close_reason_},
+  };
+  if (!cache_result_.empty()) j["cert_cache"] = cache_result_;
+  if (http_status_ != 0) j["status"] = http_status_;
+  if (untrusted_) j["forged_by"] = "untrusted-ca";
+  log::emit(action_ == "intercept" ? log::Level::info : log::Level::warn, std::move(j));
+}
+
+}  // namespace sightline::proxy

@@ -1,0 +1,159 @@
+// One client connection through the explicit proxy, from accept to close:
+//   request head (CONNECT) → resolve → connect upstream → "200" →
+//   peek ClientHello → client handshake suspended → upstream TLS + verify →
+//   forge (or refuse) → client handshake resumed → relay with back-pressure.
+// Lives on one worker loop. Its libuv handles are members: the session is
+// released by its host only after the last handle's close callback.
+#pragma once
+
+#include "net/connect_request.h"
+#include "proxy/context.h"
+#include "tls/client_hello.h"
+#include "tls/contexts.h"
+#include "tls/ossl.h"
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace sightline::proxy {
+
+class Session final : public tls::ClientHandshakeHandler,
+                      public std::enable_shared_from_this<Session> {
+ public:
+  Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id);
+  ~Session() override;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Accepts the pending connection on `server` and starts reading the
+  // request. On failure the session closes itself (and is released).
+  void start(uv_stream_t* server);
+  // Closes at once (worker shutdown).
+  void abort(const char* reason);
+
+  int on_client_hello(SSL* ssl, int* alert) override;
+  std::string_view selected_alpn() const override { return upstream_alpn_; }
+
+ private:
+  enum class State {
+    reading_request,
+    connecting,  // resolving and connecting
+    peeking_hello,
+    upstream_handshake,
+    forging,
+    client_handshake,
+    relaying,
+    closing,
+  };
+
+  struct Leg {
+    uv_tcp_t tcp{};
+    uv_shutdown_t shutdown_req{};
+    bool initialized = false;
+    bool reading = false;
+    bool paused = false;         // stopped by back-pressure
+    bool eof = false;            // TCP FIN or error seen
+    bool read_done = false;      // nothing more will come from this leg
+    bool write_shutdown = false; // FIN queued toward this leg
+    bool shutdown_done = false;
+    tls::SslPtr ssl;
+    BIO* rbio = nullptr;  // owned by ssl
+    BIO* wbio = nullptr;  // owned by ssl
+    std::uint64_t plaintext_in = 0;
+    const char* name = "";
+  };
+
+  struct WriteReq;
+  struct ResolveReq;
+
+  // Phases.
+  void on_request_data(const char* data, std::size_t n);
+  void resolve();
+  void on_resolved(int status, addrinfo* res);
+  void connect_next();
+  void on_connected(int status);
+  void on_hello_data(const char* data, std::size_t n);
+  void start_client_tls();
+  void start_upstream_tls();
+  void drive_upstream_handshake();
+  void on_upstream_verified();
+  void on_forged(tls::ForgedPtr leaf);
+  void refuse_client(int alert, std::string reason);
+  void drive_client_handshake();
+  void start_relay();
+
+  // Relay.
+  void on_leg_data(Leg& from, const char* data, std::size_t n);
+  void pump(Leg& from, Leg& to);
+  void on_leg_eof(Leg& from);
+  void finish_direction(Leg& from, Leg& to, bool clean);
+  void maybe_finish();
+  std::size_t pending_out(const Leg& leg) const;
+  void on_write_done(Leg& leg, int status);
+
+  // I/O helpers.
+  void start_reading(Leg& leg);
+  void stop_reading(Leg& leg);
+  void flush(Leg& leg);
+  void send_raw(Leg& leg, const char* data, std::size_t n);
+  void respond_error(int status, const char* phrase, std::string body, std::string reason);
+  void shutdown_write(Leg& leg);
+
+  // Timers and teardown.
+  void arm_timer(std::chrono::milliseconds ms);
+  void on_timer();
+  void close(std::string reason);
+  void close_handles(bool force);
+  void log_connection();
+
+  static void alloc_cb(uv_handle_t* h, std::size_t suggested, uv_buf_t* buf);
+  static void read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void close_cb(uv_handle_t* h);
+
+  SessionHost& host_;
+  const ProxyContext& ctx_;
+  std::uint64_t id_;
+  State state_ = State::reading_request;
+  int open_handles_ = 0;
+  bool fatal_ = false;  // closing without draining
+
+  Leg client_;
+  Leg upstream_;
+  uv_timer_t timer_{};
+  bool timer_initialized_ = false;
+  uv_connect_t connect_req_{};
+  std::uint64_t idle_since_ = 0;
+
+  std::string inbuf_;  // request head, then ClientHello bytes
+  net::ProxyRequest request_;
+  tls::ClientHelloInfo hello_;
+  std::string client_addr_;
+  std::string upstream_addr_;
+
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
+  addrinfo* next_addr_ = nullptr;
+  std::string last_connect_error_;
+
+  tls::UpstreamVerifyState verify_;
+  std::string verdict_ = "not-checked";
+  std::string verdict_reason_;
+  bool untrusted_ = false;
+  tls::ForgedPtr leaf_;
+  std::string cache_key_;
+  std::string cache_result_;
+  int refuse_alert_ = 0;
+  std::string upstream_alpn_;
+
+  // Timestamps (uv_hrtime, ns).
+  std::uint64_t t_accept_ = 0, t_connect_start_ = 0, t_connected_ = 0, t_hello_ = 0,
+                t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
+                t_forge_done_ = 0, t_client_hs_done_ = 0;
+  std::string close_reason_;
+  std::string action_ = "intercept";
+  int http_status_ = 0;
+};
+
+}  // namespace sightline::proxy

@@ -1,0 +1,44 @@
+// The two TLS contexts of the interception path: the client-facing one (the
+// proxy acts as server with forged certificates) and the upstream one (the
+// proxy acts as a verifying client). Both are built once and shared by all
+// workers; SSL_CTX is safe to use from several threads for SSL_new.
+#pragma once
+
+#include "tls/ossl.h"
+#include "tls/upstream_verify.h"
+
+#include <string>
+#include <vector>
+
+namespace sightline::tls {
+
+// Implemented by whoever owns a client-facing SSL; attached as app data.
+class ClientHandshakeHandler {
+ public:
+  virtual ~ClientHandshakeHandler() = default;
+  // Return SSL_CLIENT_HELLO_SUCCESS, _RETRY (suspend the handshake) or _ERROR
+  // (with *alert set). Installs the leaf when it succeeds.
+  virtual int on_client_hello(SSL* ssl, int* alert) = 0;
+  // The ALPN protocol to select from the client's offer, or empty for none.
+  virtual std::string_view selected_alpn() const = 0;
+};
+
+struct ContextOptions {
+  bool client_min_tls13 = false;
+  std::string upstream_ca_file;  // empty: system trust store
+  std::string upstream_crl_file;
+  bool upstream_min_tls13 = false;
+};
+
+struct TlsContexts {
+  SslCtxPtr client;
+  SslCtxPtr upstream;
+};
+
+// Group preference: X25519MLKEM768 first where OpenSSL has it (3.5+), then
+// X25519, P-256, P-384.
+const char* group_list();
+
+bool build_contexts(const ContextOptions& opts, TlsContexts& out, std::string* error);
+
+}  // namespace sightline::tls

@@ -1,0 +1,93 @@
+#include "app/config.h"
+
+#include <doctest/doctest.h>
+
+using namespace sightline::app;
+
+namespace {
+std::optional<Config> parse(const std::string& text, ConfigError& err) {
+  return parse_config(text, "/etc/sightline/test.toml", err);
+}
+}  // namespace
+
+TEST_CASE("a full config parses") {
+  ConfigError err;
+  auto cfg = parse(R"(
+workers = 2
+[[listener]]
+address = "127.0.0.1:3129"
+mode = "explicit"
+[[listener]]
+address = "[::1]:3129"
+[ca]
+cert = "ca/ca.crt"
+key = "/abs/ca.key"
+[client]
+min_version = "1.3"
+[upstream]
+ca_file = "origin.pem"
+on_invalid = "forward-untrusted"
+alpn = ["http/1.1"]
+[forge]
+key_lifetime = "30m"
+cache_entries = 500
+[timeouts]
+connect = "3s"
+handshake = "500ms"
+idle = "2m"
+[limits]
+relay_buffer = 131072
+[log]
+level = "debug"
+)", err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK(cfg->workers == 2);
+  CHECK(cfg->listeners.size() == 2);
+  CHECK(cfg->ca_cert == "/etc/sightline/ca/ca.crt");  // relative to the file
+  CHECK(cfg->ca_key == "/abs/ca.key");
+  CHECK(cfg->client_min_tls13);
+  CHECK(cfg->upstream_ca_file == "/etc/sightline/origin.pem");
+  CHECK(cfg->on_invalid == sightline::tls::OnInvalid::forward_untrusted);
+  CHECK(cfg->upstream_alpn == std::vector<std::string>{"http/1.1"});
+  CHECK(cfg->leaf_key_lifetime == std::chrono::minutes(30));
+  CHECK(cfg->cert_cache_entries == 500);
+  CHECK(cfg->connect_timeout == std::chrono::seconds(3));
+  CHECK(cfg->handshake_timeout == std::chrono::milliseconds(500));
+  CHECK(cfg->relay_high_watermark == 131072);
+  CHECK(validate(*cfg, err));
+}
+
+TEST_CASE("errors name file, line and key") {
+  struct Case {
+    const char* text;
+    const char* expect;
+  };
+  for (auto c : {
+           Case{"[upstream]\non_invalid = \"maybe\"\n", "test.toml:2:14: key 'upstream.on_invalid': expected one of"},
+           Case{"[upstream]\nca_fil = \"x\"\n", "test.toml:2:1: key 'upstream.ca_fil': unknown key"},
+           Case{"bogus = 1\n", "test.toml:1:1: key 'bogus': unknown key"},
+           Case{"workers = -1\n", "key 'workers': expected an integer"},
+           Case{"[timeouts]\nconnect = \"10\"\n", "key 'timeouts.connect': expected a positive duration"},
+           Case{"[[listener]]\naddress = \"localhost:80\"\n", "key 'listener.address'"},
+           Case{"[[listener]]\naddress = \"127.0.0.1:80\"\nmode = \"magic\"\n", "key 'listener.mode'"},
+           Case{"ca = 5\n", "key 'ca': expected a table"},
+           Case{"[client\n", "test.toml:1:"},
+       }) {
+    CAPTURE(c.text);
+    ConfigError err;
+    CHECK_FALSE(parse(c.text, err));
+    CHECK_MESSAGE(err.message.find(c.expect) != std::string::npos, err.message);
+  }
+}
+
+TEST_CASE("validation and listen overrides") {
+  ConfigError err;
+  Config cfg = default_config();
+  CHECK_FALSE(validate(cfg, err));  // no CA
+  cfg.ca_cert = "a";
+  cfg.ca_key = "b";
+  CHECK(validate(cfg, err));
+  CHECK(set_listen_addresses(cfg, {"127.0.0.1:1", "[::1]:2"}, err));
+  CHECK(cfg.listeners.size() == 2);
+  CHECK_FALSE(set_listen_addresses(cfg, {"example.com:1"}, err));
+}
