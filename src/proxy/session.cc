@@ -228,6 +228,7 @@ void Session::on_hello_data(const char* data, std::size_t n) {
       break;
   }
   t_hello_ = uv_hrtime();
+  action_ = "intercept";
   stop_reading(client_);
   start_client_tls();
   if (state_ == State::closing) return;
@@ -833,7 +834,8 @@ void Session::log_connection() {
   if (!cache_result_.empty()) j["cert_cache"] = cache_result_;
   if (http_status_ != 0) j["status"] = http_status_;
   if (untrusted_) j["forged_by"] = "untrusted-ca";
-  log::emit(action_ == "intercept" ? log::Level::info : log::Level::warn, std::move(j));
+  bool failed = action_ == "refuse" || action_ == "reject";
+  log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));
 }
 
 }  // namespace sightline::proxy

@@ -152,7 +152,7 @@ class Session final : public tls::ClientHandshakeHandler,
                 t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
                 t_forge_done_ = 0, t_client_hs_done_ = 0;
   std::string close_reason_;
-  std::string action_ = "intercept";
+  std::string action_ = "none";  // until a decision is made
   int http_status_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "tls/client_hello.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <string_view>
 
@@ -45,7 +47,16 @@ class Reader {
 
 HelloResult malformed(std::string reason) { return {HelloStatus::malformed, std::move(reason)}; }
 
-bool parse_sni(std::span<const std::uint8_t> ext, std::string& sni, std::string& why) {
+// RFC 6066 forbids IP literals in server_name, yet some clients (openssl
+// s_client -connect IP) send them: they carry no name, so they count as absent.
+bool is_ip_literal(std::span<const std::uint8_t> name) {
+  std::string s(reinterpret_cast<const char*>(name.data()), name.size());
+  unsigned char buf[16];
+  return inet_pton(AF_INET, s.c_str(), buf) == 1 || inet_pton(AF_INET6, s.c_str(), buf) == 1;
+}
+
+bool parse_sni(std::span<const std::uint8_t> ext, std::string& sni, bool& sni_is_ip,
+               std::string& why) {
   Reader r(ext);
   std::uint16_t list_len;
   if (!r.u16(list_len) || list_len != r.left() || list_len == 0) {
@@ -68,6 +79,10 @@ bool parse_sni(std::span<const std::uint8_t> ext, std::string& sni, std::string&
     if (len == 0 || len > 255) {
       why = "server_name length out of range";
       return false;
+    }
+    if (is_ip_literal(name)) {
+      sni_is_ip = true;
+      continue;
     }
     std::string host;
     host.reserve(len);
@@ -156,7 +171,7 @@ HelloResult parse_body(std::span<const std::uint8_t> body, ClientHelloInfo& out)
     std::string why;
     bool ok = true;
     switch (type) {
-      case 0: ok = parse_sni(data, out.sni, why); break;
+      case 0: ok = parse_sni(data, out.sni, out.sni_is_ip, why); break;
       case 16: ok = parse_alpn(data, out.alpn, why); break;
       case 43: ok = parse_versions(data, out.supported_versions, why); break;
       default: break;

@@ -12,6 +12,7 @@ namespace sightline::tls {
 
 struct ClientHelloInfo {
   std::string sni;                 // lower-cased, no trailing dot; empty if absent
+  bool sni_is_ip = false;          // an IP literal was sent as server_name (ignored)
   std::vector<std::string> alpn;   // offered protocols, in order
   std::vector<std::uint16_t> supported_versions;  // from the extension, GREASE kept
   std::uint16_t legacy_version = 0;

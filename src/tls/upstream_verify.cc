@@ -42,8 +42,9 @@ std::string_view verdict_for(int e) {
     case X509_V_ERR_CERT_NOT_YET_VALID: return "not-yet-valid";
     case X509_V_ERR_HOSTNAME_MISMATCH:
     case X509_V_ERR_IP_ADDRESS_MISMATCH: return "hostname-mismatch";
-    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: return "self-signed";
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: return "self-signed";
+    // A chain ending in a root the trust store does not hold.
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: return "unknown-issuer";

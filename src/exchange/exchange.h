@@ -1,0 +1,137 @@
+// The exchange-event feed: every HTTP exchange that crosses the proxy, in
+// either protocol, reported as one ordered stream of events. It is the single
+// source for inspection hooks, the compliance archive and HTTP metrics.
+//
+// Events for one exchange always arrive in this order, on the worker thread
+// that owns the connection:
+//   request_head, request_body*, request_end,
+//   response_head (1xx heads may precede the final one), response_body*,
+//   response_end
+// or, at any point after request_head, abort (and nothing after it).
+// Request and response events may interleave (a server can answer before
+// the request body ends). Bodies stream through: no consumer sees a whole
+// body unless it buffers one itself, with its own cap.
+//
+// Consumers must not block: they run on an event loop. A consumer that needs
+// to do slow work (disk, network) queues it elsewhere (the hook bus does).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sightline::exchange {
+
+using Clock = std::chrono::steady_clock;
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+using Headers = std::vector<Header>;
+
+// Connection facts shared by all exchanges on one client connection.
+struct ConnectionInfo {
+  std::uint64_t id = 0;
+  std::string client;       // "addr:port"
+  std::string server;       // upstream "addr:port"
+  std::string target;       // CONNECT target or absolute-form authority
+  std::string sni;
+  std::string client_tls;   // "TLSv1.3 TLS_AES_128_GCM_SHA256", empty for plain HTTP
+  std::string upstream_tls;
+  std::string alpn;         // "h2", "http/1.1", empty
+};
+
+// A protocol-neutral request or response head. HTTP/2 pseudo-headers are
+// mapped to the fields; `headers` holds the regular fields only.
+struct Head {
+  std::string method;     // requests
+  std::string scheme;     // requests: "https", "http"
+  std::string authority;  // requests: host[:port]
+  std::string target;     // requests: path and query (origin-form), or the
+                          // absolute/authority form as sent
+  int status = 0;         // responses
+  std::string reason;     // responses, HTTP/1 only
+  std::string version;    // "HTTP/1.1", "HTTP/1.0", "HTTP/2"
+  Headers headers;
+};
+
+// Latency the proxy itself adds to an exchange, for metrics: how long each
+// head was held between its arrival (complete) and its forwarding.
+struct Timing {
+  Clock::time_point request_head_in{};
+  Clock::time_point request_head_out{};
+  Clock::time_point response_head_in{};
+  Clock::time_point response_head_out{};
+  Clock::time_point end{};
+};
+
+struct Exchange {
+  std::uint64_t id = 0;  // unique in the process: connection id << 16 | sequence
+  std::shared_ptr<const ConnectionInfo> connection;
+  std::uint32_t stream = 0;  // HTTP/2 stream id, 0 for HTTP/1
+  Timing timing;
+  std::uint64_t request_body_bytes = 0;
+  std::uint64_t response_body_bytes = 0;
+};
+
+enum class Direction { request, response };
+
+class Consumer {
+ public:
+  virtual ~Consumer() = default;
+  virtual void on_request_head(const Exchange& ex, const Head& head) = 0;
+  virtual void on_body(const Exchange& ex, Direction dir, std::span<const char> data) = 0;
+  virtual void on_request_end(const Exchange& ex, const Headers& trailers) = 0;
+  // Called for every response head, informational (1xx) ones included.
+  virtual void on_response_head(const Exchange& ex, const Head& head) = 0;
+  virtual void on_response_end(const Exchange& ex, const Headers& trailers) = 0;
+  virtual void on_abort(const Exchange& ex, std::string_view reason) = 0;
+};
+
+// Ignores everything: the default when nothing subscribes.
+class NullConsumer final : public Consumer {
+ public:
+  void on_request_head(const Exchange&, const Head&) override {}
+  void on_body(const Exchange&, Direction, std::span<const char>) override {}
+  void on_request_end(const Exchange&, const Headers&) override {}
+  void on_response_head(const Exchange&, const Head&) override {}
+  void on_response_end(const Exchange&, const Headers&) override {}
+  void on_abort(const Exchange&, std::string_view) override {}
+};
+
+// Fans events out to several consumers in registration order.
+class Fanout final : public Consumer {
+ public:
+  void add(std::shared_ptr<Consumer> c) { consumers_.push_back(std::move(c)); }
+  bool empty() const { return consumers_.empty(); }
+
+  void on_request_head(const Exchange& ex, const Head& head) override {
+    for (auto& c : consumers_) c->on_request_head(ex, head);
+  }
+  void on_body(const Exchange& ex, Direction dir, std::span<const char> data) override {
+    for (auto& c : consumers_) c->on_body(ex, dir, data);
+  }
+  void on_request_end(const Exchange& ex, const Headers& trailers) override {
+    for (auto& c : consumers_) c->on_request_end(ex, trailers);
+  }
+  void on_response_head(const Exchange& ex, const Head& head) override {
+    for (auto& c : consumers_) c->on_response_head(ex, head);
+  }
+  void on_response_end(const Exchange& ex, const Headers& trailers) override {
+    for (auto& c : consumers_) c->on_response_end(ex, trailers);
+  }
+  void on_abort(const Exchange& ex, std::string_view reason) override {
+    for (auto& c : consumers_) c->on_abort(ex, reason);
+  }
+
+ private:
+  std::vector<std::shared_ptr<Consumer>> consumers_;
+};
+
+}  // namespace sightline::exchange

@@ -1,0 +1,1008 @@
+"""Shared harness for the sightline end-to-end tests (Python 3 stdlib only).
+
+Each test script does:
+
+    from harness import run_test
+    def main(t):            # t: TestRun
+        pki = t.pki()
+        origin = t.start_nginx(pki)
+        proxy = t.start_proxy(pki)
+        with t.check("something"):
+            assert ..., "message"
+    run_test("NN_name", main)
+
+Every process the harness starts (nginx, sightline, the upload sink thread)
+is stopped in all paths: normal exit, assertion failure, exception, SIGTERM
+or SIGINT to the test, and at interpreter exit.
+
+Environment:
+    SIGHTLINE_BIN        path to the sightline binary (default: SRC/build/sightline)
+    SIGHTLINE_SRC        repository root (default: two levels above this file)
+    SIGHTLINE_E2E_KEEP   if set, keep the per-test temp dir and print its path
+"""
+
+import atexit
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("SIGHTLINE_SRC") or os.path.dirname(os.path.dirname(HERE))
+NGINX = os.environ.get("SIGHTLINE_NGINX", "/usr/sbin/nginx")
+
+# Cert names produced by tests/pki/make-test-pki (fixed by contract).
+ALL_CERTS = ["valid-ec", "valid-rsa", "expired", "notyetvalid", "wronghost",
+             "selfsigned", "unknownroot", "revoked", "manynames"]
+
+BIG_SIZE = 50 * 1024 * 1024
+KIB_SIZE = 1024
+UPLOAD_SIZE = 20 * 1024 * 1024
+
+
+class Fatal(Exception):
+    """Setup failure: the test cannot continue."""
+
+
+# --------------------------------------------------------------------------
+# process registry and cleanup
+
+_live = []            # list of objects with .kill()
+_live_lock = threading.Lock()
+
+
+def _register(obj):
+    with _live_lock:
+        _live.append(obj)
+
+
+def _unregister(obj):
+    with _live_lock:
+        if obj in _live:
+            _live.remove(obj)
+
+
+def kill_all():
+    with _live_lock:
+        objs = list(reversed(_live))
+    for o in objs:
+        try:
+            o.kill()
+        except Exception:
+            pass
+
+
+def _on_signal(signum, _frame):
+    # Turn the signal into SystemExit so finally blocks and atexit run.
+    raise SystemExit(128 + signum)
+
+
+atexit.register(kill_all)
+for _s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_s, _on_signal)
+
+
+def _stop_process(proc, term_signal=signal.SIGTERM, grace=5.0):
+    """Stop a Popen started with start_new_session=True. Returns its exit code."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(term_signal)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    # The child leads its own process group (start_new_session): kill that
+    # group, which holds only what we started (e.g. nginx workers).
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        return proc.wait(5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+# --------------------------------------------------------------------------
+# small utilities
+
+def free_ports(n, host="127.0.0.1"):
+    """n distinct free TCP ports on host (bind port 0, all held until the end)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def free_port(host="127.0.0.1"):
+    return free_ports(1, host)[0]
+
+
+def wait_port(host, port, timeout=10.0, proc=None):
+    """Poll until a TCP connect to (host, port) succeeds. Returns True/False.
+    If proc is given and exits, return False early."""
+    deadline = time.monotonic() + timeout
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(0.5)
+        try:
+            s.connect((host, port))
+            return True
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            s.close()
+    return False
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_pseudorandom(path, size, seed):
+    """Deterministic pseudo-random content (same seed -> same bytes)."""
+    rng = random.Random(seed)
+    chunk = 1 << 20
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def run(cmd, timeout=60, input=None, check=False, **kw):
+    """subprocess.run with capture; never hangs past timeout."""
+    try:
+        cp = subprocess.run(cmd, input=input, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("command timed out after %ss: %s" % (timeout, " ".join(map(str, cmd)))) from e
+    if check and cp.returncode != 0:
+        raise Fatal("command failed (rc=%d): %s\n%s" % (
+            cp.returncode, " ".join(map(str, cmd)), cp.stderr.decode(errors="replace")[-2000:]))
+    return cp
+
+
+def hostport(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def proc_tree(pid):
+    """pid plus all its descendants (by /proc ppid)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_bytes(pid):
+    """Sum of VmRSS over pid and its descendants."""
+    total = 0
+    for p in proc_tree(pid):
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def rchar(pid):
+    """Sum of /proc/PID/io rchar over pid and its descendants."""
+    total = 0
+    for p in proc_tree(pid):
+        try:
+            with open("/proc/%d/io" % p) as f:
+                for line in f:
+                    if line.startswith("rchar:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# --------------------------------------------------------------------------
+# PKI
+
+class Pki:
+    """Origin test PKI (tests/pki/make-test-pki) + enterprise CA (ca/sightline-ca)."""
+
+    def __init__(self, base):
+        self.origin_dir = os.path.join(base, "origin-pki")
+        self.ent_dir = os.path.join(base, "enterprise-ca")
+        gen = os.path.join(SRC, "tests", "pki", "make-test-pki")
+        ca = os.path.join(SRC, "ca", "sightline-ca")
+        for script in (gen, ca):
+            if not os.path.exists(script):
+                raise Fatal("missing PKI script %s" % script)
+        self.base = base
+        run([gen, self.origin_dir], timeout=120, check=True)
+        run([ca, "--out", self.ent_dir], timeout=120, check=True)
+        self.origin_ca = os.path.join(self.origin_dir, "origin-ca.crt")
+        self.origin_crl = os.path.join(self.origin_dir, "origin-ca.crl")
+        self.root = os.path.join(self.ent_dir, "root.crt")
+        self.ca_cert = os.path.join(self.ent_dir, "ca.crt")
+        self.ca_key = os.path.join(self.ent_dir, "ca.key")
+        need = [self.origin_ca, self.origin_crl, self.root, self.ca_cert, self.ca_key]
+        for n in ALL_CERTS:
+            need += [self.crt(n), self.key(n), self.fullchain(n)]
+        missing = [p for p in need if not os.path.exists(p)]
+        if missing:
+            raise Fatal("PKI scripts did not produce: %s" % ", ".join(missing))
+        # The proxy insists on 0600; make sure a lax umask in the script
+        # doesn't make every test fail for an unrelated reason.
+        os.chmod(self.ca_key, 0o600)
+        self.ca_subject = cert_field(self.ca_cert, "subject")
+        self.root_subject = cert_field(self.root, "subject")
+
+    def extra_enterprise_ca(self, name, *args):
+        """Another enterprise CA made by ca/sightline-ca with extra options
+        (e.g. '--intermediate'). Returns an EnterpriseCa."""
+        d = os.path.join(self.base, "enterprise-ca-" + name)
+        run([os.path.join(SRC, "ca", "sightline-ca"), "--out", d] + list(args),
+            timeout=120, check=True)
+        return EnterpriseCa(d)
+
+    def crt(self, name):
+        return os.path.join(self.origin_dir, name + ".crt")
+
+    def key(self, name):
+        return os.path.join(self.origin_dir, name + ".key")
+
+    def fullchain(self, name):
+        return os.path.join(self.origin_dir, name + ".fullchain.crt")
+
+
+class EnterpriseCa:
+    """An enterprise CA directory: root.crt (clients), ca.crt + ca.key (proxy)."""
+
+    def __init__(self, d):
+        self.dir = d
+        self.root = os.path.join(d, "root.crt")
+        self.ca_cert = os.path.join(d, "ca.crt")
+        self.ca_key = os.path.join(d, "ca.key")
+        for p in (self.root, self.ca_cert, self.ca_key):
+            if not os.path.exists(p):
+                raise Fatal("ca/sightline-ca did not produce %s" % p)
+        os.chmod(self.ca_key, 0o600)
+        self.ca_subject = cert_field(self.ca_cert, "subject")
+        self.root_subject = cert_field(self.root, "subject")
+
+
+def cert_field(path_or_pem, field):
+    """'subject' or 'issuer' of the first cert, RFC 2253 form."""
+    return cert_info(path_or_pem)[field]
+
+
+def cert_info(path_or_pem):
+    """Parse a certificate (path or PEM text) with the openssl CLI.
+    Returns dict: subject, issuer, cn, sans (frozenset of str), key_type
+    ('EC'|'RSA'|other), key_bits (int or None), text."""
+    if "-----BEGIN" not in path_or_pem:
+        with open(path_or_pem) as f:
+            pem = f.read()
+    else:
+        pem = path_or_pem
+    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+    if not m:
+        raise AssertionError("no PEM certificate found")
+    pem = m.group(0) + "\n"
+    cp = run(["openssl", "x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer",
+              "-text"], input=pem.encode(), timeout=30)
+    if cp.returncode != 0:
+        raise AssertionError("openssl x509 failed: %s" % cp.stderr.decode(errors="replace"))
+    out = cp.stdout.decode(errors="replace")
+    subject = re.search(r"^subject=(.*)$", out, re.M).group(1).strip()
+    issuer = re.search(r"^issuer=(.*)$", out, re.M).group(1).strip()
+    cn = None
+    mcn = re.search(r"(?:^|,)CN=((?:[^,\\]|\\.)*)", subject)
+    if mcn:
+        cn = mcn.group(1)
+    sans = frozenset()
+    msan = re.search(r"X509v3 Subject Alternative Name:[^\n]*\n\s*([^\n]*)", out)
+    if msan:
+        sans = frozenset(s.strip() for s in msan.group(1).split(",") if s.strip())
+    if "id-ecPublicKey" in out:
+        key_type = "EC"
+    elif "rsaEncryption" in out:
+        key_type = "RSA"
+    else:
+        mk = re.search(r"Public Key Algorithm:\s*(\S+)", out)
+        key_type = mk.group(1) if mk else "unknown"
+    mb = re.search(r"Public-Key:\s*\((\d+) bit\)", out)
+    key_bits = int(mb.group(1)) if mb else None
+    return {"subject": subject, "issuer": issuer, "cn": cn, "sans": sans,
+            "key_type": key_type, "key_bits": key_bits, "text": out, "pem": pem}
+
+
+def pem_certs(text):
+    return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
+
+
+# --------------------------------------------------------------------------
+# upload sink (nginx proxies POST /upload here; replies with sha256+length)
+
+class _SinkHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        h = hashlib.sha256()
+        n = 0
+        length = self.headers.get("Content-Length")
+        if length is not None:
+            left = int(length)
+            while left > 0:
+                b = self.rfile.read(min(left, 1 << 20))
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+                left -= len(b)
+        elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                b = self.rfile.read(size)
+                h.update(b)
+                n += len(b)
+                self.rfile.readline()
+        body = json.dumps({"sha256": h.hexdigest(), "length": n}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+class UploadSink:
+    def __init__(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SinkHandler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        _register(self)
+
+    def kill(self):
+        _unregister(self)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --------------------------------------------------------------------------
+# nginx origin
+
+class Nginx:
+    """One nginx, one TLS server per cert, each on its own 127.0.0.1 port and
+    its own [::1] port. Locations: /1k, /big, /upload (POST, sha256 reply)."""
+
+    def __init__(self, t, pki, certs=ALL_CERTS, big=False, upload=False):
+        self.dir = os.path.join(t.dir, "nginx")
+        www = os.path.join(self.dir, "www")
+        tmp = os.path.join(self.dir, "tmp")
+        os.makedirs(www)
+        os.makedirs(tmp)
+        self.files = {}
+        p = os.path.join(www, "1k")
+        write_pseudorandom(p, KIB_SIZE, seed=1)
+        self.files["/1k"] = p
+        if big:
+            p = os.path.join(www, "big")
+            write_pseudorandom(p, BIG_SIZE, seed=50)
+            self.files["/big"] = p
+        self.sha = {k: sha256_file(v) for k, v in self.files.items()}
+        self.sink = UploadSink() if upload else None
+
+        v4 = free_ports(len(certs), "127.0.0.1")
+        v6 = free_ports(len(certs), "::1")
+        self.ports = {}
+        servers = []
+        for i, name in enumerate(certs):
+            self.ports[name] = {"v4": v4[i], "v6": v6[i]}
+            upload_loc = ""
+            if self.sink:
+                upload_loc = """
+        location = /upload {
+            client_max_body_size 100m;
+            proxy_pass http://127.0.0.1:%d;
+            proxy_http_version 1.1;
+            proxy_read_timeout 120s;
+        }""" % self.sink.port
+            servers.append("""
+    server {
+        listen 127.0.0.1:%d ssl http2;
+        listen [::1]:%d ssl http2;
+        server_name _;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root %s;
+        location = /1k { }
+        location = /big { }%s
+    }""" % (v4[i], v6[i], pki.fullchain(name), pki.key(name), www, upload_loc))
+
+        user = ""
+        if os.geteuid() == 0:
+            # workers would otherwise drop to 'nobody' and could not read the
+            # 0700 temp dir; as non-root the directive is not needed.
+            user = "user root;"
+        conf = """%s
+daemon off;
+master_process on;
+worker_processes 1;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    send_timeout 120s;
+    client_body_timeout 120s;
+    client_body_temp_path %s/body;
+    proxy_temp_path %s/proxy;
+    fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi;
+    scgi_temp_path %s/scgi;
+%s
+}
+""" % (user, self.dir, self.dir, tmp, tmp, tmp, tmp, tmp, "\n".join(servers))
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.error_log = os.path.join(self.dir, "error.log")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", self.dir, "-e", self.error_log, "-c", self.conf],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "stderr.log"), "wb"),
+            start_new_session=True)
+        _register(self)
+        for name in certs:
+            for fam, host in (("v4", "127.0.0.1"), ("v6", "::1")):
+                if not wait_port(host, self.ports[name][fam], 10, self.proc):
+                    raise Fatal("nginx did not come up on %s:\n%s" % (
+                        hostport(host, self.ports[name][fam]), self.log_tail()))
+
+    def port(self, name, fam="v4"):
+        return self.ports[name][fam]
+
+    def log_tail(self, n=20):
+        out = []
+        for f in ("stderr.log", "error.log"):
+            p = os.path.join(self.dir, f)
+            if os.path.exists(p):
+                with open(p, errors="replace") as fh:
+                    out += fh.read().splitlines()[-n:]
+        return "\n".join(out)
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, signal.SIGTERM)   # SIGTERM = fast shutdown
+        if self.sink:
+            self.sink.kill()
+
+
+# --------------------------------------------------------------------------
+# sightline
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)        # TOML basic strings are JSON-compatible here
+    raise TypeError(v)
+
+
+def make_config(pki, listen_port=None, workers=1, client=None, upstream=None,
+                timeouts=None, ca_key=None, ca=None, extra=""):
+    """TOML config text. upstream defaults to {ca_file: origin CA}; ca is an
+    EnterpriseCa (default: the PKI's own)."""
+    ca = ca or pki
+    lines = ["workers = %d" % workers]
+    if listen_port is not None:
+        lines += ["", "[[listener]]", 'address = "127.0.0.1:%d"' % listen_port,
+                  'mode = "explicit"']
+    lines += ["", "[ca]", "cert = %s" % toml_value(ca.ca_cert),
+              "key = %s" % toml_value(ca_key or ca.ca_key)]
+    if client:
+        lines += ["", "[client]"] + ["%s = %s" % (k, toml_value(v)) for k, v in client.items()]
+    up = {"ca_file": pki.origin_ca}
+    up.update(upstream or {})
+    lines += ["", "[upstream]"] + ["%s = %s" % (k, toml_value(v)) for k, v in up.items()]
+    if timeouts:
+        lines += ["", "[timeouts]"] + ["%s = %s" % (k, toml_value(v)) for k, v in timeouts.items()]
+    text = "\n".join(lines) + "\n"
+    if extra:
+        text += extra if extra.endswith("\n") else extra + "\n"
+    return text
+
+
+def sightline_bin():
+    b = os.environ.get("SIGHTLINE_BIN") or os.path.join(SRC, "build", "sightline")
+    if not os.access(b, os.X_OK):
+        raise Fatal("sightline binary not found or not executable: %s "
+                    "(set SIGHTLINE_BIN or build with meson)" % b)
+    return b
+
+
+class Proxy:
+    """A running sightline. stderr is captured line by line; JSON lines are
+    parsed into self.events."""
+
+    def __init__(self, t, config_text, args=(), name="sightline", port=None,
+                 wait=True, ready_timeout=10.0):
+        self.t = t
+        self.name = name
+        self.port = port
+        self.config = os.path.join(t.dir, "%s.toml" % name)
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        self.stderr_path = os.path.join(t.dir, "%s.stderr" % name)
+        self.lines = []
+        self.events = []
+        self.cond = threading.Condition()
+        self.cmd = [sightline_bin(), "run", "-c", self.config] + list(args)
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        _register(self)
+        t.proxies.append(self)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if wait and port is not None:
+            if not wait_port("127.0.0.1", port, ready_timeout, self.proc):
+                rc = self.proc.poll()
+                raise Fatal("sightline not accepting on 127.0.0.1:%d within %ss (rc=%s); stderr:\n%s"
+                            % (port, ready_timeout, rc, self.stderr_text()[-3000:]))
+
+    def _read(self):
+        with open(self.stderr_path, "wb") as out:
+            for raw in self.proc.stderr:
+                out.write(raw)
+                out.flush()
+                line = raw.decode(errors="replace").rstrip("\n")
+                ev = None
+                if line.lstrip().startswith("{"):
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        ev = None
+                with self.cond:
+                    self.lines.append(line)
+                    if isinstance(ev, dict):
+                        self.events.append(ev)
+                    self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def stderr_text(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def mark(self):
+        """Index into self.events; pass as since= to only see later events."""
+        with self.cond:
+            return len(self.events)
+
+    def wait_event(self, pred, timeout=10.0, since=0):
+        """First event (index >= since) matching pred, or None after timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for ev in self.events[since:]:
+                    try:
+                        if pred(ev):
+                            return ev
+                    except Exception:
+                        pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 0.2))
+
+    def wait_events(self, pred, count, timeout=10.0, since=0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [ev for ev in self.events[since:] if _safe(pred, ev)]
+                if len(found) >= count or time.monotonic() >= deadline:
+                    return found
+                self.cond.wait(0.2)
+
+    def conn_event(self, target, since=0, timeout=10.0):
+        """The 'connection' log line for CONNECT target 'host:port'."""
+        return self.wait_event(lambda e: e.get("event") == "connection"
+                               and e.get("target") == target, timeout, since)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Signal the proxy and return its exit code (None if it had to be killed)."""
+        _unregister(self)
+        if self.proc.poll() is not None:
+            rc = self.proc.returncode
+        else:
+            self.proc.send_signal(sig)
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _stop_process(self.proc, signal.SIGKILL, 1)
+                rc = None
+        self.reader.join(5)
+        return rc
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, signal.SIGTERM)
+
+
+def _safe(pred, ev):
+    try:
+        return pred(ev)
+    except Exception:
+        return False
+
+
+def run_sightline_expect_exit(t, config_text, args=(), name="cfg", timeout=10.0, port=None):
+    """Run sightline with a config that should be refused. Returns
+    (exit_code or None if it kept running, stdout+stderr text, config path).
+    A process still running after timeout, or accepting on port (it started
+    after all), is killed at once."""
+    cfg = os.path.join(t.dir, "%s.toml" % name)
+    with open(cfg, "w") as f:
+        f.write(config_text)
+    cmd = [sightline_bin(), "run", "-c", cfg] + list(args)
+    outf = open(os.path.join(t.dir, "%s.out" % name), "w+b")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=outf,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    holder = _ProcHolder(proc)
+    _register(holder)
+    rc = None
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                rc = proc.returncode
+                break
+            if port is not None and wait_port("127.0.0.1", port, 0.05):
+                break
+            time.sleep(0.02)
+        if rc is None:
+            _stop_process(proc, signal.SIGKILL, 1)
+    finally:
+        _unregister(holder)
+    outf.seek(0)
+    text = outf.read().decode(errors="replace")
+    outf.close()
+    return rc, text, cfg
+
+
+class _ProcHolder:
+    def __init__(self, proc):
+        self.proc = proc
+
+    def kill(self):
+        _stop_process(self.proc, signal.SIGKILL, 1)
+
+
+# --------------------------------------------------------------------------
+# clients
+
+def connect_tunnel(proxy_port, target, timeout=10.0, rcvbuf=None, extra_headers=""):
+    """Open a CONNECT tunnel through the proxy. Returns (sock, status_code,
+    head_text). The socket is positioned right after the response head."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", proxy_port))
+    req = "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, target, extra_headers)
+    s.sendall(req.encode())
+    code, head = read_response_head(s)
+    return s, code, head
+
+
+def read_response_head(s, limit=65536):
+    """Read an HTTP response head byte by byte (so no bytes past it are
+    consumed). Returns (status_code or None, head_text)."""
+    buf = b""
+    while not buf.endswith(b"\r\n\r\n") and len(buf) < limit:
+        try:
+            b = s.recv(1)
+        except socket.timeout:
+            break
+        if not b:
+            break
+        buf += b
+    head = buf.decode("latin-1")
+    m = re.match(r"HTTP/1\.[01] (\d{3})", head)
+    return (int(m.group(1)) if m else None), head
+
+
+def raw_exchange(proxy_port, data, timeout=10.0):
+    """Send raw bytes to the proxy, return (status_code, head_text)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", proxy_port))
+        s.sendall(data)
+        return read_response_head(s)
+    finally:
+        s.close()
+
+
+def client_context(cafile, alpn=None, min_version=None, max_version=None, verify=True):
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile if verify else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def tls_over(sock, ctx, server_hostname):
+    ss = ctx.wrap_socket(sock, server_hostname=server_hostname)
+    return ss
+
+
+def read_http_response(ss):
+    """Minimal HTTP/1.1 response reader (Content-Length or until close).
+    Returns (status, headers dict lower-case, body bytes)."""
+    code, head = read_response_head(ss)
+    if code is None:
+        raise AssertionError("no HTTP response head (got %r)" % head[:200])
+    headers = {}
+    for line in head.split("\r\n")[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    body = bytearray()
+    if "content-length" in headers:
+        left = int(headers["content-length"])
+        while left > 0:
+            b = ss.recv(min(left, 1 << 16))
+            if not b:
+                break
+            body += b
+            left -= len(b)
+    else:
+        while True:
+            b = ss.recv(1 << 16)
+            if not b:
+                break
+            body += b
+    return code, headers, bytes(body)
+
+
+def https_get_via_proxy(proxy_port, target, path, cafile, server_hostname=None, timeout=30.0):
+    """CONNECT target, TLS verified against cafile, GET path. Returns
+    (status, body)."""
+    host = target.rsplit(":", 1)[0].strip("[]")
+    s, code, head = connect_tunnel(proxy_port, target, timeout)
+    ss = None
+    try:
+        if code != 200:
+            raise AssertionError("CONNECT %s -> %r" % (target, head.splitlines()[:1]))
+        ss = tls_over(s, client_context(cafile), server_hostname or host)
+        ss.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                    % (path, target)).encode())
+        st, _, body = read_http_response(ss)
+        return st, body
+    finally:
+        (ss or s).close()
+
+
+def curl(args, timeout=60):
+    """Run curl; returns CompletedProcess (stdout bytes = body)."""
+    return run(["curl", "--silent", "--show-error", "--max-time", str(timeout)]
+               + list(args), timeout=timeout + 10)
+
+
+def curl_err(cp):
+    """curl's one-line error ('curl: (60) ...') or the last stderr line."""
+    lines = [l for l in cp.stderr.decode(errors="replace").splitlines() if l.strip()]
+    for l in lines:
+        if l.startswith("curl: ("):
+            return l.strip()
+    return lines[-1].strip() if lines else ""
+
+
+def curl_via(proxy_port, url, cafile=None, extra=(), timeout=60):
+    a = ["--proxy", "http://127.0.0.1:%d" % proxy_port]
+    if cafile:
+        a += ["--cacert", cafile]
+    return curl(a + list(extra) + [url], timeout=timeout)
+
+
+def s_client(proxy_port, connect, servername=None, cafile=None, extra=(), verify_error=True,
+             timeout=30):
+    """openssl s_client through the proxy. Returns (rc, stdout, stderr, certs)."""
+    cmd = ["openssl", "s_client", "-proxy", "127.0.0.1:%d" % proxy_port,
+           "-connect", connect, "-showcerts"]
+    if servername:
+        cmd += ["-servername", servername]
+    if cafile:
+        cmd += ["-CAfile", cafile]
+    if verify_error:
+        cmd += ["-verify_return_error"]
+    cmd += list(extra)
+    cp = run(cmd, input=b"", timeout=timeout)
+    out = cp.stdout.decode(errors="replace")
+    err = cp.stderr.decode(errors="replace")
+    return cp.returncode, out, err, pem_certs(out)
+
+
+def verify_return_code(out):
+    m = re.search(r"Verify return code: (\d+) \(([^)]*)\)", out)
+    return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+# --------------------------------------------------------------------------
+# test run + checks
+
+class TestRun:
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="sightline-e2e-%s-" % name)
+        self.proxies = []
+        self.nginxes = []
+        self.failed = []
+        self.passed = 0
+        self.skipped = 0
+        self._pki = None
+        self._notes = []
+
+    # setup helpers
+    def pki(self):
+        if self._pki is None:
+            self._pki = Pki(self.dir)
+        return self._pki
+
+    def start_nginx(self, pki, **kw):
+        n = Nginx(self, pki, **kw)
+        self.nginxes.append(n)
+        return n
+
+    def start_proxy(self, pki, name="sightline", port=None, args=(), **cfg):
+        port = port or free_port()
+        text = make_config(pki, listen_port=port, **cfg)
+        return Proxy(self, text, args=args, name=name, port=port)
+
+    # checks
+    @contextlib.contextmanager
+    def check(self, name, fatal=False):
+        """One sub-check: prints 'ok', 'FAIL' or 'SKIP' with the name. With
+        fatal=True a failure stops the test (later checks depend on it)."""
+        t0 = time.monotonic()
+        self._notes = []
+        try:
+            yield
+        except Skip as e:
+            self.skipped += 1
+            print("SKIP  %s: %s" % (name, e), flush=True)
+        except (AssertionError, Exception) as e:
+            self.failed.append(name)
+            if isinstance(e, AssertionError):
+                print("FAIL  %s: %s" % (name, e), flush=True)
+            else:
+                print("FAIL  %s: %s: %s" % (name, type(e).__name__, e), flush=True)
+                traceback.print_exc(limit=4, file=sys.stdout)
+            if fatal:
+                raise Fatal("cannot continue after failed check: %s" % name)
+        else:
+            self.passed += 1
+            notes = "".join(", " + n for n in self._notes)
+            print("ok    %s (%.1fs%s)" % (name, time.monotonic() - t0, notes), flush=True)
+        self._notes = []
+
+    def note(self, text):
+        """Extra detail printed on the current check's result line."""
+        self._notes.append(text)
+
+    def cleanup(self, success):
+        kill_all()
+        if not success:
+            for p in self.proxies:
+                print("---- %s stderr (tail) ----" % p.name)
+                print("\n".join(p.lines[-40:]))
+            for n in self.nginxes:
+                print("---- nginx log (tail) ----")
+                print(n.log_tail())
+        if os.environ.get("SIGHTLINE_E2E_KEEP"):
+            print("kept temp dir: %s" % self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Skip(Exception):
+    pass
+
+
+def run_test(name, main):
+    t = TestRun(name)
+    print("== %s (tmp %s)" % (name, t.dir), flush=True)
+    ok = False
+    t0 = time.monotonic()
+    try:
+        main(t)
+        ok = not t.failed
+    except Fatal as e:
+        print("FATAL %s" % e, flush=True)
+    except SystemExit as e:
+        print("FATAL interrupted (%s)" % e.code, flush=True)
+    except BaseException as e:
+        print("FATAL %s: %s" % (type(e).__name__, e), flush=True)
+        traceback.print_exc(file=sys.stdout)
+    finally:
+        t.cleanup(ok)
+    print("== %s: %s (%d passed, %d failed, %d skipped, %.1fs)%s" % (
+        name, "PASS" if ok else "FAIL", t.passed, len(t.failed), t.skipped,
+        time.monotonic() - t0,
+        (" failed: " + ", ".join(t.failed)) if t.failed else ""), flush=True)
+    sys.exit(0 if ok else 1)
