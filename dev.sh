@@ -91,7 +91,7 @@ MSG
     install_missing "${build_pkgs[@]}" "${test_pkgs[@]}"
     build build-asan -Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug
     dev_ca
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=64 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       run_tests build-asan
     ;;

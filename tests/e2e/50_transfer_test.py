@@ -125,7 +125,8 @@ def main(t):
             assert p.alive(), "%s exited with %r" % (p.name, p.proc.returncode)
             rss = h.rss_bytes(p.pid)
             t.note("%s RSS %.1f MiB" % (p.name, rss / 2**20))
-            assert rss < 512 * 2**20, "%s RSS %.0f MiB" % (p.name, rss / 2**20)
+            if os.environ.get("SIGHTLINE_SANITIZE", "none") in ("", "none"):
+                assert rss < 512 * 2**20, "%s RSS %.0f MiB" % (p.name, rss / 2**20)
 
     with t.check("SIGTERM exits 0"):
         rcs = [proxy.stop(), p2.stop()]
