@@ -458,14 +458,15 @@ void Session::drive_client_handshake() {
 
 void Session::start_relay() {
   state_ = State::relaying;
+  relay_ = std::make_unique<OpaqueRelay>(*this);
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   start_reading(client_);
   start_reading(upstream_);
   // Either side may already hold decrypted data (early application data from
   // a server-speaks-first protocol, or the client's first request).
-  pump(upstream_, client_);
-  if (state_ == State::relaying) pump(client_, upstream_);
+  pump(upstream_);
+  if (state_ == State::relaying) pump(client_);
 }
 
 void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
@@ -479,7 +480,7 @@ void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
       if (&from == &client_) drive_client_handshake();
       return;
     case State::relaying:
-      pump(from, &from == &client_ ? upstream_ : client_);
+      pump(from);
       return;
     default:
       return;
@@ -491,10 +492,12 @@ std::size_t Session::pending_out(const Leg& leg) const {
          BIO_ctrl_pending(leg.wbio);
 }
 
-void Session::pump(Leg& from, Leg& to) {
-  if (from.read_done) return;
+// Decrypts what `from` has buffered and hands it to the relay, until the TLS
+// layer needs more bytes or the opposite leg has too much queued.
+void Session::pump(Leg& from) {
+  Leg& to = opposite(from);
   std::span<char> buf = host_.plain_buffer();
-  while (true) {
+  while (!from.read_done && state_ == State::relaying) {
     if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
       // Back-pressure: stop taking bytes from `from` until `to` drains.
       if (!from.paused) {
@@ -507,50 +510,77 @@ void Session::pump(Leg& from, Leg& to) {
     int n = SSL_read(from.ssl.get(), buf.data(), static_cast<int>(buf.size()));
     if (n > 0) {
       from.plaintext_in += static_cast<std::uint64_t>(n);
-      if (SSL_write(to.ssl.get(), buf.data(), n) != n) {
-        close(std::string("TLS write toward ") + to.name + " failed: " + tls::drain_errors());
-        return;
-      }
+      relay_->on_data(side_of(from), std::span<const char>(buf.data(), static_cast<std::size_t>(n)));
       continue;
     }
     int err = SSL_get_error(from.ssl.get(), n);
     if (err == SSL_ERROR_WANT_READ) {
-      if (from.eof) {
-        flush(to);
-        finish_direction(from, to, false);
-        return;
-      }
+      if (from.eof) end_of_input(from, false);
       break;
     }
     if (err == SSL_ERROR_ZERO_RETURN) {
-      flush(to);
-      finish_direction(from, to, true);
-      return;
+      end_of_input(from, true);
+      break;
     }
     close(std::string("TLS error from ") + from.name + ": " + tls::drain_errors());
     return;
   }
+  if (state_ == State::closing) return;
   flush(to);
   flush(from);  // reading may produce records (alerts, key updates)
 }
 
-// `from` will send nothing more: pass the end on to `to`, as close_notify if
-// `from` ended cleanly, as a bare FIN if it was truncated, so the receiver
-// sees the same kind of ending the sender produced.
-void Session::finish_direction(Leg& from, Leg& to, bool clean) {
+void Session::end_of_input(Leg& from, bool clean) {
   if (from.read_done) return;
   from.read_done = true;
   stop_reading(from);
-  if (clean && !to.write_shutdown) {
-    ERR_clear_error();
-    SSL_shutdown(to.ssl.get());
-    ERR_clear_error();
-    flush(to);
-  }
-  if (!clean && close_reason_.empty())
-    close_reason_ = std::string(from.name) + " closed without close_notify";
-  shutdown_write(to);
+  relay_->on_end(side_of(from), clean);
   maybe_finish();
+}
+
+// RelayIo
+
+void Session::send(Side to, std::span<const char> data) {
+  Leg& leg = leg_of(to);
+  if (leg.write_shutdown || state_ != State::relaying) return;
+  if (SSL_write(leg.ssl.get(), data.data(), static_cast<int>(data.size())) !=
+      static_cast<int>(data.size())) {
+    close(std::string("TLS write toward ") + leg.name + " failed: " + tls::drain_errors());
+    return;
+  }
+  // Large writes go out at once; small ones (heads, chunk lines) are
+  // batched until the pump loop flushes.
+  if (BIO_ctrl_pending(leg.wbio) >= 64 * 1024) flush(leg);
+}
+
+std::size_t Session::queued(Side to) const {
+  return pending_out(to == Side::client ? client_ : upstream_);
+}
+
+// The receiver sees the same kind of ending the sender produced:
+// close_notify plus FIN for a clean end, a bare FIN for a truncated one.
+void Session::end(Side to, bool clean) {
+  Leg& leg = leg_of(to);
+  if (leg.write_shutdown) return;
+  if (clean) {
+    ERR_clear_error();
+    SSL_shutdown(leg.ssl.get());
+    ERR_clear_error();
+  }
+  flush(leg);
+  shutdown_write(leg);
+}
+
+void Session::stop_reading(Side from) {
+  Leg& leg = leg_of(from);
+  leg.read_done = true;
+  stop_reading(leg);
+}
+
+void Session::fail(std::string reason) { close(std::move(reason)); }
+
+void Session::set_close_reason(std::string reason) {
+  if (close_reason_.empty()) close_reason_ = std::move(reason);
 }
 
 void Session::maybe_finish() {
@@ -579,7 +609,7 @@ void Session::on_leg_eof(Leg& from) {
       if (&from == &client_) drive_client_handshake();
       return;
     case State::relaying:
-      pump(from, &from == &client_ ? upstream_ : client_);
+      pump(from);
       return;
     default:
       return;
@@ -594,11 +624,11 @@ void Session::on_write_done(Leg& leg, int status) {
     return;
   }
   if (state_ != State::relaying) return;
-  Leg& other = &leg == &client_ ? upstream_ : client_;
-  if (other.paused && pending_out(leg) <= ctx_.settings.relay_high_watermark / 4) {
-    other.paused = false;
-    if (!other.eof) start_reading(other);
-    pump(other, leg);
+  Leg& from = opposite(leg);
+  if (from.paused && pending_out(leg) <= ctx_.settings.relay_high_watermark / 4) {
+    from.paused = false;
+    if (!from.eof && !from.read_done) start_reading(from);
+    pump(from);
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "net/connect_request.h"
 #include "proxy/context.h"
+#include "proxy/relay.h"
 #include "tls/client_hello.h"
 #include "tls/contexts.h"
 #include "tls/ossl.h"
@@ -21,6 +22,7 @@
 namespace sightline::proxy {
 
 class Session final : public tls::ClientHandshakeHandler,
+                      public RelayIo,
                       public std::enable_shared_from_this<Session> {
  public:
   Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id);
@@ -36,6 +38,14 @@ class Session final : public tls::ClientHandshakeHandler,
 
   int on_client_hello(SSL* ssl, int* alert) override;
   std::string_view selected_alpn() const override { return upstream_alpn_; }
+
+  // RelayIo
+  void send(Side to, std::span<const char> data) override;
+  std::size_t queued(Side to) const override;
+  void end(Side to, bool clean) override;
+  void stop_reading(Side from) override;
+  void fail(std::string reason) override;
+  void set_close_reason(std::string reason) override;
 
  private:
   enum class State {
@@ -87,10 +97,13 @@ class Session final : public tls::ClientHandshakeHandler,
 
   // Relay.
   void on_leg_data(Leg& from, const char* data, std::size_t n);
-  void pump(Leg& from, Leg& to);
+  void pump(Leg& from);
   void on_leg_eof(Leg& from);
-  void finish_direction(Leg& from, Leg& to, bool clean);
+  void end_of_input(Leg& from, bool clean);
   void maybe_finish();
+  Leg& leg_of(Side s) { return s == Side::client ? client_ : upstream_; }
+  Leg& opposite(Leg& l) { return &l == &client_ ? upstream_ : client_; }
+  Side side_of(const Leg& l) const { return &l == &client_ ? Side::client : Side::upstream; }
   std::size_t pending_out(const Leg& leg) const;
   void on_write_done(Leg& leg, int status);
 
@@ -122,6 +135,7 @@ class Session final : public tls::ClientHandshakeHandler,
 
   Leg client_;
   Leg upstream_;
+  std::unique_ptr<Relay> relay_;
   uv_timer_t timer_{};
   bool timer_initialized_ = false;
   uv_connect_t connect_req_{};

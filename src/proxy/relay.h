@@ -1,0 +1,59 @@
+// What runs between the two decrypted legs of an intercepted connection.
+// The session owns sockets and TLS; a Relay only sees plaintext and decides
+// what goes where: bytes as they are (opaque), or HTTP exchanges (h1, h2)
+// that also feed the exchange-event consumers.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+namespace sightline::proxy {
+
+enum class Side { client, upstream };
+
+inline Side other(Side s) { return s == Side::client ? Side::upstream : Side::client; }
+inline const char* side_name(Side s) { return s == Side::client ? "client" : "upstream"; }
+
+// The session's services to its relay. All calls on the session's loop.
+class RelayIo {
+ public:
+  virtual ~RelayIo() = default;
+  // Encrypts and queues plaintext toward `to`.
+  virtual void send(Side to, std::span<const char> data) = 0;
+  // Bytes queued toward `to` and not yet taken by the kernel.
+  virtual std::size_t queued(Side to) const = 0;
+  // Nothing more will be sent toward `to`: close_notify (when `clean`) and FIN.
+  virtual void end(Side to, bool clean) = 0;
+  // Stop reading from `from` for good (its input is no longer wanted).
+  virtual void stop_reading(Side from) = 0;
+  // Tear the connection down now with `reason` (protocol error, abort).
+  virtual void fail(std::string reason) = 0;
+  // Records why the connection ends, for the connection log line.
+  virtual void set_close_reason(std::string reason) = 0;
+};
+
+class Relay {
+ public:
+  virtual ~Relay() = default;
+  // Plaintext that arrived from `from`.
+  virtual void on_data(Side from, std::span<const char> data) = 0;
+  // `from` will send nothing more; `clean` when it ended with close_notify.
+  virtual void on_end(Side from, bool clean) = 0;
+};
+
+// Bytes pass through untouched; endings are passed on in kind.
+class OpaqueRelay final : public Relay {
+ public:
+  explicit OpaqueRelay(RelayIo& io) : io_(io) {}
+  void on_data(Side from, std::span<const char> data) override { io_.send(other(from), data); }
+  void on_end(Side from, bool clean) override {
+    if (!clean) io_.set_close_reason(std::string(side_name(from)) + " closed without close_notify");
+    io_.end(other(from), clean);
+  }
+
+ private:
+  RelayIo& io_;
+};
+
+}  // namespace sightline::proxy
