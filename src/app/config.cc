@@ -64,6 +64,15 @@ class Parser {
     return true;
   }
 
+  bool get_bool(const toml::table& t, const std::string& prefix, std::string_view key, bool& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    auto v = n->value<bool>();
+    if (!n->is_boolean() || !v) return fail(n->source(), join(prefix, key), "expected true or false");
+    out = *v;
+    return true;
+  }
+
   bool get_uint(const toml::table& t, const std::string& prefix, std::string_view key,
                 std::uint64_t lo, std::uint64_t hi, std::uint64_t& out) {
     const toml::node* n = t.get(key);
@@ -217,8 +226,10 @@ class Parser {
 
     if (auto* t = section(root, "limits")) {
       std::uint64_t head = cfg.max_request_head, hello = cfg.max_client_hello,
-                    relay = cfg.relay_high_watermark;
-      if (!check_keys(*t, "limits", {"max_request_head", "max_client_hello", "relay_buffer"}) ||
+                    relay = cfg.relay_high_watermark, http_head = cfg.max_http_head;
+      if (!check_keys(*t, "limits", {"max_request_head", "max_client_hello", "relay_buffer",
+                                     "max_http_head"}) ||
+          !get_uint(*t, "limits", "max_http_head", 1024, 1 << 20, http_head) ||
           !get_uint(*t, "limits", "max_request_head", 1024, 1 << 20, head) ||
           !get_uint(*t, "limits", "max_client_hello", 1024, 64 * 1024, hello) ||
           !get_uint(*t, "limits", "relay_buffer", 16 * 1024, 64 << 20, relay))
@@ -226,11 +237,14 @@ class Parser {
       cfg.max_request_head = head;
       cfg.max_client_hello = hello;
       cfg.relay_high_watermark = relay;
+      cfg.max_http_head = http_head;
     }
     if (bad_section_) return false;
 
     if (auto* t = section(root, "log")) {
-      if (!check_keys(*t, "log", {"file", "level"}) || !get_path(*t, "log", "file", cfg.log_file) ||
+      if (!check_keys(*t, "log", {"file", "level", "exchanges"}) ||
+          !get_bool(*t, "log", "exchanges", cfg.log_exchanges) ||
+          !get_path(*t, "log", "file", cfg.log_file) ||
           !get_choice(*t, "log", "level", {"debug", "info", "warn", "error"}, cfg.log_level))
         return false;
     }

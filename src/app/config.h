@@ -52,9 +52,11 @@ struct Config {
   std::size_t max_request_head = 16 * 1024;
   std::size_t max_client_hello = 16 * 1024;
   std::size_t relay_high_watermark = 256 * 1024;
+  std::size_t max_http_head = 64 * 1024;  // HTTP/1.1 head and trailer sections
 
   std::string log_file;  // empty: stderr
   std::string log_level = "info";
+  bool log_exchanges = true;  // one access-log line per HTTP exchange
 };
 
 struct ConfigError {

@@ -3,6 +3,7 @@
 #include "app/worker.h"
 #include "core/log.h"
 #include "core/uv_handle.h"
+#include "exchange/access_log.h"
 #include "sightline_build.h"
 #include "tls/contexts.h"
 
@@ -23,6 +24,12 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   s.relay_high_watermark = cfg.relay_high_watermark;
   s.on_invalid = cfg.on_invalid;
   s.upstream_alpn = cfg.upstream_alpn;
+  s.h1.max_head = cfg.max_http_head;
+  s.h1.max_trailers = cfg.max_http_head;
+
+  auto fanout = std::make_shared<exchange::Fanout>();
+  if (cfg.log_exchanges) fanout->add(std::make_shared<exchange::AccessLog>());
+  ctx.exchanges = fanout;
 
   auto ca = tls::load_issuing_ca(cfg.ca_cert, cfg.ca_key, error);
   if (!ca) return false;

@@ -71,10 +71,17 @@ struct Timing {
   Clock::time_point end{};
 };
 
+// One exchange's identity and summary, kept up to date by the codec, so
+// consumers can stay stateless (several worker threads call them at once).
 struct Exchange {
   std::uint64_t id = 0;  // unique in the process: connection id << 16 | sequence
   std::shared_ptr<const ConnectionInfo> connection;
   std::uint32_t stream = 0;  // HTTP/2 stream id, 0 for HTTP/1
+  std::string protocol;      // "HTTP/1.1", "HTTP/1.0", "HTTP/2"
+  std::string method;
+  std::string authority;
+  std::string target;
+  int status = 0;            // final status once the response head arrived
   Timing timing;
   std::uint64_t request_body_bytes = 0;
   std::uint64_t response_body_bytes = 0;

@@ -3,6 +3,8 @@
 // start, read-only afterwards except for the thread-safe pool and cache.
 #pragma once
 
+#include "exchange/exchange.h"
+#include "http/h1_parser.h"
 #include "tls/cert_cache.h"
 #include "tls/contexts.h"
 #include "tls/enterprise_ca.h"
@@ -30,6 +32,7 @@ struct SessionSettings {
   std::size_t relay_high_watermark = 256 * 1024;
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
+  http::H1Limits h1;
 };
 
 struct ProxyContext {
@@ -39,6 +42,9 @@ struct ProxyContext {
   tls::IssuingCa untrusted_ca;
   std::unique_ptr<tls::LeafKeyPool> leaf_keys;
   std::unique_ptr<tls::CertCache> cert_cache;
+  // Every HTTP exchange's events go here (shared by all workers: consumers
+  // must be thread-safe or stateless).
+  std::shared_ptr<exchange::Consumer> exchanges;
 };
 
 // The worker a session lives on. Everything except post() is called on the

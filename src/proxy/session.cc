@@ -1,6 +1,8 @@
 #include "proxy/session.h"
 
 #include "core/log.h"
+#include "http/h1_relay.h"
+#include "http/sniff_relay.h"
 #include "net/address.h"
 #include "tls/forge.h"
 
@@ -458,7 +460,7 @@ void Session::drive_client_handshake() {
 
 void Session::start_relay() {
   state_ = State::relaying;
-  relay_ = std::make_unique<OpaqueRelay>(*this);
+  relay_ = make_relay();
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   start_reading(client_);
@@ -467,6 +469,37 @@ void Session::start_relay() {
   // a server-speaks-first protocol, or the client's first request).
   pump(upstream_);
   if (state_ == State::relaying) pump(client_);
+}
+
+// The negotiated ALPN picks the codec: HTTP/1.1 (or no ALPN, the HTTP/1.1
+// default over TLS) gets the strict parser; anything else is relayed as is.
+std::unique_ptr<Relay> Session::make_relay() {
+  auto info = std::make_shared<exchange::ConnectionInfo>();
+  info->id = id_;
+  info->client = client_addr_;
+  info->server = upstream_addr_;
+  info->target = request_.authority.to_string();
+  info->sni = hello_.sni;
+  info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
+                     SSL_get_cipher_name(client_.ssl.get());
+  info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
+                       SSL_get_cipher_name(upstream_.ssl.get());
+  info->alpn = upstream_alpn_;
+  auto make_h1 = [this, info = std::move(info)]() -> std::unique_ptr<Relay> {
+    return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1);
+  };
+  if (upstream_alpn_ == "http/1.1") {
+    codec_ = "http/1.1";
+    return make_h1();
+  }
+  if (upstream_alpn_.empty()) {
+    codec_ = "sniffing";
+    return std::make_unique<http::SniffRelay>(*this, std::move(make_h1), [this](bool is_http) {
+      codec_ = is_http ? "http/1.1" : "opaque";
+    });
+  }
+  codec_ = "opaque";
+  return std::make_unique<http::OpaqueRelay>(*this);
 }
 
 void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
@@ -862,6 +895,7 @@ void Session::log_connection() {
       {"close_reason", close_reason_},
   };
   if (!cache_result_.empty()) j["cert_cache"] = cache_result_;
+  if (!codec_.empty()) j["codec"] = codec_;
   if (http_status_ != 0) j["status"] = http_status_;
   if (untrusted_) j["forged_by"] = "untrusted-ca";
   bool failed = action_ == "refuse" || action_ == "reject";

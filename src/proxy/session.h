@@ -8,7 +8,7 @@
 
 #include "net/connect_request.h"
 #include "proxy/context.h"
-#include "proxy/relay.h"
+#include "http/relay.h"
 #include "tls/client_hello.h"
 #include "tls/contexts.h"
 #include "tls/ossl.h"
@@ -20,6 +20,10 @@
 #include <string>
 
 namespace sightline::proxy {
+
+using http::Relay;
+using http::RelayIo;
+using http::Side;
 
 class Session final : public tls::ClientHandshakeHandler,
                       public RelayIo,
@@ -94,6 +98,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void refuse_client(int alert, std::string reason);
   void drive_client_handshake();
   void start_relay();
+  std::unique_ptr<Relay> make_relay();
 
   // Relay.
   void on_leg_data(Leg& from, const char* data, std::size_t n);
@@ -166,6 +171,7 @@ class Session final : public tls::ClientHandshakeHandler,
                 t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
                 t_forge_done_ = 0, t_client_hs_done_ = 0;
   std::string close_reason_;
+  std::string codec_;  // "http/1.1", "h2", "opaque" once relaying
   std::string action_ = "none";  // until a decision is made
   int http_status_ = 0;
 };

@@ -8,7 +8,7 @@
 #include <span>
 #include <string>
 
-namespace sightline::proxy {
+namespace sightline::http {
 
 enum class Side { client, upstream };
 
@@ -56,4 +56,4 @@ class OpaqueRelay final : public Relay {
   RelayIo& io_;
 };
 
-}  // namespace sightline::proxy
+}  // namespace sightline::http
