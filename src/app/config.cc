@@ -146,7 +146,7 @@ class Parser {
 
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
-                               "timeouts", "limits", "log"}))
+                               "timeouts", "limits", "http2", "log"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -238,6 +238,27 @@ class Parser {
       cfg.max_client_hello = hello;
       cfg.relay_high_watermark = relay;
       cfg.max_http_head = http_head;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "http2")) {
+      std::uint64_t streams = cfg.h2_max_concurrent_streams, win = cfg.h2_initial_window_size,
+                    conn = cfg.h2_connection_window_size, hdr = cfg.h2_max_header_list_size,
+                    table = cfg.h2_header_table_size;
+      if (!check_keys(*t, "http2", {"max_concurrent_streams", "initial_window_size",
+                                    "connection_window_size", "max_header_list_size",
+                                    "header_table_size"}) ||
+          !get_uint(*t, "http2", "max_concurrent_streams", 1, 10000, streams) ||
+          !get_uint(*t, "http2", "initial_window_size", 16384, (1u << 31) - 1, win) ||
+          !get_uint(*t, "http2", "connection_window_size", 65535, (1u << 31) - 1, conn) ||
+          !get_uint(*t, "http2", "max_header_list_size", 4096, 1 << 20, hdr) ||
+          !get_uint(*t, "http2", "header_table_size", 0, 1 << 16, table))
+        return false;
+      cfg.h2_max_concurrent_streams = static_cast<std::uint32_t>(streams);
+      cfg.h2_initial_window_size = static_cast<std::uint32_t>(win);
+      cfg.h2_connection_window_size = static_cast<std::uint32_t>(conn);
+      cfg.h2_max_header_list_size = static_cast<std::uint32_t>(hdr);
+      cfg.h2_header_table_size = static_cast<std::uint32_t>(table);
     }
     if (bad_section_) return false;
 

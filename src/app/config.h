@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -53,6 +54,13 @@ struct Config {
   std::size_t max_client_hello = 16 * 1024;
   std::size_t relay_high_watermark = 256 * 1024;
   std::size_t max_http_head = 64 * 1024;  // HTTP/1.1 head and trailer sections
+
+  // HTTP/2 (both legs).
+  std::uint32_t h2_max_concurrent_streams = 100;
+  std::uint32_t h2_initial_window_size = 256 * 1024;
+  std::uint32_t h2_connection_window_size = 1024 * 1024;
+  std::uint32_t h2_max_header_list_size = 64 * 1024;
+  std::uint32_t h2_header_table_size = 4096;
 
   std::string log_file;  // empty: stderr
   std::string log_level = "info";

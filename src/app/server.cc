@@ -26,6 +26,11 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   s.upstream_alpn = cfg.upstream_alpn;
   s.h1.max_head = cfg.max_http_head;
   s.h1.max_trailers = cfg.max_http_head;
+  s.h2.max_concurrent_streams = cfg.h2_max_concurrent_streams;
+  s.h2.initial_window_size = cfg.h2_initial_window_size;
+  s.h2.connection_window_size = cfg.h2_connection_window_size;
+  s.h2.max_header_list_size = cfg.h2_max_header_list_size;
+  s.h2.header_table_size = cfg.h2_header_table_size;
 
   auto fanout = std::make_shared<exchange::Fanout>();
   if (cfg.log_exchanges) fanout->add(std::make_shared<exchange::AccessLog>());

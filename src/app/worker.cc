@@ -107,8 +107,8 @@ void Worker::on_connection(uv_stream_t* server, int status) {
                                  {"msg", uv_strerror(status)}});
     return;
   }
-  std::uint64_t id = (static_cast<std::uint64_t>(self->index_) << 48) | ++self->next_id_;
-  auto session = std::make_shared<proxy::Session>(*self, self->ctx_, id);
+  std::uint64_t id = (static_cast<std::uint64_t>(self->index_) << 56) | ++self->next_id_;
+  auto session = std::make_shared<proxy::Session>(*self, self->ctx_, id, self->index_);
   self->sessions_.emplace(id, session);
   session->start(server);
 }

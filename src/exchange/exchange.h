@@ -37,7 +37,8 @@ using Headers = std::vector<Header>;
 
 // Connection facts shared by all exchanges on one client connection.
 struct ConnectionInfo {
-  std::uint64_t id = 0;
+  std::uint64_t id = 0;     // worker index in the top 8 bits, then a per-worker count
+  unsigned worker = 0;
   std::string client;       // "addr:port"
   std::string server;       // upstream "addr:port"
   std::string target;       // CONNECT target or absolute-form authority
@@ -74,7 +75,7 @@ struct Timing {
 // One exchange's identity and summary, kept up to date by the codec, so
 // consumers can stay stateless (several worker threads call them at once).
 struct Exchange {
-  std::uint64_t id = 0;  // unique in the process: connection id << 16 | sequence
+  std::uint64_t id = 0;  // unique in the process: see next_exchange_id()
   std::shared_ptr<const ConnectionInfo> connection;
   std::uint32_t stream = 0;  // HTTP/2 stream id, 0 for HTTP/1
   std::string protocol;      // "HTTP/1.1", "HTTP/1.0", "HTTP/2"
@@ -86,6 +87,13 @@ struct Exchange {
   std::uint64_t request_body_bytes = 0;
   std::uint64_t response_body_bytes = 0;
 };
+
+// Exchange ids: the worker index in the top 8 bits, then a count kept by
+// that worker's thread, so ids are unique without a shared counter.
+inline std::uint64_t next_exchange_id(unsigned worker) {
+  thread_local std::uint64_t count = 0;
+  return (static_cast<std::uint64_t>(worker) << 56) | ++count;
+}
 
 enum class Direction { request, response };
 

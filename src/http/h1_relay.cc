@@ -45,7 +45,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
 
   void on_head(const MessageHead& head, Framing, std::uint64_t, std::string_view) override {
     auto st = std::make_shared<State>();
-    st->ex.id = (r_.connection_->id << 16) | (++r_.next_seq_ & 0xffff);
+    st->ex.id = exchange::next_exchange_id(r_.connection_->worker);
     st->ex.connection = r_.connection_;
     st->ex.timing.request_head_in = Clock::now();
     st->awaiting_head_forward = true;

@@ -44,7 +44,6 @@ class H1Relay final : public Relay {
   H1Parser responses_;
   std::deque<std::shared_ptr<State>> awaiting_response_;  // in request order
   std::shared_ptr<State> current_request_;                // request being received
-  std::uint64_t next_seq_ = 0;
   bool tunnel_ = false;
   bool closing_ = false;
   // A request error that must wait for earlier responses (pipelining order).

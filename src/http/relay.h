@@ -40,6 +40,9 @@ class Relay {
   virtual void on_data(Side from, std::span<const char> data) = 0;
   // `from` will send nothing more; `clean` when it ended with close_notify.
   virtual void on_end(Side from, bool clean) = 0;
+  // The queue toward `to` drained below the low watermark: a relay that held
+  // output back (HTTP/2 DATA frames) may produce more now.
+  virtual void on_writable(Side /*to*/) {}
 };
 
 // Bytes pass through untouched; endings are passed on in kind.

@@ -50,6 +50,10 @@ class SniffRelay final : public Relay {
     inner_->on_end(from, clean);
   }
 
+  void on_writable(Side to) override {
+    if (inner_) inner_->on_writable(to);
+  }
+
   // 1: an HTTP request line starts here; 0: not HTTP; -1: undecided yet.
   static int looks_like_http(std::string_view s) {
     constexpr std::size_t kMaxMethod = 20;

@@ -5,6 +5,7 @@
 
 #include "exchange/exchange.h"
 #include "http/h1_parser.h"
+#include "http/h2_relay.h"
 #include "tls/cert_cache.h"
 #include "tls/contexts.h"
 #include "tls/enterprise_ca.h"
@@ -33,6 +34,7 @@ struct SessionSettings {
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
+  http::H2Settings h2;
 };
 
 struct ProxyContext {

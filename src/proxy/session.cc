@@ -2,6 +2,7 @@
 
 #include "core/log.h"
 #include "http/h1_relay.h"
+#include "http/h2_relay.h"
 #include "http/sniff_relay.h"
 #include "net/address.h"
 #include "tls/forge.h"
@@ -57,8 +58,8 @@ struct Session::ResolveReq {
   std::shared_ptr<Session> session;
 };
 
-Session::Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id)
-    : host_(host), ctx_(ctx), id_(id) {
+Session::Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id, unsigned worker)
+    : host_(host), ctx_(ctx), id_(id), worker_(worker) {
   client_.name = "client";
   upstream_.name = "upstream";
 }
@@ -476,6 +477,7 @@ void Session::start_relay() {
 std::unique_ptr<Relay> Session::make_relay() {
   auto info = std::make_shared<exchange::ConnectionInfo>();
   info->id = id_;
+  info->worker = worker_;
   info->client = client_addr_;
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
@@ -485,6 +487,13 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
                        SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
+  if (upstream_alpn_ == "h2") {
+    codec_ = "h2";
+    auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
+                                              ctx_.settings.h2, ctx_.settings.relay_high_watermark);
+    h2->start();
+    return h2;
+  }
   auto make_h1 = [this, info = std::move(info)]() -> std::unique_ptr<Relay> {
     return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1);
   };
@@ -657,8 +666,11 @@ void Session::on_write_done(Leg& leg, int status) {
     return;
   }
   if (state_ != State::relaying) return;
+  if (pending_out(leg) > ctx_.settings.relay_high_watermark / 4) return;
+  relay_->on_writable(side_of(leg));
+  if (state_ != State::relaying) return;
   Leg& from = opposite(leg);
-  if (from.paused && pending_out(leg) <= ctx_.settings.relay_high_watermark / 4) {
+  if (from.paused) {
     from.paused = false;
     if (!from.eof && !from.read_done) start_reading(from);
     pump(from);

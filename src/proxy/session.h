@@ -29,7 +29,7 @@ class Session final : public tls::ClientHandshakeHandler,
                       public RelayIo,
                       public std::enable_shared_from_this<Session> {
  public:
-  Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id);
+  Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id, unsigned worker);
   ~Session() override;
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -134,6 +134,7 @@ class Session final : public tls::ClientHandshakeHandler,
   SessionHost& host_;
   const ProxyContext& ctx_;
   std::uint64_t id_;
+  unsigned worker_;
   State state_ = State::reading_request;
   int open_handles_ = 0;
   bool fatal_ = false;  // closing without draining

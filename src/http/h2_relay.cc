@@ -1,0 +1,570 @@
+#include "http/h2_relay.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+namespace sightline::http {
+
+using exchange::Clock;
+
+namespace {
+
+using HeaderPairs = std::vector<std::pair<std::string, std::string>>;
+
+std::vector<nghttp2_nv> to_nv(const HeaderPairs& h) {
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(h.size());
+  for (const auto& [n, v] : h)
+    nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(n.data())),
+                  reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
+                  NGHTTP2_NV_FLAG_NONE});
+  return nv;
+}
+
+exchange::Head to_event_head(const HeaderPairs& h, bool request) {
+  exchange::Head out;
+  out.version = "HTTP/2";
+  for (const auto& [n, v] : h) {
+    if (n.empty() || n[0] != ':') {
+      out.headers.push_back({n, v});
+    } else if (n == ":method") {
+      out.method = v;
+    } else if (n == ":scheme") {
+      out.scheme = v;
+    } else if (n == ":authority") {
+      out.authority = v;
+    } else if (n == ":path") {
+      out.target = v;
+    } else if (n == ":status") {
+      out.status = std::atoi(v.c_str());
+    }
+  }
+  (void)request;
+  return out;
+}
+
+exchange::Headers to_event_headers(const HeaderPairs& h) {
+  exchange::Headers out;
+  for (const auto& [n, v] : h) out.push_back({n, v});
+  return out;
+}
+
+}  // namespace
+
+// One client stream and the origin stream it maps to. Body bytes wait here
+// between the two sessions; nghttp2's windows bound how many can.
+struct H2Relay::Stream {
+  std::int32_t down_id = 0;
+  std::int32_t up_id = -1;  // -1 until submitted
+  exchange::Exchange ex;
+  HeaderPairs collecting;  // header block being received
+  HeaderPairs req_trailers, resp_trailers;
+  std::string req_body, resp_body;  // not yet taken by the other session
+  std::size_t req_off = 0, resp_off = 0;
+  bool req_end = false, resp_end = false;
+  bool resp_head_sent = false;
+  bool down_closed = false, up_closed = false;
+  bool done_reported = false;
+  bool synthetic = false;  // response made by the proxy (error page)
+};
+
+struct H2Relay::Callbacks {
+  static H2Relay& relay(void* user_data) { return *static_cast<H2Relay*>(user_data); }
+
+  static int on_begin_headers(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+    H2Relay& r = relay(ud);
+    if (f->hd.type != NGHTTP2_HEADERS) return 0;
+    if (s == r.down_ && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      auto st = std::make_unique<Stream>();
+      st->down_id = f->hd.stream_id;
+      st->ex.id = exchange::next_exchange_id(r.connection_->worker);
+      st->ex.connection = r.connection_;
+      st->ex.stream = static_cast<std::uint32_t>(f->hd.stream_id);
+      st->ex.protocol = "HTTP/2";
+      r.last_down_stream_ = std::max(r.last_down_stream_, f->hd.stream_id);
+      r.streams_[f->hd.stream_id] = std::move(st);
+      return 0;
+    }
+    Stream* st = s == r.down_ ? r.by_down(f->hd.stream_id) : r.by_up(f->hd.stream_id);
+    if (st) st->collecting.clear();
+    return 0;
+  }
+
+  static int on_header(nghttp2_session* s, const nghttp2_frame* f, const uint8_t* name,
+                       size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+    H2Relay& r = relay(ud);
+    Stream* st = s == r.down_ ? r.by_down(f->hd.stream_id) : r.by_up(f->hd.stream_id);
+    if (!st) return 0;
+    st->collecting.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
+                                std::string(reinterpret_cast<const char*>(value), valuelen));
+    return 0;
+  }
+
+  static int on_frame_recv(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+    H2Relay& r = relay(ud);
+    const bool end_stream = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+      if (s == r.up_) {
+        // The origin is going away: tell the client which of its streams
+        // will still be answered, so it can retry the others elsewhere.
+        std::int32_t last = 0;
+        for (auto& [id, st] : r.streams_)
+          if (st->up_id > 0 && st->up_id <= f->goaway.last_stream_id) last = std::max(last, id);
+        nghttp2_submit_goaway(r.down_, NGHTTP2_FLAG_NONE, last, f->goaway.error_code, nullptr, 0);
+      } else {
+        nghttp2_submit_goaway(r.up_, NGHTTP2_FLAG_NONE, 0, f->goaway.error_code, nullptr, 0);
+      }
+      return 0;
+    }
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
+    if (s == r.down_) {
+      Stream* st = r.by_down(f->hd.stream_id);
+      if (!st) return 0;
+      if (f->hd.type == NGHTTP2_HEADERS) {
+        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+          exchange::Head head = to_event_head(st->collecting, true);
+          st->ex.method = head.method;
+          st->ex.authority = head.authority;
+          st->ex.target = head.target;
+          st->ex.timing.request_head_in = Clock::now();
+          r.consumer_.on_request_head(st->ex, head);
+          r.submit_request(*st, end_stream);
+          if (end_stream) {
+            st->req_end = true;
+            r.consumer_.on_request_end(st->ex, {});
+          }
+          return 0;
+        }
+        st->req_trailers = std::move(st->collecting);
+      }
+      if (end_stream && !st->req_end) {
+        st->req_end = true;
+        r.consumer_.on_request_end(st->ex, to_event_headers(st->req_trailers));
+        if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
+      }
+      return 0;
+    }
+    Stream* st = r.by_up(f->hd.stream_id);
+    if (!st) return 0;
+    if (f->hd.type == NGHTTP2_HEADERS) {
+      if (f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+        exchange::Head head = to_event_head(st->collecting, false);
+        if (head.status >= 100 && head.status < 200) {
+          // Informational: relayed as a non-final header block.
+          auto nv = to_nv(st->collecting);
+          nghttp2_submit_headers(r.down_, NGHTTP2_FLAG_NONE, st->down_id, nullptr, nv.data(),
+                                 nv.size(), nullptr);
+          r.consumer_.on_response_head(st->ex, head);
+          return 0;
+        }
+        st->ex.status = head.status;
+        st->ex.timing.response_head_in = Clock::now();
+        r.consumer_.on_response_head(st->ex, head);
+        r.submit_response(*st, end_stream);
+        if (end_stream) st->resp_end = true;
+      } else {
+        st->resp_trailers = std::move(st->collecting);
+      }
+    }
+    if (end_stream) {
+      st->resp_end = true;
+      if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
+    }
+    return 0;
+  }
+
+  static int on_data_chunk(nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data,
+                           size_t len, void* ud) {
+    H2Relay& r = relay(ud);
+    std::span<const char> bytes(reinterpret_cast<const char*>(data), len);
+    if (s == r.down_) {
+      Stream* st = r.by_down(id);
+      if (!st || st->up_closed) {
+        // Nobody will take these bytes: give the window back at once.
+        nghttp2_session_consume(r.down_, id, len);
+        return 0;
+      }
+      st->req_body.append(bytes.data(), bytes.size());
+      st->ex.request_body_bytes += len;
+      r.consumer_.on_body(st->ex, exchange::Direction::request, bytes);
+      if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
+    } else {
+      Stream* st = r.by_up(id);
+      if (!st || st->down_closed) {
+        nghttp2_session_consume(r.up_, id, len);
+        return 0;
+      }
+      st->resp_body.append(bytes.data(), bytes.size());
+      st->ex.response_body_bytes += len;
+      r.consumer_.on_body(st->ex, exchange::Direction::response, bytes);
+      if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
+    }
+    return 0;
+  }
+
+  static int on_frame_send(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+    H2Relay& r = relay(ud);
+    if (f->hd.type != NGHTTP2_HEADERS) return 0;
+    if (s == r.up_) {
+      if (Stream* st = r.by_up(f->hd.stream_id);
+          st && st->ex.timing.request_head_out == Clock::time_point{})
+        st->ex.timing.request_head_out = Clock::now();
+    } else if (Stream* st = r.by_down(f->hd.stream_id);
+               st && f->headers.cat == NGHTTP2_HCAT_RESPONSE &&
+               st->ex.timing.response_head_out == Clock::time_point{} && st->ex.status >= 200) {
+      st->ex.timing.response_head_out = Clock::now();
+    }
+    return 0;
+  }
+
+  static int on_stream_close(nghttp2_session* s, int32_t id, uint32_t error_code, void* ud) {
+    H2Relay& r = relay(ud);
+    if (s == r.down_) {
+      Stream* st = r.by_down(id);
+      if (!st) return 0;
+      st->down_closed = true;
+      if (!st->done_reported) {
+        st->done_reported = true;
+        if (error_code == NGHTTP2_NO_ERROR && st->resp_end) {
+          st->ex.timing.end = Clock::now();
+          r.consumer_.on_response_end(st->ex, to_event_headers(st->resp_trailers));
+        } else {
+          r.consumer_.on_abort(st->ex, error_code == NGHTTP2_NO_ERROR
+                                           ? std::string_view("stream closed early")
+                                           : std::string_view(nghttp2_http2_strerror(error_code)));
+        }
+      }
+      // The client reset its stream: cancel the origin's too.
+      if (!st->up_closed && st->up_id > 0)
+        nghttp2_submit_rst_stream(r.up_, NGHTTP2_FLAG_NONE, st->up_id,
+                                  error_code == NGHTTP2_NO_ERROR ? static_cast<uint32_t>(NGHTTP2_CANCEL) : error_code);
+      // Window for bytes that will never be sent on.
+      std::size_t unsent = st->resp_body.size() - st->resp_off;
+      if (unsent && !st->up_closed && st->up_id > 0) nghttp2_session_consume(r.up_, st->up_id, unsent);
+      r.release_if_closed(st);
+      return 0;
+    }
+    Stream* st = r.by_up(id);
+    if (!st) return 0;
+    st->up_closed = true;
+    std::size_t unsent = st->req_body.size() - st->req_off;
+    if (unsent && !st->down_closed) nghttp2_session_consume(r.down_, st->down_id, unsent);
+    if (error_code != NGHTTP2_NO_ERROR && !st->down_closed) {
+      if (!st->resp_head_sent) {
+        r.answer_error(*st, 502, std::string("origin reset the stream: ") +
+                                     nghttp2_http2_strerror(error_code));
+      } else {
+        nghttp2_submit_rst_stream(r.down_, NGHTTP2_FLAG_NONE, st->down_id, error_code);
+      }
+    } else if (!st->resp_end && !st->down_closed) {
+      r.answer_error(*st, 502, "origin closed the stream before responding");
+    }
+    r.release_if_closed(st);
+    return 0;
+  }
+
+  // Body bytes leave our buffer; the sender's window reopens only now.
+  static ssize_t read_request_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                                   uint32_t* flags, nghttp2_data_source* src, void* ud) {
+    H2Relay& r = relay(ud);
+    auto* st = static_cast<Stream*>(src->ptr);
+    std::size_t n = std::min(length, st->req_body.size() - st->req_off);
+    if (n > 0) {
+      std::memcpy(buf, st->req_body.data() + st->req_off, n);
+      st->req_off += n;
+      if (!st->down_closed) nghttp2_session_consume(r.down_, st->down_id, n);
+      if (st->req_off == st->req_body.size()) {
+        st->req_body.clear();
+        st->req_off = 0;
+      }
+    }
+    if (st->req_off == st->req_body.size() && st->req_end) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      if (!st->req_trailers.empty()) {
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        auto nv = to_nv(st->req_trailers);
+        nghttp2_submit_trailer(r.up_, st->up_id, nv.data(), nv.size());
+      }
+      return static_cast<ssize_t>(n);
+    }
+    return n > 0 ? static_cast<ssize_t>(n) : static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED);
+  }
+
+  static ssize_t read_response_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                                    uint32_t* flags, nghttp2_data_source* src, void* ud) {
+    H2Relay& r = relay(ud);
+    auto* st = static_cast<Stream*>(src->ptr);
+    std::size_t n = std::min(length, st->resp_body.size() - st->resp_off);
+    if (n > 0) {
+      std::memcpy(buf, st->resp_body.data() + st->resp_off, n);
+      st->resp_off += n;
+      if (!st->up_closed && st->up_id > 0 && !st->synthetic)
+        nghttp2_session_consume(r.up_, st->up_id, n);
+      if (st->resp_off == st->resp_body.size()) {
+        st->resp_body.clear();
+        st->resp_off = 0;
+      }
+    }
+    if (st->resp_off == st->resp_body.size() && st->resp_end) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      if (!st->resp_trailers.empty()) {
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        auto nv = to_nv(st->resp_trailers);
+        nghttp2_submit_trailer(r.down_, st->down_id, nv.data(), nv.size());
+      }
+      return static_cast<ssize_t>(n);
+    }
+    return n > 0 ? static_cast<ssize_t>(n) : static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED);
+  }
+};
+
+H2Relay::H2Relay(RelayIo& io, exchange::Consumer& consumer,
+                 std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
+                 std::size_t output_high_watermark)
+    : io_(io),
+      consumer_(consumer),
+      connection_(std::move(connection)),
+      settings_(settings),
+      high_watermark_(output_high_watermark) {}
+
+H2Relay::~H2Relay() {
+  // Exchanges still open when the connection goes are aborted, so every
+  // request_head has its ending.
+  for (auto& [id, st] : streams_)
+    if (!st->done_reported) consumer_.on_abort(st->ex, "connection closed");
+  nghttp2_session_del(down_);
+  nghttp2_session_del(up_);
+}
+
+bool H2Relay::start() {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_option* opt = nullptr;
+  if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cbs);
+    io_.fail("nghttp2: out of memory");
+    return false;
+  }
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, Callbacks::on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, Callbacks::on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, Callbacks::on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, Callbacks::on_data_chunk);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, Callbacks::on_frame_send);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, Callbacks::on_stream_close);
+  // Window updates follow what has been passed on, not what has arrived.
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  nghttp2_option_set_max_deflate_dynamic_table_size(opt, settings_.header_table_size);
+  nghttp2_option_set_max_send_header_block_length(opt, settings_.max_header_list_size + 1024);
+  int rc_down = nghttp2_session_server_new2(&down_, cbs, this, opt);
+  int rc_up = nghttp2_session_client_new2(&up_, cbs, this, opt);
+  nghttp2_session_callbacks_del(cbs);
+  nghttp2_option_del(opt);
+  if (rc_down != 0 || rc_up != 0) {
+    io_.fail("nghttp2: cannot create sessions");
+    return false;
+  }
+  nghttp2_settings_entry down_settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, settings_.initial_window_size},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, settings_.max_header_list_size},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, settings_.header_table_size},
+  };
+  nghttp2_settings_entry up_settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, settings_.initial_window_size},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, settings_.max_header_list_size},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, settings_.header_table_size},
+  };
+  if (nghttp2_submit_settings(down_, NGHTTP2_FLAG_NONE, down_settings, std::size(down_settings)) != 0 ||
+      nghttp2_submit_settings(up_, NGHTTP2_FLAG_NONE, up_settings, std::size(up_settings)) != 0 ||
+      nghttp2_session_set_local_window_size(down_, NGHTTP2_FLAG_NONE, 0,
+                                            static_cast<int32_t>(settings_.connection_window_size)) != 0 ||
+      nghttp2_session_set_local_window_size(up_, NGHTTP2_FLAG_NONE, 0,
+                                            static_cast<int32_t>(settings_.connection_window_size)) != 0) {
+    io_.fail("nghttp2: cannot submit SETTINGS");
+    return false;
+  }
+  flush();
+  return true;
+}
+
+H2Relay::Stream* H2Relay::by_down(std::int32_t id) {
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+H2Relay::Stream* H2Relay::by_up(std::int32_t id) {
+  auto it = up_index_.find(id);
+  return it == up_index_.end() ? nullptr : it->second;
+}
+
+void H2Relay::submit_request(Stream& st, bool end_stream) {
+  auto nv = to_nv(st.collecting);
+  nghttp2_data_provider prd{};
+  prd.source.ptr = &st;
+  prd.read_callback = Callbacks::read_request_body;
+  std::int32_t id = nghttp2_submit_request(up_, nullptr, nv.data(), nv.size(),
+                                           end_stream ? nullptr : &prd, nullptr);
+  st.collecting.clear();
+  if (id < 0) {
+    st.up_closed = true;
+    answer_error(st, 502, std::string("cannot forward request: ") + nghttp2_strerror(id));
+    return;
+  }
+  st.up_id = id;
+  up_index_[id] = &st;
+}
+
+void H2Relay::submit_response(Stream& st, bool end_stream) {
+  if (st.down_closed) return;
+  auto nv = to_nv(st.collecting);
+  nghttp2_data_provider prd{};
+  prd.source.ptr = &st;
+  prd.read_callback = Callbacks::read_response_body;
+  int rc = nghttp2_submit_response(down_, st.down_id, nv.data(), nv.size(),
+                                   end_stream ? nullptr : &prd);
+  st.collecting.clear();
+  if (rc == 0) st.resp_head_sent = true;
+}
+
+// The proxy's own answer on a stream whose origin side failed before a
+// response head was relayed.
+void H2Relay::answer_error(Stream& st, int status, const std::string& reason) {
+  if (st.down_closed || st.resp_head_sent) return;
+  st.synthetic = true;
+  st.ex.status = status;
+  st.resp_body = "sightline: " + reason + "\n";
+  st.resp_off = 0;
+  st.resp_end = true;
+  st.resp_trailers.clear();
+  std::string status_text = std::to_string(status);
+  std::string length = std::to_string(st.resp_body.size());
+  st.collecting = {{":status", status_text},
+                   {"content-type", "text/plain; charset=utf-8"},
+                   {"content-length", length},
+                   {"cache-control", "no-store"}};
+  if (!st.done_reported) {
+    st.done_reported = true;
+    consumer_.on_abort(st.ex, reason);
+  }
+  submit_response(st, false);
+}
+
+void H2Relay::release_if_closed(Stream* st) {
+  if (!st->down_closed || !(st->up_closed || st->up_id < 0)) return;
+  if (st->up_id > 0) up_index_.erase(st->up_id);
+  streams_.erase(st->down_id);
+}
+
+void H2Relay::on_data(Side from, std::span<const char> data) {
+  if (failed_) return;
+  nghttp2_session* s = session(from);
+  ssize_t rc = nghttp2_session_mem_recv(s, reinterpret_cast<const uint8_t*>(data.data()), data.size());
+  if (rc < 0) {
+    // nghttp2 has queued a GOAWAY for the offender; send it, then stop.
+    std::string why = std::string("HTTP/2 protocol error from ") + side_name(from) + ": " +
+                      nghttp2_strerror(static_cast<int>(rc));
+    io_.set_close_reason(why);
+    flush();
+    failed_ = true;
+    io_.stop_reading(Side::client);
+    io_.stop_reading(Side::upstream);
+    io_.end(Side::client, true);
+    io_.end(Side::upstream, true);
+    return;
+  }
+  flush();
+  check_done();
+}
+
+void H2Relay::on_end(Side from, bool clean) {
+  if (failed_) return;
+  if (from == Side::client) {
+    client_ended_ = true;
+    if (!clean) io_.set_close_reason("client closed without close_notify");
+    // Nothing more can reach the client: cancel every origin stream.
+    nghttp2_submit_goaway(up_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+    for (auto& [id, st] : streams_) {
+      if (!st->done_reported) {
+        st->done_reported = true;
+        consumer_.on_abort(st->ex, "client closed the connection");
+      }
+      if (st->up_id > 0 && !st->up_closed)
+        nghttp2_submit_rst_stream(up_, NGHTTP2_FLAG_NONE, st->up_id, NGHTTP2_CANCEL);
+    }
+    flush();
+    io_.end(Side::client, clean);
+    io_.stop_reading(Side::upstream);
+    io_.end(Side::upstream, clean);
+    return;
+  }
+  upstream_ended_ = true;
+  if (!clean) io_.set_close_reason("upstream closed without close_notify");
+  // Streams the origin left unanswered get an error; answered ones that were
+  // cut short are reset.
+  for (auto& [id, st] : streams_) {
+    if (st->down_closed) continue;
+    st->up_closed = true;
+    if (!st->resp_head_sent) {
+      answer_error(*st, 502, "origin closed the connection before responding");
+    } else if (!st->resp_end) {
+      nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, st->down_id, NGHTTP2_INTERNAL_ERROR);
+    }
+  }
+  nghttp2_submit_goaway(down_, NGHTTP2_FLAG_NONE, last_down_stream_, NGHTTP2_NO_ERROR, nullptr, 0);
+  flush();
+  check_done();
+}
+
+void H2Relay::on_writable(Side) {
+  if (failed_) return;
+  flush();
+  check_done();
+}
+
+// Serializes what both sessions have to send, but only while the target
+// leg's queue is below the watermark: the rest stays in stream buffers (and
+// in the sender's window) until the leg drains.
+void H2Relay::flush() {
+  for (Side side : {Side::client, Side::upstream}) {
+    nghttp2_session* s = session(side);
+    if ((side == Side::client && client_ended_) || (side == Side::upstream && upstream_ended_))
+      continue;
+    while (io_.queued(side) < high_watermark_) {
+      const uint8_t* out = nullptr;
+      ssize_t n = nghttp2_session_mem_send(s, &out);
+      if (n < 0) {
+        failed_ = true;
+        io_.fail(std::string("nghttp2: ") + nghttp2_strerror(static_cast<int>(n)));
+        return;
+      }
+      if (n == 0) break;
+      io_.send(side, std::span<const char>(reinterpret_cast<const char*>(out), static_cast<std::size_t>(n)));
+    }
+  }
+}
+
+// A session that wants neither to read nor to write is finished (after a
+// GOAWAY exchange): its leg is ended cleanly.
+void H2Relay::check_done() {
+  if (!client_ended_ && !nghttp2_session_want_read(down_) && !nghttp2_session_want_write(down_)) {
+    client_ended_ = true;
+    io_.stop_reading(Side::client);
+    io_.end(Side::client, true);
+  }
+  if (!upstream_ended_ && !nghttp2_session_want_read(up_) && !nghttp2_session_want_write(up_)) {
+    upstream_ended_ = true;
+    io_.stop_reading(Side::upstream);
+    io_.end(Side::upstream, true);
+  }
+  // One side gone for good: the other has nothing left to relay once its
+  // own queue is out.
+  if (upstream_ended_ && !client_ended_ && streams_.empty()) {
+    client_ended_ = true;
+    io_.stop_reading(Side::client);
+    io_.end(Side::client, true);
+  }
+}
+
+}  // namespace sightline::http

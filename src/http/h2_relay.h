@@ -1,0 +1,83 @@
+// HTTP/2 between an intercepted client and its origin, with nghttp2 on both
+// legs: a server session toward the client, a client session toward the
+// origin, and each client stream mapped to one origin stream.
+//
+// Flow control is coupled end to end: automatic WINDOW_UPDATEs are off, and
+// the proxy hands window back to a sender only for bytes it has passed on to
+// the other side, so a slow reader slows the writer through HTTP/2's own
+// windows and the proxy never buffers more than the windows it advertised.
+// RST_STREAM and GOAWAY are passed on; trailers are relayed; the origin is
+// told not to push (SETTINGS_ENABLE_PUSH = 0), so nothing is pushed to the
+// client.
+#pragma once
+
+#include "exchange/exchange.h"
+#include "http/relay.h"
+
+#include <nghttp2/nghttp2.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+namespace sightline::http {
+
+struct H2Settings {
+  std::uint32_t max_concurrent_streams = 100;      // advertised to the client
+  std::uint32_t initial_window_size = 256 * 1024;  // per stream, both legs
+  std::uint32_t connection_window_size = 1024 * 1024;
+  std::uint32_t max_header_list_size = 64 * 1024;
+  std::uint32_t header_table_size = 4096;          // HPACK dynamic table
+};
+
+class H2Relay final : public Relay {
+ public:
+  H2Relay(RelayIo& io, exchange::Consumer& consumer,
+          std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
+          std::size_t output_high_watermark);
+  ~H2Relay() override;
+  H2Relay(const H2Relay&) = delete;
+  H2Relay& operator=(const H2Relay&) = delete;
+
+  // Creates both sessions and queues their SETTINGS. False (with the reason
+  // reported through RelayIo::fail) if nghttp2 cannot be set up.
+  bool start();
+
+  void on_data(Side from, std::span<const char> data) override;
+  void on_end(Side from, bool clean) override;
+  void on_writable(Side to) override;
+
+  struct Stream;
+
+ private:
+  struct Callbacks;
+
+  nghttp2_session* session(Side s) const { return s == Side::client ? down_ : up_; }
+  Side side_of(nghttp2_session* s) const { return s == down_ ? Side::client : Side::upstream; }
+  Stream* by_down(std::int32_t id);
+  Stream* by_up(std::int32_t id);
+
+  void flush();
+  void check_done();
+  void release_if_closed(Stream* st);
+  void submit_request(Stream& st, bool end_stream);
+  void submit_response(Stream& st, bool end_stream);
+  void answer_error(Stream& st, int status, const std::string& reason);
+
+  RelayIo& io_;
+  exchange::Consumer& consumer_;
+  std::shared_ptr<const exchange::ConnectionInfo> connection_;
+  H2Settings settings_;
+  std::size_t high_watermark_;
+  nghttp2_session* down_ = nullptr;  // owned; toward the client (server role)
+  nghttp2_session* up_ = nullptr;    // owned; toward the origin (client role)
+  std::unordered_map<std::int32_t, std::unique_ptr<Stream>> streams_;  // by client stream id
+  std::unordered_map<std::int32_t, Stream*> up_index_;
+  bool client_ended_ = false;
+  bool upstream_ended_ = false;
+  bool failed_ = false;
+  std::int32_t last_down_stream_ = 0;
+};
+
+}  // namespace sightline::http
