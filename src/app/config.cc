@@ -192,8 +192,10 @@ class Parser {
     if (bad_section_) return false;
 
     if (auto* t = section(root, "upstream")) {
-      std::string inv = "block", minv = "1.2";
-      if (!check_keys(*t, "upstream", {"ca_file", "crl_file", "on_invalid", "min_version", "alpn"}) ||
+      std::string inv = "block", minv = "1.2", refuse = "error-page";
+      if (!check_keys(*t, "upstream", {"ca_file", "crl_file", "on_invalid", "refuse_with",
+                                       "min_version", "alpn"}) ||
+          !get_choice(*t, "upstream", "refuse_with", {"error-page", "alert"}, refuse) ||
           !get_path(*t, "upstream", "ca_file", cfg.upstream_ca_file) ||
           !get_path(*t, "upstream", "crl_file", cfg.upstream_crl_file) ||
           !get_choice(*t, "upstream", "on_invalid", {"block", "forward-untrusted"}, inv) ||
@@ -202,6 +204,7 @@ class Parser {
         return false;
       cfg.on_invalid = inv == "block" ? tls::OnInvalid::block : tls::OnInvalid::forward_untrusted;
       cfg.upstream_min_tls13 = minv == "1.3";
+      cfg.refuse_with_alert = refuse == "alert";
     }
     if (bad_section_) return false;
 

@@ -40,6 +40,7 @@ struct Config {
   std::string upstream_ca_file;
   std::string upstream_crl_file;
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
+  bool refuse_with_alert = false;  // upstream.refuse_with = "alert"
   bool upstream_min_tls13 = false;
   std::vector<std::string> upstream_alpn = {"h2", "http/1.1"};
 

@@ -23,6 +23,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   s.max_client_hello = cfg.max_client_hello;
   s.relay_high_watermark = cfg.relay_high_watermark;
   s.on_invalid = cfg.on_invalid;
+  s.refuse_with_alert = cfg.refuse_with_alert;
   s.upstream_alpn = cfg.upstream_alpn;
   s.h1.max_head = cfg.max_http_head;
   s.h1.max_trailers = cfg.max_http_head;

@@ -452,7 +452,7 @@ bool H1Parser::feed(std::span<const char> data) {
         }
         p = fwd = p + s.used;  // parse_head forwards the head itself
         if (!parse_head(raw)) return false;
-        if (!split_head.empty() && head_buf_.capacity() == 0) {
+        if (!split_head.empty()) {
           split_head.clear();
           head_buf_.swap(split_head);  // keep the allocation for the next one
         }

@@ -58,6 +58,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     r_.current_request_ = st;
     r_.awaiting_response_.push_back(st);
     r_.consumer_.on_request_head(st->ex, ev);
+    if (r_.refusal_) r_.answer_and_close(r_.refusal_->status, r_.refusal_->reason);
   }
   void on_body(std::span<const char> data) override {
     if (!r_.current_request_) return;
@@ -65,6 +66,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     r_.consumer_.on_body(r_.current_request_->ex, exchange::Direction::request, data);
   }
   void on_forward(std::span<const char> wire) override {
+    if (r_.closing_) return;
     r_.io_.send(Side::upstream, wire);
     if (r_.current_request_ && r_.current_request_->awaiting_head_forward) {
       r_.current_request_->awaiting_head_forward = false;
@@ -156,14 +158,16 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
 };
 
 H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
-                 std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits)
+                 std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
+                 std::optional<Refusal> refusal)
     : io_(io),
       consumer_(consumer),
       connection_(std::move(connection)),
       req_handler_(std::make_unique<RequestHandler>(*this)),
       resp_handler_(std::make_unique<ResponseHandler>(*this)),
       requests_(H1Parser::Kind::request, *req_handler_, limits),
-      responses_(H1Parser::Kind::response, *resp_handler_, limits) {}
+      responses_(H1Parser::Kind::response, *resp_handler_, limits),
+      refusal_(std::move(refusal)) {}
 
 H1Relay::~H1Relay() = default;
 
@@ -256,6 +260,7 @@ void H1Relay::answer_and_close(int status, std::string_view reason) {
   closing_ = true;
   abort_all(reason);
   const char* phrase = status == 400   ? "Bad Request"
+                       : status == 403 ? "Forbidden"
                        : status == 413 ? "Content Too Large"
                        : status == 431 ? "Request Header Fields Too Large"
                        : status == 501 ? "Not Implemented"

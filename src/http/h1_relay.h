@@ -19,7 +19,8 @@ namespace sightline::http {
 class H1Relay final : public Relay {
  public:
   H1Relay(RelayIo& io, exchange::Consumer& consumer,
-          std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits);
+          std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
+          std::optional<Refusal> refusal = std::nullopt);
   ~H1Relay() override;
 
   void on_data(Side from, std::span<const char> data) override;
@@ -44,6 +45,7 @@ class H1Relay final : public Relay {
   H1Parser responses_;
   std::deque<std::shared_ptr<State>> awaiting_response_;  // in request order
   std::shared_ptr<State> current_request_;                // request being received
+  std::optional<Refusal> refusal_;
   bool tunnel_ = false;
   bool closing_ = false;
   // A request error that must wait for earlier responses (pipelining order).

@@ -322,12 +322,14 @@ struct H2Relay::Callbacks {
 
 H2Relay::H2Relay(RelayIo& io, exchange::Consumer& consumer,
                  std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
-                 std::size_t output_high_watermark)
+                 std::size_t output_high_watermark, std::optional<Refusal> refusal)
     : io_(io),
       consumer_(consumer),
       connection_(std::move(connection)),
       settings_(settings),
-      high_watermark_(output_high_watermark) {}
+      high_watermark_(output_high_watermark),
+      refusal_(std::move(refusal)),
+      upstream_ended_(refusal_.has_value()) {}
 
 H2Relay::~H2Relay() {
   // Exchanges still open when the connection goes are aborted, so every
@@ -400,6 +402,12 @@ H2Relay::Stream* H2Relay::by_up(std::int32_t id) {
 }
 
 void H2Relay::submit_request(Stream& st, bool end_stream) {
+  if (refusal_) {
+    st.collecting.clear();
+    st.up_closed = true;
+    answer_error(st, refusal_->status, refusal_->reason);
+    return;
+  }
   auto nv = to_nv(st.collecting);
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
@@ -560,7 +568,7 @@ void H2Relay::check_done() {
   }
   // One side gone for good: the other has nothing left to relay once its
   // own queue is out.
-  if (upstream_ended_ && !client_ended_ && streams_.empty()) {
+  if (upstream_ended_ && !refusal_ && !client_ended_ && streams_.empty()) {
     client_ended_ = true;
     io_.stop_reading(Side::client);
     io_.end(Side::client, true);

@@ -35,7 +35,7 @@ class H2Relay final : public Relay {
  public:
   H2Relay(RelayIo& io, exchange::Consumer& consumer,
           std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
-          std::size_t output_high_watermark);
+          std::size_t output_high_watermark, std::optional<Refusal> refusal = std::nullopt);
   ~H2Relay() override;
   H2Relay(const H2Relay&) = delete;
   H2Relay& operator=(const H2Relay&) = delete;
@@ -70,6 +70,7 @@ class H2Relay final : public Relay {
   std::shared_ptr<const exchange::ConnectionInfo> connection_;
   H2Settings settings_;
   std::size_t high_watermark_;
+  std::optional<Refusal> refusal_;
   nghttp2_session* down_ = nullptr;  // owned; toward the client (server role)
   nghttp2_session* up_ = nullptr;    // owned; toward the origin (client role)
   std::unordered_map<std::int32_t, std::unique_ptr<Stream>> streams_;  // by client stream id

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -14,6 +15,14 @@ enum class Side { client, upstream };
 
 inline Side other(Side s) { return s == Side::client ? Side::upstream : Side::client; }
 inline const char* side_name(Side s) { return s == Side::client ? "client" : "upstream"; }
+
+// The proxy answers every request itself with this status and reason (an
+// error page) instead of relaying: the origin failed verification or its
+// TLS handshake, and its content must never be served.
+struct Refusal {
+  int status = 502;
+  std::string reason;
+};
 
 // The session's services to its relay. All calls on the session's loop.
 class RelayIo {

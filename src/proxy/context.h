@@ -32,6 +32,7 @@ struct SessionSettings {
   std::size_t max_client_hello = 16 * 1024;
   std::size_t relay_high_watermark = 256 * 1024;
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
+  bool refuse_with_alert = false;  // TLS alert instead of an error page
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
   http::H2Settings h2;

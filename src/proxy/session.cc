@@ -306,18 +306,18 @@ void Session::drive_upstream_handshake() {
   }
   int err = SSL_get_error(upstream_.ssl.get(), rc);
   if (err == SSL_ERROR_WANT_READ) {
-    if (upstream_.eof) refuse_client(SSL_AD_HANDSHAKE_FAILURE, "upstream closed during TLS handshake");
+    if (upstream_.eof) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream closed during TLS handshake");
     return;
   }
   t_upstream_hs_done_ = uv_hrtime();
   if (verify_.first_error != X509_V_OK) {
     verdict_ = tls::verdict_for(verify_.first_error);
-    verdict_reason_ = tls::reason_for(verify_.first_error, verify_.first_error_depth);
+    verdict_reason_ = tls::reason_for(verify_);
     ERR_clear_error();
-    refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+    refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
     return;
   }
-  refuse_client(SSL_AD_HANDSHAKE_FAILURE, "upstream TLS handshake failed: " + tls::drain_errors());
+  refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream TLS handshake failed: " + tls::drain_errors());
 }
 
 void Session::on_upstream_verified() {
@@ -327,16 +327,20 @@ void Session::on_upstream_verified() {
   if (!origin) {
     verdict_ = "invalid";
     verdict_reason_ = "origin sent no certificate";
-    refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+    refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
     return;
   }
   // Both the callback's record and OpenSSL's own result must be clean.
-  int err = verify_.first_error != X509_V_OK ? verify_.first_error : static_cast<int>(result);
+  if (verify_.first_error == X509_V_OK && result != X509_V_OK) {
+    verify_.first_error = static_cast<int>(result);  // defence in depth: trust OpenSSL's own result
+    verify_.first_error_depth = -1;
+  }
+  int err = verify_.first_error;
   verdict_ = tls::verdict_for(err);
   if (err != X509_V_OK) {
-    verdict_reason_ = tls::reason_for(err, verify_.first_error_depth);
+    verdict_reason_ = tls::reason_for(verify_);
     if (ctx_.settings.on_invalid == tls::OnInvalid::block) {
-      refuse_client(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
+      refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
       return;
     }
     untrusted_ = true;
@@ -396,6 +400,48 @@ void Session::on_forged(tls::ForgedPtr leaf) {
     return;
   }
   leaf_ = std::move(leaf);
+  state_ = State::client_handshake;
+  drive_client_handshake();
+  if (state_ == State::client_handshake) start_reading(client_);
+}
+
+// The origin side failed (verification or TLS). Unless alerts are
+// configured, the client's handshake completes with a certificate naming
+// only the host it asked for, and every request gets an error page with the
+// reason; nothing from the origin is ever relayed.
+void Session::refuse_upstream(int alert, std::string reason) {
+  if (state_ == State::closing) return;
+  if (ctx_.settings.refuse_with_alert || !client_.ssl) {
+    refuse_client(alert, std::move(reason));
+    return;
+  }
+  bool is_ip = hello_.sni.empty() && request_.authority.kind != net::HostKind::name;
+  const std::string& name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
+  auto keys = ctx_.leaf_keys->current();
+  auto page_cert = std::make_shared<tls::ForgedCert>();
+  page_cert->key = tls::up_ref(keys->get(tls::LeafKeyType::ec_p256));
+  page_cert->key_generation = keys->generation;
+  std::string error;
+  page_cert->cert = tls::forge_for_name(name, is_ip, ctx_.ca, page_cert->key.get(), &error);
+  if (!page_cert->cert) {
+    refuse_client(SSL_AD_INTERNAL_ERROR, error);
+    return;
+  }
+  action_ = "refuse";
+  close_reason_ = reason;
+  refusal_ = http::Refusal{502, std::move(reason)};
+  // The origin leg has nothing more to do.
+  stop_reading(upstream_);
+  upstream_.read_done = true;
+  shutdown_write(upstream_);
+  // Speak whatever HTTP the client prefers, since no origin chose.
+  upstream_alpn_.clear();
+  for (const char* p : {"h2", "http/1.1"})
+    if (upstream_alpn_.empty() &&
+        std::find(hello_.alpn.begin(), hello_.alpn.end(), p) != hello_.alpn.end())
+      upstream_alpn_ = p;
+  leaf_ = std::move(page_cert);
+  untrusted_ = false;
   state_ = State::client_handshake;
   drive_client_handshake();
   if (state_ == State::client_handshake) start_reading(client_);
@@ -484,20 +530,23 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->sni = hello_.sni;
   info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
                      SSL_get_cipher_name(client_.ssl.get());
-  info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
-                       SSL_get_cipher_name(upstream_.ssl.get());
+  if (SSL_is_init_finished(upstream_.ssl.get()))
+    info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
+                         SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
   if (upstream_alpn_ == "h2") {
     codec_ = "h2";
     auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
-                                              ctx_.settings.h2, ctx_.settings.relay_high_watermark);
+                                              ctx_.settings.h2, ctx_.settings.relay_high_watermark,
+                                              refusal_);
     h2->start();
     return h2;
   }
   auto make_h1 = [this, info = std::move(info)]() -> std::unique_ptr<Relay> {
-    return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1);
+    return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1,
+                                           refusal_);
   };
-  if (upstream_alpn_ == "http/1.1") {
+  if (upstream_alpn_ == "http/1.1" || refusal_) {
     codec_ = "http/1.1";
     return make_h1();
   }
@@ -714,7 +763,8 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Session::start_reading(Leg& leg) {
-  if (leg.reading || leg.eof || !leg.initialized || state_ == State::closing) return;
+  if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing)
+    return;
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(&leg.tcp), alloc_cb, read_cb) == 0)
     leg.reading = true;
 }
@@ -910,6 +960,7 @@ void Session::log_connection() {
   if (!codec_.empty()) j["codec"] = codec_;
   if (http_status_ != 0) j["status"] = http_status_;
   if (untrusted_) j["forged_by"] = "untrusted-ca";
+  if (refusal_) j["error_page"] = true;
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));
 }

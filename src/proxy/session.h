@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace sightline::proxy {
@@ -96,6 +97,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_upstream_verified();
   void on_forged(tls::ForgedPtr leaf);
   void refuse_client(int alert, std::string reason);
+  void refuse_upstream(int alert, std::string reason);
   void drive_client_handshake();
   void start_relay();
   std::unique_ptr<Relay> make_relay();
@@ -165,6 +167,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string cache_key_;
   std::string cache_result_;
   int refuse_alert_ = 0;
+  std::optional<http::Refusal> refusal_;  // answering with error pages
   std::string upstream_alpn_;
 
   // Timestamps (uv_hrtime, ns).

@@ -1,5 +1,6 @@
 #include "tls/forge.h"
 
+#include <arpa/inet.h>
 #include <openssl/rand.h>
 
 namespace sightline::tls {
@@ -127,6 +128,70 @@ X509Ptr forge_leaf(X509* origin, const IssuingCa& ca, EVP_PKEY* leaf_key, std::s
   if (!add_server_auth_eku(x.get())) return fail("extendedKeyUsage");
   if (!copy_san(origin, x.get())) return fail("subjectAltName");
   if (!add_key_ids(x.get(), ca.cert.get())) return fail("key identifiers");
+  if (X509_sign(x.get(), ca.key.get(), EVP_sha256()) <= 0) return fail("sign");
+  return x;
+}
+
+X509Ptr forge_for_name(const std::string& name, bool is_ip, const IssuingCa& ca,
+                       EVP_PKEY* leaf_key, std::string* error) {
+  auto fail = [&](const char* step) {
+    if (error) *error = std::string("forge: ") + step + ": " + drain_errors();
+    return X509Ptr();
+  };
+  X509Ptr x(X509_new());
+  if (!x || X509_set_version(x.get(), 2) != 1 || !set_random_serial(x.get()))
+    return fail("new certificate");
+  X509NamePtr subject(X509_NAME_new());
+  // CN is limited to 64 characters; longer names live in the SAN only.
+  if (!subject || (name.size() <= 64 &&
+                   X509_NAME_add_entry_by_NID(subject.get(), NID_commonName, MBSTRING_UTF8,
+                                              reinterpret_cast<const unsigned char*>(name.c_str()),
+                                              -1, -1, 0) != 1) ||
+      X509_set_subject_name(x.get(), subject.get()) != 1 ||
+      X509_set_issuer_name(x.get(), X509_get_subject_name(ca.cert.get())) != 1)
+    return fail("names");
+  Asn1TimePtr not_after(X509_gmtime_adj(nullptr, 24 * 3600));
+  if (!not_after || !X509_gmtime_adj(X509_getm_notBefore(x.get()), -3600) ||
+      X509_set1_notAfter(x.get(), earlier(not_after.get(), X509_get0_notAfter(ca.cert.get()))) != 1)
+    return fail("validity");
+  if (X509_set_pubkey(x.get(), leaf_key) != 1) return fail("public key");
+  GeneralNamesPtr sans(sk_GENERAL_NAME_new_null());
+  GENERAL_NAME* gn = GENERAL_NAME_new();
+  if (!sans || !gn) {
+    GENERAL_NAME_free(gn);
+    return fail("subjectAltName");
+  }
+  if (is_ip) {
+    unsigned char addr[16];
+    int len = 0;
+    if (inet_pton(AF_INET, name.c_str(), addr) == 1) len = 4;
+    else if (inet_pton(AF_INET6, name.c_str(), addr) == 1) len = 16;
+    ASN1_OCTET_STRING* os = ASN1_OCTET_STRING_new();
+    if (!len || !os || ASN1_OCTET_STRING_set(os, addr, len) != 1) {
+      ASN1_OCTET_STRING_free(os);
+      GENERAL_NAME_free(gn);
+      return fail("IP subjectAltName");
+    }
+    GENERAL_NAME_set0_value(gn, GEN_IPADD, os);
+  } else {
+    ASN1_IA5STRING* s = ASN1_IA5STRING_new();
+    if (!s || ASN1_STRING_set(s, name.data(), static_cast<int>(name.size())) != 1) {
+      ASN1_IA5STRING_free(s);
+      GENERAL_NAME_free(gn);
+      return fail("DNS subjectAltName");
+    }
+    GENERAL_NAME_set0_value(gn, GEN_DNS, s);
+  }
+  if (sk_GENERAL_NAME_push(sans.get(), gn) <= 0) {
+    GENERAL_NAME_free(gn);
+    return fail("subjectAltName");
+  }
+  bool rsa = EVP_PKEY_get_base_id(leaf_key) == EVP_PKEY_RSA;
+  if (X509_add1_ext_i2d(x.get(), NID_subject_alt_name, sans.get(), 0, X509V3_ADD_REPLACE) != 1 ||
+      !add_basic_constraints(x.get(), false, -1) ||
+      !add_key_usage(x.get(), rsa ? (1 << 0) | (1 << 2) : (1 << 0)) ||
+      !add_server_auth_eku(x.get()) || !add_key_ids(x.get(), ca.cert.get()))
+    return fail("extensions");
   if (X509_sign(x.get(), ca.key.get(), EVP_sha256()) <= 0) return fail("sign");
   return x;
 }

@@ -17,6 +17,12 @@ namespace sightline::tls {
 // SKI/AKI; signed by `ca` with SHA-256.
 X509Ptr forge_leaf(X509* origin, const IssuingCa& ca, EVP_PKEY* leaf_key, std::string* error);
 
+// A short-lived leaf (one day, within the CA's validity) for one name only:
+// CN and a single DNS or IP subjectAltName. Presented when the proxy itself
+// answers (error pages) and no origin certificate may be mirrored.
+X509Ptr forge_for_name(const std::string& name, bool is_ip, const IssuingCa& ca,
+                       EVP_PKEY* leaf_key, std::string* error);
+
 // Self-signed CA certificate (CA:TRUE, pathlen 0, keyCertSign|cRLSign), valid
 // from one hour ago for ten years. Used for the untrusted CA and in tests.
 X509Ptr make_self_signed_ca(EVP_PKEY* key, const char* common_name);

@@ -13,6 +13,14 @@ int verify_index() {
   return idx;
 }
 
+std::string time_text(const ASN1_TIME* t) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || ASN1_TIME_print(bio.get(), t) != 1) return "?";
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
 int verify_callback(int preverify_ok, X509_STORE_CTX* store) {
   int err = X509_STORE_CTX_get_error(store);
   // A CRL file covers only the issuers it names; other chains are not
@@ -29,6 +37,11 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store) {
   if (!preverify_ok && state->first_error == X509_V_OK) {
     state->first_error = err;
     state->first_error_depth = X509_STORE_CTX_get_error_depth(store);
+    X509* cert = X509_STORE_CTX_get_current_cert(store);
+    if (cert && err == X509_V_ERR_CERT_HAS_EXPIRED)
+      state->first_error_detail = "expired on " + time_text(X509_get0_notAfter(cert));
+    else if (cert && err == X509_V_ERR_CERT_NOT_YET_VALID)
+      state->first_error_detail = "not valid before " + time_text(X509_get0_notBefore(cert));
   }
   return state->allow_invalid ? 1 : preverify_ok;
 }
@@ -53,9 +66,10 @@ std::string_view verdict_for(int e) {
   }
 }
 
-std::string reason_for(int e, int depth) {
-  std::string r = X509_verify_cert_error_string(e);
-  if (depth >= 0) r += " (chain depth " + std::to_string(depth) + ")";
+std::string reason_for(const UpstreamVerifyState& state) {
+  std::string r = X509_verify_cert_error_string(state.first_error);
+  if (!state.first_error_detail.empty()) r += ": " + state.first_error_detail;
+  if (state.first_error_depth >= 0) r += " (chain depth " + std::to_string(state.first_error_depth) + ")";
   return r;
 }
 

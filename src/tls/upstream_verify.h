@@ -16,13 +16,14 @@ struct UpstreamVerifyState {
   bool allow_invalid = false;  // forward-untrusted: finish the handshake anyway
   int first_error = X509_V_OK;
   int first_error_depth = -1;
+  std::string first_error_detail;  // e.g. "expired on Jan  1 00:00:00 2021 GMT"
 };
 
 // Bounded set of verdicts (used as a metric label later).
 // "ok", "expired", "not-yet-valid", "hostname-mismatch", "self-signed",
 // "unknown-issuer", "revoked", "invalid".
 std::string_view verdict_for(int x509_error);
-std::string reason_for(int x509_error, int depth);
+std::string reason_for(const UpstreamVerifyState& state);
 
 // Installs the verification callback and trust store settings on the
 // upstream context. `ca_file` empty: the system trust store. `crl_file`

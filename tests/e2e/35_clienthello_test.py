@@ -52,7 +52,7 @@ def main(t):
     origin = t.start_nginx(pki, certs=["valid-ec"])
     target = "localhost:%d" % origin.port("valid-ec")
     data_dir = os.path.join(h.SRC, "tests", "data", "clienthello")
-    block = t.start_proxy(pki, name="block")
+    block = t.start_proxy(pki, name="block", upstream={"refuse_with": "alert"})
     fwd = t.start_proxy(pki, name="forward", upstream={"on_invalid": "forward-untrusted"})
 
     for name in HELLOS:

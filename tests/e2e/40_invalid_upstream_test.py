@@ -3,8 +3,14 @@
 
 For each broken origin (expired, not yet valid, wrong host, self-signed,
 unknown root, revoked via CRL) and each policy:
-  on_invalid = "block":             the client TLS handshake fails, no body
-                                    reaches the client (not even with -k);
+  on_invalid = "block" (default error page): the client gets a 502 page
+                                    naming the reason, over a certificate that
+                                    names only the requested host; the
+                                    origin's content never arrives, over h1
+                                    or h2;
+  on_invalid = "block", refuse_with = "alert": the client TLS handshake
+                                    fails, no body reaches the client (not
+                                    even with -k);
   on_invalid = "forward-untrusted": the client sees a leaf from a separate,
                                     untrusted CA: curl --cacert ROOT fails with
                                     60, openssl verify against ROOT fails.
@@ -51,11 +57,13 @@ def main(t):
     origin = t.start_nginx(pki, certs=names)
     one_k = open(origin.files["/1k"], "rb").read()
     up = {"crl_file": pki.origin_crl}
-    block = t.start_proxy(pki, name="block", upstream=dict(up, on_invalid="block"))
+    block = t.start_proxy(pki, name="block",
+                          upstream=dict(up, on_invalid="block", refuse_with="alert"))
+    page = t.start_proxy(pki, name="page", upstream=dict(up, on_invalid="block"))
     fwd = t.start_proxy(pki, name="fwd", upstream=dict(up, on_invalid="forward-untrusted"))
 
-    # ---- controls: a valid origin passes through both (CRL loaded, not over-blocking)
-    for p in (block, fwd):
+    # ---- controls: a valid origin passes through all (CRL loaded, not over-blocking)
+    for p in (block, page, fwd):
         with t.check("[%s] control: valid origin intercepted and trusted" % p.name):
             port = origin.port("valid-ec")
             m = p.mark()
@@ -97,6 +105,28 @@ def main(t):
             assert rc != 0, "s_client completed the handshake (expected an alert); verify: %r %s" % (
                 code, text)
 
+        # ---------------- block with an error page (the default)
+        for flag in ("--http1.1", "--http2"):
+            with t.check("[page] %s %s: 502 page naming the reason, never the origin's body" % (name, flag)):
+                m = page.mark()
+                cp = h.curl_via(page.port, url, pki.root, [flag, "-w", "\n%{http_code}"])
+                assert cp.returncode == 0, "curl rc=%d: %s" % (cp.returncode, h.curl_err(cp))
+                body, _, code = cp.stdout.rpartition(b"\n")
+                assert code == b"502", "status %r" % code
+                assert one_k not in cp.stdout, "the origin's body was served"
+                assert body.startswith(b"sightline: upstream certificate invalid"), body[:200]
+                ev = page.conn_event(target, since=m)
+                assert ev is not None and ev.get("upstream_verdict") == verdict, "log %r" % ev
+                assert ev.get("error_page") is True, "log has no error_page flag: %r" % ev
+
+        with t.check("[page] %s: the page's certificate names only the requested host" % name):
+            rc, out, err, certs = h.s_client(page.port, target, servername="localhost",
+                                             cafile=pki.root, verify_error=False)
+            assert certs, "no certificate presented: %s" % err.strip()[-200:]
+            leaf = h.cert_info(certs[0])
+            assert leaf["sans"] == frozenset(["DNS:localhost"]), "SANs %s" % sorted(leaf["sans"])
+            assert leaf["issuer"] in (pki.ca_subject, pki.root_subject), leaf["issuer"]
+
         # ---------------- forward-untrusted
         with t.check("[fwd] %s: curl --cacert ROOT fails with 60, no body" % name):
             m = fwd.mark()
@@ -136,22 +166,22 @@ def main(t):
         assert cp.returncode == 0 and cp.stdout == one_k, "rc=%d: %s" % (cp.returncode, h.curl_err(cp))
         assert ev is not None and ev.get("upstream_verdict") == "ok", "log %r" % ev
 
-    with t.check("default on_invalid (unset): the client never trusts an expired origin"):
+    with t.check("default on_invalid (unset): an expired origin's content never arrives"):
         dflt = t.start_proxy(pki, name="default")
         port = origin.port("expired")
         m = dflt.mark()
-        cp = h.curl_via(dflt.port, "https://localhost:%d/1k" % port, pki.root)
-        assert cp.returncode != 0, "curl --cacert ROOT succeeded"
-        assert cp.stdout == b"", "client received %d body bytes" % len(cp.stdout)
+        cp = h.curl_via(dflt.port, "https://localhost:%d/1k" % port, pki.root, ["-w", "%{http_code}"])
+        assert cp.stdout.endswith(b"502"), "status/body %r" % cp.stdout[-100:]
+        assert one_k not in cp.stdout, "the origin's body was served"
         ev = dflt.conn_event("localhost:%d" % port, since=m)
         assert ev is not None and ev.get("upstream_verdict") == "expired", "log %r" % ev
         t.note("curl rc %d" % cp.returncode)
 
     with t.check("proxies alive; SIGTERM exits 0"):
-        for p in (block, fwd):
+        for p in (block, page, fwd):
             assert p.alive(), "%s died (rc %r)" % (p.name, p.proc.returncode)
-        rcs = [block.stop(), fwd.stop()]
-        assert rcs == [0, 0], "exit codes %r" % rcs
+        rcs = [block.stop(), page.stop(), fwd.stop()]
+        assert rcs == [0, 0, 0], "exit codes %r" % rcs
 
 
 if __name__ == "__main__":
