@@ -146,7 +146,7 @@ class Parser {
 
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
-                               "timeouts", "limits", "http2", "log"}))
+                               "timeouts", "limits", "http", "http2", "log"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -241,6 +241,14 @@ class Parser {
       cfg.max_client_hello = hello;
       cfg.relay_high_watermark = relay;
       cfg.max_http_head = http_head;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "http")) {
+      if (!check_keys(*t, "http", {"via"}) || !get_string(*t, "http", "via", cfg.via)) return false;
+      for (char c : cfg.via)
+        if (c <= ' ' || c >= 127 || c == ',' || c == '(' || c == ')')
+          return fail(t->get("via")->source(), "http.via", "expected a token (no spaces or commas)");
     }
     if (bad_section_) return false;
 

@@ -56,6 +56,8 @@ struct Config {
   std::size_t relay_high_watermark = 256 * 1024;
   std::size_t max_http_head = 64 * 1024;  // HTTP/1.1 head and trailer sections
 
+  std::string via = "sightline";  // Via pseudonym added by the plain-HTTP proxy; "" for none
+
   // HTTP/2 (both legs).
   std::uint32_t h2_max_concurrent_streams = 100;
   std::uint32_t h2_initial_window_size = 256 * 1024;

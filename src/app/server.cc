@@ -27,6 +27,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   s.upstream_alpn = cfg.upstream_alpn;
   s.h1.max_head = cfg.max_http_head;
   s.h1.max_trailers = cfg.max_http_head;
+  s.via = cfg.via;
   s.h2.max_concurrent_streams = cfg.h2_max_concurrent_streams;
   s.h2.initial_window_size = cfg.h2_initial_window_size;
   s.h2.connection_window_size = cfg.h2_connection_window_size;

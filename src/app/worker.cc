@@ -18,6 +18,7 @@ Worker::~Worker() {
     // close callbacks run before the loop goes.
     listeners_.clear();
     async_.reset();
+    pool_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
   }
@@ -29,6 +30,7 @@ bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* err
     return false;
   }
   loop_ready_ = true;
+  pool_ = std::make_unique<net::UpstreamPool>(&loop_, std::chrono::seconds(30), 8, 256);
   if (int rc = async_.init(uv_async_init, &loop_, [](uv_async_t* a) {
         static_cast<Worker*>(a->data)->on_async();
       });
@@ -92,6 +94,7 @@ void Worker::on_async() {
 
 void Worker::shutdown_on_loop() {
   listeners_.clear();
+  pool_->clear();
   // Copy: aborting a session may release it from the map.
   std::vector<std::shared_ptr<proxy::Session>> live;
   live.reserve(sessions_.size());

@@ -41,6 +41,7 @@ class Worker final : public proxy::SessionHost {
   std::span<char> plain_buffer() override { return {plain_buf_.get(), kPlainBuffer}; }
   void post(std::function<void()> fn) override;
   void session_closed(std::uint64_t id) override;
+  net::UpstreamPool& upstream_pool() override { return *pool_; }
 
  private:
   static constexpr std::size_t kReadBuffer = 64 * 1024;
@@ -60,6 +61,7 @@ class Worker final : public proxy::SessionHost {
   std::uint64_t next_id_ = 0;
   std::unique_ptr<char[]> read_buf_;
   std::unique_ptr<char[]> plain_buf_;
+  std::unique_ptr<net::UpstreamPool> pool_;
 
   std::mutex post_mu_;  // this worker's inbox only
   std::vector<std::function<void()>> inbox_;

@@ -535,20 +535,28 @@ void H2Relay::on_writable(Side) {
 // leg's queue is below the watermark: the rest stays in stream buffers (and
 // in the sender's window) until the leg drains.
 void H2Relay::flush() {
-  for (Side side : {Side::client, Side::upstream}) {
-    nghttp2_session* s = session(side);
-    if ((side == Side::client && client_ended_) || (side == Side::upstream && upstream_ended_))
-      continue;
-    while (io_.queued(side) < high_watermark_) {
-      const uint8_t* out = nullptr;
-      ssize_t n = nghttp2_session_mem_send(s, &out);
-      if (n < 0) {
-        failed_ = true;
-        io_.fail(std::string("nghttp2: ") + nghttp2_strerror(static_cast<int>(n)));
-        return;
+  // Sending on one session can open windows on the other (consumed request
+  // bytes become WINDOW_UPDATEs for the client), so go round until neither
+  // has anything more to say.
+  bool progress = true;
+  while (progress && !failed_) {
+    progress = false;
+    for (Side side : {Side::client, Side::upstream}) {
+      nghttp2_session* s = session(side);
+      if ((side == Side::client && client_ended_) || (side == Side::upstream && upstream_ended_))
+        continue;
+      while (io_.queued(side) < high_watermark_) {
+        const uint8_t* out = nullptr;
+        ssize_t n = nghttp2_session_mem_send(s, &out);
+        if (n < 0) {
+          failed_ = true;
+          io_.fail(std::string("nghttp2: ") + nghttp2_strerror(static_cast<int>(n)));
+          return;
+        }
+        if (n == 0) break;
+        progress = true;
+        io_.send(side, std::span<const char>(reinterpret_cast<const char*>(out), static_cast<std::size_t>(n)));
       }
-      if (n == 0) break;
-      io_.send(side, std::span<const char>(reinterpret_cast<const char*>(out), static_cast<std::size_t>(n)));
     }
   }
 }

@@ -36,6 +36,9 @@ class RelayIo {
   virtual void end(Side to, bool clean) = 0;
   // Stop reading from `from` for good (its input is no longer wanted).
   virtual void stop_reading(Side from) = 0;
+  // Temporarily stop (or resume) reading from `from`: back-pressure from a
+  // destination the session does not know about (plain-HTTP origins).
+  virtual void pause_reading(Side from, bool paused) = 0;
   // Tear the connection down now with `reason` (protocol error, abort).
   virtual void fail(std::string reason) = 0;
   // Records why the connection ends, for the connection log line.

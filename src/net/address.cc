@@ -23,7 +23,17 @@ bool valid_name(std::string_view name) {
               c == '-' || c == '_';
     if (!ok || ++label > 63) return false;
   }
-  return label != 0;
+  if (label == 0) return false;
+  // A last label of digits (or hex, "0x7f") is an address in a form the
+  // resolver would accept ("127.1"), never a host name: refusing it keeps
+  // address-based rules from being sidestepped.
+  std::string_view last = name.substr(name.rfind('.') == std::string_view::npos ? 0 : name.rfind('.') + 1);
+  bool numeric = true;
+  for (char c : last) numeric = numeric && ((c >= '0' && c <= '9') || c == 'x' || c == 'X' ||
+                                            (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'));
+  bool hex_or_digits = numeric && (last.find_first_not_of("0123456789") == std::string_view::npos ||
+                                   (last.size() > 2 && (last[1] == 'x' || last[1] == 'X') && last[0] == '0'));
+  return !hex_or_digits;
 }
 
 std::optional<std::uint16_t> parse_port(std::string_view s) {
@@ -63,12 +73,13 @@ std::optional<HostPort> parse_host_port(std::string_view text) {
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
     std::string h(host);
+    // Drop the root dot first, so "127.0.0.1." is still an address.
+    if (!h.empty() && h.back() == '.') h.pop_back();
     in_addr a4;
     if (inet_pton(AF_INET, h.c_str(), &a4) == 1) {
       hp.host = h;
       hp.kind = HostKind::ipv4;
     } else {
-      if (!h.empty() && h.back() == '.') h.pop_back();
       if (!valid_name(h)) return std::nullopt;
       for (auto& c : h) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c);
       hp.host = std::move(h);

@@ -40,7 +40,7 @@ ParseResult parse_proxy_request(std::string_view data, std::size_t max_head, Pro
     char c = data[i];
     if (c == '\0') return fail(400, "NUL byte in request head");
     if (c == '\n' && (i == 0 || data[i - 1] != '\r')) return fail(400, "bare LF in request head");
-    if (c == '\r' && i + 1 < data.size() && data[i + 1] != '\n')
+    if (c == '\r' && i + 1 < scan && data[i + 1] != '\n')
       return fail(400, "bare CR in request head");
     if (c == '\n' && i >= 3 && data[i - 2] == '\n') {
       end = i + 1;

@@ -11,6 +11,7 @@
 #include "tls/enterprise_ca.h"
 #include "tls/leaf_keys.h"
 #include "tls/upstream_verify.h"
+#include "net/upstream_conn.h"
 
 #include <uv.h>
 
@@ -36,6 +37,7 @@ struct SessionSettings {
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
   http::H2Settings h2;
+  std::string via = "sightline";  // Via pseudonym for plain HTTP; empty: none
 };
 
 struct ProxyContext {
@@ -64,6 +66,8 @@ class SessionHost {
   virtual void post(std::function<void()> fn) = 0;
   // The session's handles are all closed: the host may release it.
   virtual void session_closed(std::uint64_t id) = 0;
+  // Idle plain-HTTP origin connections of this worker.
+  virtual net::UpstreamPool& upstream_pool() = 0;
 };
 
 }  // namespace sightline::proxy

@@ -5,6 +5,7 @@
 #include "http/h2_relay.h"
 #include "http/sniff_relay.h"
 #include "net/address.h"
+#include "proxy/plain_http.h"
 #include "tls/forge.h"
 
 #include <arpa/inet.h>
@@ -94,8 +95,24 @@ void Session::start(uv_stream_t* server) {
   start_reading(client_);
 }
 
+// "METHOD http://..." : an absolute-form request for the plain-HTTP proxy.
+bool looks_like_plain_http(std::string_view s) {
+  auto sp = s.find(' ');
+  if (sp == std::string_view::npos || sp == 0 || sp > 20) return false;
+  for (std::size_t i = 0; i < sp; ++i)
+    if (s[i] < 'A' || s[i] > 'Z') return false;
+  std::string_view rest = s.substr(sp + 1);
+  constexpr std::string_view kScheme = "http://";
+  if (rest.size() < kScheme.size()) return false;
+  return http::iequals(rest.substr(0, kScheme.size()), kScheme) && s.substr(0, sp) != "CONNECT";
+}
+
 void Session::on_request_data(const char* data, std::size_t n) {
   inbuf_.append(data, n);
+  if (looks_like_plain_http(inbuf_)) {
+    start_plain_http();
+    return;
+  }
   auto res = net::parse_proxy_request(inbuf_, ctx_.settings.max_request_head, request_);
   if (res.status == net::ParseStatus::need_more) return;
   stop_reading(client_);
@@ -114,6 +131,32 @@ void Session::on_request_data(const char* data, std::size_t n) {
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
   resolve();
+}
+
+bool Session::start_plain_http() {
+  state_ = State::relaying;
+  action_ = "http";
+  codec_ = "http/1.1";
+  auto info = std::make_shared<exchange::ConnectionInfo>();
+  info->id = id_;
+  info->worker = worker_;
+  info->client = client_addr_;
+  PlainHttpSettings ps;
+  ps.limits = ctx_.settings.h1;
+  ps.connect_timeout = ctx_.settings.connect_timeout;
+  ps.high_watermark = ctx_.settings.relay_high_watermark;
+  ps.via = ctx_.settings.via;
+  relay_ = std::make_unique<PlainHttpProxy>(*this, *ctx_.exchanges, std::move(info), std::move(ps),
+                                            host_.upstream_pool(), host_.loop(),
+                                            host_.read_buffer());
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  std::string first;
+  first.swap(inbuf_);
+  client_.plaintext_in += first.size();
+  relay_->on_data(Side::client, first);
+  start_reading(client_);
+  return true;
 }
 
 void Session::resolve() {
@@ -634,6 +677,11 @@ void Session::end_of_input(Leg& from, bool clean) {
 void Session::send(Side to, std::span<const char> data) {
   Leg& leg = leg_of(to);
   if (leg.write_shutdown || state_ != State::relaying) return;
+  if (!leg.ssl) {
+    plain_bytes_to_client_ += data.size();
+    send_raw(leg, data.data(), data.size());
+    return;
+  }
   if (SSL_write(leg.ssl.get(), data.data(), static_cast<int>(data.size())) !=
       static_cast<int>(data.size())) {
     close(std::string("TLS write toward ") + leg.name + " failed: " + tls::drain_errors());
@@ -653,7 +701,7 @@ std::size_t Session::queued(Side to) const {
 void Session::end(Side to, bool clean) {
   Leg& leg = leg_of(to);
   if (leg.write_shutdown) return;
-  if (clean) {
+  if (clean && leg.ssl) {
     ERR_clear_error();
     SSL_shutdown(leg.ssl.get());
     ERR_clear_error();
@@ -668,6 +716,15 @@ void Session::stop_reading(Side from) {
   stop_reading(leg);
 }
 
+void Session::pause_reading(Side from, bool paused) {
+  Leg& leg = leg_of(from);
+  if (paused) {
+    stop_reading(leg);
+  } else if (state_ == State::relaying) {
+    start_reading(leg);
+  }
+}
+
 void Session::fail(std::string reason) { close(std::move(reason)); }
 
 void Session::set_close_reason(std::string reason) {
@@ -675,8 +732,8 @@ void Session::set_close_reason(std::string reason) {
 }
 
 void Session::maybe_finish() {
-  if (client_.read_done && upstream_.read_done && client_.shutdown_done && upstream_.shutdown_done)
-    close(close_reason_.empty() ? "closed" : close_reason_);
+  auto done = [](const Leg& l) { return !l.initialized || (l.read_done && l.shutdown_done); };
+  if (done(client_) && done(upstream_)) close(close_reason_.empty() ? "closed" : close_reason_);
 }
 
 void Session::on_leg_eof(Leg& from) {
@@ -700,6 +757,10 @@ void Session::on_leg_eof(Leg& from) {
       if (&from == &client_) drive_client_handshake();
       return;
     case State::relaying:
+      if (!from.ssl) {
+        end_of_input(from, false);
+        return;
+      }
       pump(from);
       return;
     default:
@@ -755,6 +816,15 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       return;
     case State::peeking_hello:
       self->on_hello_data(buf->base, n);
+      return;
+    case State::relaying:
+      if (!leg.ssl) {  // plain HTTP: no TLS layer in between
+        self->idle_since_ = uv_now(self->host_.loop());
+        leg.plaintext_in += n;
+        self->relay_->on_data(self->side_of(leg), std::span<const char>(buf->base, n));
+        return;
+      }
+      self->on_leg_data(leg, buf->base, n);
       return;
     default:
       self->on_leg_data(leg, buf->base, n);
@@ -948,7 +1018,7 @@ void Session::log_connection() {
       {"upstream_verdict", verdict_},
       {"upstream_reason", verdict_reason_},
       {"bytes_client_to_server", client_.plaintext_in},
-      {"bytes_server_to_client", upstream_.plaintext_in},
+      {"bytes_server_to_client", client_.ssl ? upstream_.plaintext_in : plain_bytes_to_client_},
       {"upstream_connect_ms", ms_between(t_connect_start_, t_connected_)},
       {"upstream_handshake_ms", ms_between(t_upstream_hs_start_, t_upstream_hs_done_)},
       {"forge_ms", ms_between(t_forge_start_, t_forge_done_)},

@@ -49,6 +49,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::size_t queued(Side to) const override;
   void end(Side to, bool clean) override;
   void stop_reading(Side from) override;
+  void pause_reading(Side from, bool paused) override;
   void fail(std::string reason) override;
   void set_close_reason(std::string reason) override;
 
@@ -86,6 +87,7 @@ class Session final : public tls::ClientHandshakeHandler,
 
   // Phases.
   void on_request_data(const char* data, std::size_t n);
+  bool start_plain_http();
   void resolve();
   void on_resolved(int status, addrinfo* res);
   void connect_next();
@@ -175,6 +177,7 @@ class Session final : public tls::ClientHandshakeHandler,
                 t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
                 t_forge_done_ = 0, t_client_hs_done_ = 0;
   std::string close_reason_;
+  std::uint64_t plain_bytes_to_client_ = 0;  // plain HTTP: bytes sent to the client
   std::string codec_;  // "http/1.1", "h2", "opaque" once relaying
   std::string action_ = "none";  // until a decision is made
   int http_status_ = 0;

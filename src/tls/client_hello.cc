@@ -148,7 +148,6 @@ bool parse_versions(std::span<const std::uint8_t> ext, std::vector<std::uint16_t
 
 HelloResult parse_body(std::span<const std::uint8_t> body, ClientHelloInfo& out) {
   Reader r(body);
-  std::span<const std::uint8_t> skip;
   std::uint8_t sid_len, comp_len;
   std::uint16_t cs_len;
   if (!r.u16(out.legacy_version) || !r.skip(32)) return malformed("truncated ClientHello");

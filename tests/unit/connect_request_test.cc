@@ -22,6 +22,11 @@ TEST_CASE("CONNECT with a name, IPv4 and IPv6 targets") {
 
   REQUIRE(parse("CONNECT 127.0.0.1:8443 HTTP/1.1\r\n\r\n", r).status == ParseStatus::done);
   CHECK(r.authority.kind == HostKind::ipv4);
+  REQUIRE(parse("CONNECT 127.0.0.1.:8443 HTTP/1.1\r\n\r\n", r).status == ParseStatus::done);
+  CHECK(r.authority.kind == HostKind::ipv4);
+  CHECK(r.authority.host == "127.0.0.1");
+  REQUIRE(parse("CONNECT cafe.example:443 HTTP/1.1\r\n\r\n", r).status == ParseStatus::done);
+  CHECK(r.authority.kind == HostKind::name);
   REQUIRE(parse("CONNECT [::1]:443 HTTP/1.0\r\n\r\n", r).status == ParseStatus::done);
   CHECK(r.authority.kind == HostKind::ipv6);
   CHECK(r.authority.host == "::1");
@@ -57,6 +62,8 @@ TEST_CASE("errors carry the right status") {
   check("CONNECT a.b:443 FOO\r\n\r\n", 400);
   check("CONNECT a.b:443 HTTP/1.1\r\nBad Name: x\r\n\r\n", 400);
   check("CONNECT [zz]:443 HTTP/1.1\r\n\r\n", 400);
+  check("CONNECT 127.1:443 HTTP/1.1\r\n\r\n", 400);          // resolver shorthand, not a name
+  check("CONNECT 0x7f.0.0.1:443 HTTP/1.1\r\n\r\n", 400);
 }
 
 TEST_CASE("head size cap") {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs every libFuzzer target for SECONDS_PER_TARGET (default 60) on a copy of
+# its seed corpus, so the corpus in the repository is never modified.
+# Exits non-zero if any target crashes, leaks, times out or runs out of memory;
+# the reproducer is then kept in $BUILD_DIR/fuzz-artifacts/<target>/.
+#
+#   tests/fuzz/run.sh [SECONDS_PER_TARGET]
+#
+# Environment: FUZZ_BUILD_DIR (default build-fuzz), FUZZ_CXX (default
+# clang++), FUZZ_TARGETS (default: all), FUZZ_ARGS (extra libFuzzer flags).
+set -euo pipefail
+
+seconds="${1:-60}"
+if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
+  echo "usage: $0 [SECONDS_PER_TARGET]" >&2
+  exit 2
+fi
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
+targets="${FUZZ_TARGETS:-h1_parser client_hello connect_request}"
+
+if [ ! -f "$build/build.ninja" ]; then
+  CXX="${FUZZ_CXX:-clang++}" meson setup "$build" "$root" \
+    -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
+fi
+ninja -C "$build"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/sightline-fuzz.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+# Sanitizer findings must end the run with a saved reproducer.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:print_stacktrace=1}"
+
+failed=()
+for t in $targets; do
+  exe="$build/tests/fuzz/${t}_fuzz"
+  seeds="$root/tests/fuzz/corpus/$t"
+  corpus="$work/$t/corpus"
+  artifacts="$work/$t/artifacts"
+  mkdir -p "$corpus" "$artifacts"
+  cp -R "$seeds/." "$corpus/"
+  dict=()
+  [ -f "$root/tests/fuzz/$t.dict" ] && dict=("-dict=$root/tests/fuzz/$t.dict")
+
+  echo "== $t: ${seconds}s, $(ls "$corpus" | wc -l) seeds"
+  log="$work/$t/fuzz.log"
+  set +e
+  # shellcheck disable=SC2086  # FUZZ_ARGS is a list of flags
+  "$exe" "$corpus" -max_total_time="$seconds" -print_final_stats=1 \
+    -artifact_prefix="$artifacts/" "${dict[@]}" ${FUZZ_ARGS:-} >"$log" 2>&1
+  rc=$?
+  set -e
+
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+  rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")"
+  cov="$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)"
+  echo "   exit $rc, ${runs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) files"
+  if [ "$rc" -ne 0 ]; then
+    failed+=("$t")
+    keep="$build/fuzz-artifacts/$t"
+    mkdir -p "$keep"
+    cp -R "$artifacts/." "$keep/" 2>/dev/null || true
+    cp "$log" "$keep/fuzz.log"
+    echo "   FAILED: last lines of the log (full log and reproducers in $keep):"
+    tail -n 40 "$log" | sed 's/^/   | /'
+    echo "   reproduce: $exe $keep/<crash-file>"
+  fi
+done
+
+if [ "${#failed[@]}" -ne 0 ]; then
+  echo "fuzzing FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "fuzzing passed: $targets"
