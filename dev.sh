@@ -5,6 +5,7 @@
 #                       127.0.0.1:3128 (explicit mode)
 #   ./dev.sh test       same setup, then the whole test suite (meson test)
 #   ./dev.sh test-asan  the suite again in an ASan+UBSan build
+#   ./dev.sh fuzz [S]   every libFuzzer target for S seconds (default 60)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,7 @@ build_pkgs=(meson ninja-build pkg-config g++ libssl-dev libuv1-dev libnghttp2-de
             prometheus-cpp-dev libtomlplusplus-dev doctest-dev nlohmann-json3-dev
             libcli11-dev cmake openssl ca-certificates)
 test_pkgs=(nginx-light curl nghttp2-client python3 procps iproute2)
+fuzz_pkgs=(clang libclang-rt-14-dev)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -95,8 +97,12 @@ MSG
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       run_tests build-asan
     ;;
+  fuzz)
+    install_missing "${build_pkgs[@]}" "${fuzz_pkgs[@]}"
+    tests/fuzz/run.sh "${2:-60}"
+    ;;
   *)
-    echo "usage: $0 run | test | test-asan" >&2
+    echo "usage: $0 run | test | test-asan | fuzz [SECONDS]" >&2
     exit 2
     ;;
 esac
