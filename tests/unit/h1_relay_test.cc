@@ -1,0 +1,146 @@
+#include "exchange/recording.h"
+#include "http/h1_relay.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+using namespace sightline;
+using http::Side;
+
+namespace {
+
+// Stands in for the session: records what the relay sends each way.
+struct FakeIo final : http::RelayIo {
+  std::string to_client, to_upstream;
+  bool client_ended = false, upstream_ended = false, failed = false;
+  bool client_reading = true;
+  std::string close_reason;
+
+  void send(Side to, std::span<const char> d) override {
+    (to == Side::client ? to_client : to_upstream).append(d.data(), d.size());
+  }
+  std::size_t queued(Side) const override { return 0; }
+  void end(Side to, bool) override { (to == Side::client ? client_ended : upstream_ended) = true; }
+  void stop_reading(Side from) override {
+    if (from == Side::client) client_reading = false;
+  }
+  void pause_reading(Side, bool) override {}
+  void fail(std::string r) override {
+    failed = true;
+    close_reason = std::move(r);
+  }
+  void set_close_reason(std::string r) override {
+    if (close_reason.empty()) close_reason = std::move(r);
+  }
+};
+
+struct Fixture {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{}};
+  void client(std::string_view s) { relay.on_data(Side::client, s); }
+  void origin(std::string_view s) { relay.on_data(Side::upstream, s); }
+};
+
+}  // namespace
+
+TEST_CASE("a request and its response are forwarded unchanged and reported in order") {
+  Fixture f;
+  const std::string req = "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+  const std::string resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
+  f.client(req);
+  CHECK(f.io.to_upstream == req);
+  f.origin(resp);
+  CHECK(f.io.to_client == resp);
+  CHECK(f.rec.violations.empty());
+  REQUIRE(f.rec.events.size() >= 6);
+  CHECK(f.rec.events.front().rfind("req-head", 0) == 0);
+  CHECK(f.rec.events.back().find("resp-end") == 0);
+  CHECK(f.rec.events.back().find("trailers=1") != std::string::npos);
+  CHECK(f.rec.request_bodies.begin()->second == "hello");
+  CHECK(f.rec.response_bodies.begin()->second == "abc");
+}
+
+TEST_CASE("pipelined requests get their responses in order, 1xx included") {
+  Fixture f;
+  f.client("GET /1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n");
+  f.origin("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA");
+  f.origin("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");  // HEAD: no body despite CL
+  f.origin("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+  CHECK(f.rec.violations.empty());
+  int ends = 0;
+  for (const auto& e : f.rec.events) ends += e.rfind("resp-end", 0) == 0;
+  CHECK(ends == 3);
+  CHECK(f.io.to_client.find("404") != std::string::npos);
+}
+
+TEST_CASE("a smuggling attempt never reaches the origin and gets 400") {
+  for (const char* bad : {
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+           "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+           "GET / HTTP/1.1\nHost: a\r\n\r\n",
+       }) {
+    CAPTURE(bad);
+    Fixture f;
+    f.client(bad);
+    CHECK(f.io.to_upstream.empty());
+    CHECK(f.io.to_client.rfind("HTTP/1.1 400 Bad Request\r\n", 0) == 0);
+    CHECK(f.io.to_client.find("Connection: close") != std::string::npos);
+    CHECK(f.io.client_ended);
+    CHECK_FALSE(f.io.client_reading);
+  }
+}
+
+TEST_CASE("an error behind a pipelined request waits for the earlier response") {
+  Fixture f;
+  f.client("GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /bad HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n");
+  CHECK(f.io.to_upstream == "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n");
+  CHECK(f.io.to_client.empty());
+  f.origin("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  CHECK(f.io.to_client.rfind("HTTP/1.1 200 OK", 0) == 0);
+  CHECK(f.io.to_client.find("HTTP/1.1 400 Bad Request") != std::string::npos);
+  CHECK(f.rec.violations.empty());
+}
+
+TEST_CASE("101 switches to a tunnel in both directions") {
+  Fixture f;
+  f.client("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+  f.origin("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x01x");
+  f.client("\x81\x81" "abcd" "\x01");
+  CHECK(f.io.to_upstream.size() >= 5);
+  CHECK(f.io.to_upstream.substr(f.io.to_upstream.size() - 7) == "\x81\x81" "abcd" "\x01");
+  CHECK(f.io.to_client.substr(f.io.to_client.size() - 3) == "\x81\x01x");
+  CHECK(f.rec.violations.empty());
+}
+
+TEST_CASE("origin closing before answering gives 502; mid-body gives an abort") {
+  {
+    Fixture f;
+    f.client("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    f.relay.on_end(Side::upstream, true);
+    CHECK(f.io.to_client.rfind("HTTP/1.1 502 Bad Gateway", 0) == 0);
+  }
+  {
+    Fixture f;
+    f.client("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    f.origin("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    f.relay.on_end(Side::upstream, true);
+    CHECK(f.io.to_client.find("502") == std::string::npos);
+    CHECK(f.rec.events.back().rfind("abort", 0) == 0);
+    CHECK(f.rec.violations.empty());
+  }
+}
+
+TEST_CASE("refusal mode answers every request itself") {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                      http::Refusal{502, "upstream certificate invalid: expired"}};
+  relay.on_data(Side::client, std::string_view("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+  CHECK(io.to_upstream.empty());
+  CHECK(io.to_client.rfind("HTTP/1.1 502 Bad Gateway", 0) == 0);
+  CHECK(io.to_client.find("upstream certificate invalid: expired") != std::string::npos);
+  CHECK(io.to_client.find("Cache-Control: no-store") != std::string::npos);
+}
