@@ -1,5 +1,6 @@
 #include "http/h1_relay.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace sightline::http {
@@ -169,7 +170,15 @@ H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
       responses_(H1Parser::Kind::response, *resp_handler_, limits),
       refusal_(std::move(refusal)) {}
 
-H1Relay::~H1Relay() = default;
+// Exchanges still open when the connection goes are aborted, so every
+// request_head has its ending.
+H1Relay::~H1Relay() {
+  if (current_request_ &&
+      std::find(awaiting_response_.begin(), awaiting_response_.end(), current_request_) ==
+          awaiting_response_.end())
+    consumer_.on_abort(current_request_->ex, "connection closed");
+  abort_all("connection closed");
+}
 
 void H1Relay::on_data(Side from, std::span<const char> data) {
   if (closing_) return;

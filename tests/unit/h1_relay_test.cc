@@ -144,3 +144,15 @@ TEST_CASE("refusal mode answers every request itself") {
   CHECK(io.to_client.find("upstream certificate invalid: expired") != std::string::npos);
   CHECK(io.to_client.find("Cache-Control: no-store") != std::string::npos);
 }
+
+TEST_CASE("exchanges open when the relay goes are aborted") {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  {
+    http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{}};
+    relay.on_data(Side::client, std::string_view("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc"));
+  }
+  REQUIRE(!rec.events.empty());
+  CHECK(rec.events.back().rfind("abort", 0) == 0);
+  CHECK(rec.violations.empty());
+}
