@@ -146,7 +146,7 @@ class Parser {
 
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
-                               "timeouts", "limits", "http", "http2", "log"}))
+                               "timeouts", "limits", "http", "http2", "policy", "log"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -270,6 +270,26 @@ class Parser {
       cfg.h2_connection_window_size = static_cast<std::uint32_t>(conn);
       cfg.h2_max_header_list_size = static_cast<std::uint32_t>(hdr);
       cfg.h2_header_table_size = static_cast<std::uint32_t>(table);
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "policy")) {
+      std::vector<std::string> files;
+      std::uint64_t entries = cfg.auto_bypass_entries;
+      if (!check_keys(*t, "policy", {"files", "auto_bypass_ttl", "auto_bypass_entries"}) ||
+          !get_string_list(*t, "policy", "files", files) ||
+          !get_duration(*t, "policy", "auto_bypass_ttl", cfg.auto_bypass_ttl) ||
+          !get_uint(*t, "policy", "auto_bypass_entries", 16, 100'000'000, entries))
+        return false;
+      if (t->get("files")) {
+        cfg.policy_files_configured = true;
+        cfg.policy_files.clear();
+        for (const auto& f : files) {
+          std::filesystem::path fp(f);
+          cfg.policy_files.push_back(fp.is_absolute() ? f : (base_dir_ / fp).lexically_normal().string());
+        }
+      }
+      cfg.auto_bypass_entries = entries;
     }
     if (bad_section_) return false;
 

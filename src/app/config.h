@@ -65,6 +65,14 @@ struct Config {
   std::uint32_t h2_max_header_list_size = 64 * 1024;
   std::uint32_t h2_header_table_size = 4096;
 
+  // Policy files, evaluated in order. When none is configured, the default
+  // policies/default.toml (relative to the working directory) is used if it
+  // exists; otherwise every connection is inspected.
+  std::vector<std::string> policy_files;
+  bool policy_files_configured = false;
+  milliseconds auto_bypass_ttl = std::chrono::hours(1);
+  std::size_t auto_bypass_entries = 100000;
+
   std::string log_file;  // empty: stderr
   std::string log_level = "info";
   bool log_exchanges = true;  // one access-log line per HTTP exchange

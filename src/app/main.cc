@@ -3,6 +3,7 @@
 #include "app/config.h"
 #include "app/server.h"
 #include "core/log.h"
+#include "policy/policy.h"
 #include "sightline_build.h"
 
 #include <CLI/CLI.hpp>
@@ -13,9 +14,60 @@
 
 namespace {
 
+int policy_check(const std::vector<std::string>& files) {
+  int rc = 0;
+  for (const auto& f : files) {
+    sightline::policy::PolicyError err;
+    auto pol = sightline::policy::Policy::load({f}, err);
+    if (!pol) {
+      std::cerr << err.message << "\n";
+      rc = 1;
+      continue;
+    }
+    std::cout << f << ": ok, " << pol->rules().size() << " rules, " << pol->name_count()
+              << " names, default " << sightline::policy::to_string(pol->default_action()) << "\n";
+  }
+  return rc;
+}
+
+int policy_explain(const std::vector<std::string>& files, const std::string& sni,
+                   const std::string& client, int port, const std::string& dst) {
+  using namespace sightline::policy;
+  PolicyError err;
+  auto pol = Policy::load(files, err);
+  if (!pol) {
+    std::cerr << err.message << "\n";
+    return 2;
+  }
+  Query q;
+  auto name = sni.empty() ? std::optional<std::string>(std::string()) : normalize_name(sni);
+  if (!name) {
+    std::cerr << "invalid --sni " << sni << "\n";
+    return 2;
+  }
+  q.server_name = *name;
+  q.dst_port = static_cast<std::uint16_t>(port);
+  if (!client.empty() && !(q.client_ip = IpAddress::parse(client))) {
+    std::cerr << "invalid --client " << client << "\n";
+    return 2;
+  }
+  if (!dst.empty() && !(q.dst_ip = IpAddress::parse(dst))) {
+    std::cerr << "invalid --dst " << dst << "\n";
+    return 2;
+  }
+  Decision d = pol->decide(q);
+  if (d.rule) {
+    std::cout << to_string(d.action) << "  rule '" << d.rule->name << "' at " << d.rule->file << ":"
+              << d.rule->line << "\n";
+  } else {
+    std::cout << to_string(d.action) << "  default (no rule matched)\n";
+  }
+  return 0;
+}
+
 int do_run(const std::string& config_path, const std::vector<std::string>& listen,
            const std::string& ca_cert, const std::string& ca_key, const std::string& upstream_ca,
-           int workers) {
+           int workers, const std::vector<std::string>& policies) {
   using namespace sightline;
   app::ConfigError err;
   std::optional<app::Config> cfg;
@@ -36,6 +88,10 @@ int do_run(const std::string& config_path, const std::vector<std::string>& liste
   if (!ca_key.empty()) cfg->ca_key = ca_key;
   if (!upstream_ca.empty()) cfg->upstream_ca_file = upstream_ca;
   if (workers >= 0) cfg->workers = static_cast<unsigned>(workers);
+  if (!policies.empty()) {
+    cfg->policy_files = policies;
+    cfg->policy_files_configured = true;
+  }
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
@@ -77,6 +133,25 @@ int main(int argc, char** argv) {
   run->add_option("--ca-key", ca_key, "issuing CA private key (PEM, mode 0600)");
   run->add_option("--upstream-ca", upstream_ca, "trust store for origin certificates (PEM)");
   run->add_option("--workers", workers, "worker threads (0 = one per core)")->check(CLI::Range(0, 256));
+  std::vector<std::string> policies;
+  run->add_option("--policy", policies, "policy file (repeatable; replaces [policy] files)")
+      ->check(CLI::ExistingFile);
+
+  auto* pol = cli.add_subcommand("policy", "check policy files or explain a decision");
+  pol->require_subcommand(1);
+  std::vector<std::string> check_files;
+  auto* check = pol->add_subcommand("check", "validate policy files; non-zero exit on errors");
+  check->add_option("files", check_files, "policy files")->required();
+  std::vector<std::string> explain_files;
+  std::string ex_sni, ex_client, ex_dst, ex_config;
+  int ex_port = 443;
+  auto* explain = pol->add_subcommand("explain", "print the rule that decides a connection");
+  explain->add_option("--sni", ex_sni, "server name (SNI or CONNECT host)");
+  explain->add_option("--client", ex_client, "client IP address");
+  explain->add_option("--port", ex_port, "destination port")->check(CLI::Range(0, 65535));
+  explain->add_option("--dst", ex_dst, "destination IP address");
+  explain->add_option("--policy", explain_files, "policy file (repeatable)");
+  explain->add_option("-c,--config", ex_config, "take the policy files from this config");
 
   auto* version = cli.add_subcommand("version", "print the version");
 
@@ -85,5 +160,19 @@ int main(int argc, char** argv) {
     std::cout << "sightline " << SIGHTLINE_VERSION << "\n";
     return 0;
   }
-  return do_run(config_path, listen, ca_cert, ca_key, upstream_ca, workers);
+  if (check->parsed()) return policy_check(check_files);
+  if (explain->parsed()) {
+    if (explain_files.empty() && !ex_config.empty()) {
+      sightline::app::ConfigError err;
+      auto cfg = sightline::app::load_config_file(ex_config, err);
+      if (!cfg) {
+        std::cerr << err.message << "\n";
+        return 2;
+      }
+      explain_files = cfg->policy_files;
+    }
+    if (explain_files.empty()) explain_files.push_back("policies/default.toml");
+    return policy_explain(explain_files, ex_sni, ex_client, ex_port, ex_dst);
+  }
+  return do_run(config_path, listen, ca_cert, ca_key, upstream_ca, workers, policies);
 }

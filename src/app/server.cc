@@ -7,7 +7,9 @@
 #include "sightline_build.h"
 #include "tls/contexts.h"
 
+#include <algorithm>
 #include <csignal>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -52,6 +54,26 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   opts.upstream_min_tls13 = cfg.upstream_min_tls13;
   if (!tls::build_contexts(opts, ctx.tls, error)) return false;
 
+  std::vector<std::string> policy_files = cfg.policy_files;
+  if (!cfg.policy_files_configured && policy_files.empty() &&
+      std::filesystem::exists("policies/default.toml"))
+    policy_files.push_back("policies/default.toml");
+  if (!policy_files.empty()) {
+    ctx.policies = std::make_unique<policy::PolicyStore>(policy_files);
+    policy::PolicyError perr;
+    if (!ctx.policies->reload(perr)) {
+      if (error) *error = "policy: " + perr.message;
+      return false;
+    }
+    auto pol = ctx.policies->current();
+    log::emit(log::Level::info, {{"event", "policy_loaded"}, {"files", policy_files},
+                                 {"rules", pol->rules().size()}, {"names", pol->name_count()},
+                                 {"default", policy::to_string(pol->default_action())}});
+  } else {
+    log::warn("policy", "no policy files configured: every connection is inspected");
+  }
+  ctx.auto_bypass = std::make_unique<policy::AutoBypass>(cfg.auto_bypass_ttl, cfg.auto_bypass_entries);
+
   ctx.leaf_keys = std::make_unique<tls::LeafKeyPool>(cfg.leaf_key_lifetime);
   if (!ctx.leaf_keys->start(error)) return false;
   ctx.cert_cache = std::make_unique<tls::CertCache>(cfg.cert_cache_entries);
@@ -61,6 +83,71 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
 struct StopState {
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
   int signals = 0;
+};
+
+// Reloads the policy files; the previous policy stays in force on error.
+void reload_policies(policy::PolicyStore& store, const char* trigger) {
+  policy::PolicyError err;
+  if (store.reload(err)) {
+    auto pol = store.current();
+    log::emit(log::Level::info, {{"event", "policy_reload"}, {"result", "ok"}, {"trigger", trigger},
+                                 {"generation", store.generation()}, {"rules", pol->rules().size()},
+                                 {"names", pol->name_count()}});
+  } else {
+    log::emit(log::Level::error, {{"event", "policy_reload"}, {"result", "error"},
+                                  {"trigger", trigger}, {"msg", err.message}});
+  }
+}
+
+// Watches the directories of every policy and list file (editors replace
+// files by renaming, which a watch on the file itself would miss) and
+// reloads once things have been quiet for a moment.
+class PolicyWatcher {
+ public:
+  PolicyWatcher(uv_loop_t* loop, policy::PolicyStore& store) : loop_(loop), store_(store) {
+    debounce_.init(uv_timer_init, loop_);
+    debounce_.get()->data = this;
+    rewatch();
+  }
+
+  void rewatch() {
+    watches_.clear();
+    names_.clear();
+    std::vector<std::string> dirs;
+    auto pol = store_.current();
+    if (!pol) return;
+    for (const auto& src : pol->sources()) {
+      std::filesystem::path p(src.path);
+      names_.push_back(p.filename().string());
+      std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
+      if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
+    }
+    for (const auto& d : dirs) {
+      core::UvHandle<uv_fs_event_t> w;
+      if (w.init(uv_fs_event_init, loop_) != 0) continue;
+      w.get()->data = this;
+      if (uv_fs_event_start(w.get(), on_event, d.c_str(), 0) != 0) continue;
+      watches_.push_back(std::move(w));
+    }
+  }
+
+ private:
+  static void on_event(uv_fs_event_t* h, const char* filename, int, int) {
+    auto* self = static_cast<PolicyWatcher*>(h->data);
+    if (filename && std::find(self->names_.begin(), self->names_.end(), filename) == self->names_.end())
+      return;
+    uv_timer_start(self->debounce_.get(), [](uv_timer_t* t) {
+      auto* w = static_cast<PolicyWatcher*>(t->data);
+      reload_policies(w->store_, "file change");
+      w->rewatch();
+    }, 200, 0);
+  }
+
+  uv_loop_t* loop_;
+  policy::PolicyStore& store_;
+  core::UvHandle<uv_timer_t> debounce_;
+  std::vector<core::UvHandle<uv_fs_event_t>> watches_;
+  std::vector<std::string> names_;
 };
 
 }  // namespace
@@ -106,6 +193,23 @@ int run_server(const Config& cfg) {
     signals.push_back(std::move(sig));
   }
 
+  core::UvHandle<uv_signal_t> hup;
+  std::unique_ptr<PolicyWatcher> watcher;
+  if (ctx.policies) {
+    hup.init(uv_signal_init, &main_loop);
+    hup.get()->data = ctx.policies.get();
+    uv_signal_start(hup.get(), [](uv_signal_t* h, int) {
+      reload_policies(*static_cast<policy::PolicyStore*>(h->data), "SIGHUP");
+    }, SIGHUP);
+    watcher = std::make_unique<PolicyWatcher>(&main_loop, *ctx.policies);
+  } else {
+    // Nothing to reload; SIGHUP must still not kill the process.
+    hup.init(uv_signal_init, &main_loop);
+    uv_signal_start(hup.get(), [](uv_signal_t*, int) {
+      log::info("reload", "SIGHUP: no policy files configured, nothing to reload");
+    }, SIGHUP);
+  }
+
   for (auto& w : workers) w->start_thread();
   for (const auto& l : cfg.listeners)
     log::emit(log::Level::info, {{"event", "listening"}, {"address", l.address},
@@ -116,6 +220,8 @@ int run_server(const Config& cfg) {
   for (auto& w : workers) w->join();
   workers.clear();
   signals.clear();
+  watcher.reset();
+  hup.reset();
   uv_run(&main_loop, UV_RUN_NOWAIT);  // let the signal handles' close callbacks run
   uv_loop_close(&main_loop);
   ctx.leaf_keys->stop();

@@ -12,6 +12,8 @@
 #include "tls/leaf_keys.h"
 #include "tls/upstream_verify.h"
 #include "net/upstream_conn.h"
+#include "policy/auto_bypass.h"
+#include "policy/store.h"
 
 #include <uv.h>
 
@@ -47,6 +49,9 @@ struct ProxyContext {
   tls::IssuingCa untrusted_ca;
   std::unique_ptr<tls::LeafKeyPool> leaf_keys;
   std::unique_ptr<tls::CertCache> cert_cache;
+  // Per-domain decisions; null: inspect everything.
+  std::unique_ptr<policy::PolicyStore> policies;
+  std::unique_ptr<policy::AutoBypass> auto_bypass;
   // Every HTTP exchange's events go here (shared by all workers: consumers
   // must be thread-safe or stateless).
   std::shared_ptr<exchange::Consumer> exchanges;

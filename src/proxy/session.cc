@@ -89,8 +89,15 @@ void Session::start(uv_stream_t* server) {
   uv_tcp_nodelay(&client_.tcp, 1);
   sockaddr_storage peer{};
   int len = sizeof peer;
-  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0)
+  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
     client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&peer));
+    char ip[INET6_ADDRSTRLEN] = {0};
+    if (peer.ss_family == AF_INET)
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr, ip, sizeof ip);
+    else if (peer.ss_family == AF_INET6)
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr, ip, sizeof ip);
+    client_ip_ = ip;
+  }
   arm_timer(ctx_.settings.handshake_timeout);
   start_reading(client_);
 }
@@ -127,6 +134,13 @@ void Session::on_request_data(const char* data, std::size_t n) {
   // Bytes sent after the head (a client that does not wait for "200") are
   // the start of its TLS stream.
   inbuf_.erase(0, request_.head_bytes);
+  // A destination blocked by name, port or address is refused before any
+  // connection is made; the ClientHello's SNI is checked again later.
+  if (auto d = decide(false); d.action == policy::Action::block) {
+    std::string why = "blocked by policy: " + describe(d);
+    respond_error(403, "Forbidden", "sightline: " + why + "\n", why);
+    return;
+  }
   state_ = State::connecting;
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
@@ -274,11 +288,94 @@ void Session::on_hello_data(const char* data, std::size_t n) {
       break;
   }
   t_hello_ = uv_hrtime();
-  action_ = "intercept";
   stop_reading(client_);
+  policy::Decision d = decide(true);
+  if (d.action == policy::Action::bypass) {
+    start_bypass();
+    return;
+  }
+  action_ = "intercept";
   start_client_tls();
   if (state_ == State::closing) return;
+  if (d.action == policy::Action::block) {
+    refuse_upstream(SSL_AD_ACCESS_DENIED, "blocked by policy: " + describe(d), 403);
+    return;
+  }
   start_upstream_tls();
+}
+
+// Evaluates the policy for this connection. Before the ClientHello the name
+// is the CONNECT host; after it, the SNI (or the CONNECT host when there is
+// none) and the address actually connected to.
+policy::Decision Session::decide(bool with_sni) {
+  if (!ctx_.policies) return {};
+  if (!policy_) policy_ = ctx_.policies->current();
+  if (!policy_) return {};
+  policy::Query q;
+  const auto& target = request_.authority;
+  std::string_view name = target.kind == net::HostKind::name ? std::string_view(target.host) : "";
+  if (with_sni && !hello_.sni.empty()) name = hello_.sni;
+  q.server_name = name;
+  q.dst_port = target.port;
+  if (target.kind != net::HostKind::name) {
+    q.dst_ip = policy::IpAddress::parse(target.host);
+  } else if (with_sni && !upstream_addr_.empty()) {
+    // "[v6]:port" or "v4:port" of the connected address.
+    std::string_view a = upstream_addr_;
+    auto colon = a.rfind(':');
+    std::string_view host = a.substr(0, colon);
+    if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+    q.dst_ip = policy::IpAddress::parse(host);
+  }
+  q.client_ip = policy::IpAddress::parse(client_ip_);
+  policy::Decision d = policy_->decide(q);
+  policy_rule_ = describe(d);
+  if (d.rule) {
+    rule_on_invalid_ = d.rule->options.on_invalid;
+    rule_auto_bypass_ = d.rule->options.auto_bypass.value_or(true);
+  }
+  // A client seen rejecting forged certificates for this name (a pinned
+  // app) is bypassed instead, unless the rule or the policy says not to.
+  if (with_sni && d.action == policy::Action::inspect && ctx_.auto_bypass && !name.empty() &&
+      policy_->auto_bypass_enabled() && rule_auto_bypass_ &&
+      ctx_.auto_bypass->contains(client_ip_, name)) {
+    auto_bypassed_ = true;
+    d.action = policy::Action::bypass;
+  }
+  return d;
+}
+
+std::string Session::describe(const policy::Decision& d) const {
+  if (!d.rule) return std::string("default ") + std::string(policy::to_string(d.action));
+  return "rule '" + d.rule->name + "' (" + d.rule->file + ":" + std::to_string(d.rule->line) + ")";
+}
+
+// Bypass: the client talks to the origin itself, end to end encrypted; the
+// bytes already read (the ClientHello) go first, then both ways untouched.
+void Session::start_bypass() {
+  action_ = "bypass";
+  codec_ = "opaque";
+  state_ = State::relaying;
+  relay_ = std::make_unique<http::OpaqueRelay>(*this);
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  client_.plaintext_in += inbuf_.size();
+  send_raw(upstream_, inbuf_.data(), inbuf_.size());
+  std::string().swap(inbuf_);
+  start_reading(client_);
+  start_reading(upstream_);
+}
+
+// The client gave up right after seeing a forged certificate: remember the
+// pair so its next connection is bypassed (a pinned application).
+void Session::note_pinned_client(const char* why) {
+  if (!ctx_.auto_bypass || !policy_ || !policy_->auto_bypass_enabled() || !rule_auto_bypass_ ||
+      untrusted_ || refusal_ || !leaf_)
+    return;
+  std::string name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
+  if (ctx_.auto_bypass->add(client_ip_, name))
+    log::emit(log::Level::warn, {{"event", "auto_bypass"}, {"client", client_ip_}, {"sni", name},
+                                 {"reason", why}});
 }
 
 void Session::start_client_tls() {
@@ -318,7 +415,8 @@ void Session::start_upstream_tls() {
   std::string verify_name = hello_.sni.empty() ? target.host : hello_.sni;
   bool is_ip = hello_.sni.empty() && target.kind != net::HostKind::name;
   if (!is_ip) SSL_set_tlsext_host_name(ssl, verify_name.c_str());
-  verify_.allow_invalid = ctx_.settings.on_invalid == tls::OnInvalid::forward_untrusted;
+  verify_.allow_invalid = rule_on_invalid_.value_or(ctx_.settings.on_invalid) ==
+                         tls::OnInvalid::forward_untrusted;
   if (!tls::prepare_upstream_ssl(ssl, verify_name, is_ip, &verify_)) {
     refuse_client(SSL_AD_INTERNAL_ERROR, "cannot set verification name " + verify_name);
     return;
@@ -382,7 +480,7 @@ void Session::on_upstream_verified() {
   verdict_ = tls::verdict_for(err);
   if (err != X509_V_OK) {
     verdict_reason_ = tls::reason_for(verify_);
-    if (ctx_.settings.on_invalid == tls::OnInvalid::block) {
+    if (rule_on_invalid_.value_or(ctx_.settings.on_invalid) == tls::OnInvalid::block) {
       refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
       return;
     }
@@ -452,7 +550,7 @@ void Session::on_forged(tls::ForgedPtr leaf) {
 // configured, the client's handshake completes with a certificate naming
 // only the host it asked for, and every request gets an error page with the
 // reason; nothing from the origin is ever relayed.
-void Session::refuse_upstream(int alert, std::string reason) {
+void Session::refuse_upstream(int alert, std::string reason, int status) {
   if (state_ == State::closing) return;
   if (ctx_.settings.refuse_with_alert || !client_.ssl) {
     refuse_client(alert, std::move(reason));
@@ -472,7 +570,7 @@ void Session::refuse_upstream(int alert, std::string reason) {
   }
   action_ = "refuse";
   close_reason_ = reason;
-  refusal_ = http::Refusal{502, std::move(reason)};
+  refusal_ = http::Refusal{status, std::move(reason)};
   // The origin leg has nothing more to do.
   stop_reading(upstream_);
   upstream_.read_done = true;
@@ -537,9 +635,16 @@ void Session::drive_client_handshake() {
   int err = SSL_get_error(client_.ssl.get(), rc);
   if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB) return;  // suspended until upstream is ready
   if (err == SSL_ERROR_WANT_READ) {
-    if (client_.eof) close("client closed during TLS handshake");
+    if (client_.eof) {
+      note_pinned_client("closed the connection after the forged certificate");
+      close("client closed during TLS handshake");
+    }
     return;
   }
+  int reason = ERR_GET_REASON(ERR_peek_error());
+  if (reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA || reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
+      reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN)
+    note_pinned_client("rejected the forged certificate with an alert");
   std::string why = tls::drain_errors();
   // A client that rejects the forged certificate says so with an alert.
   close("client TLS handshake failed: " + why);
@@ -623,7 +728,7 @@ void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
 
 std::size_t Session::pending_out(const Leg& leg) const {
   return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&leg.tcp)) +
-         BIO_ctrl_pending(leg.wbio);
+         (leg.wbio ? BIO_ctrl_pending(leg.wbio) : 0);
 }
 
 // Decrypts what `from` has buffered and hands it to the relay, until the TLS
@@ -678,7 +783,7 @@ void Session::send(Side to, std::span<const char> data) {
   Leg& leg = leg_of(to);
   if (leg.write_shutdown || state_ != State::relaying) return;
   if (!leg.ssl) {
-    plain_bytes_to_client_ += data.size();
+    if (to == Side::client) plain_bytes_to_client_ += data.size();
     send_raw(leg, data.data(), data.size());
     return;
   }
@@ -758,7 +863,7 @@ void Session::on_leg_eof(Leg& from) {
       return;
     case State::relaying:
       if (!from.ssl) {
-        end_of_input(from, false);
+        end_of_input(from, true);  // a FIN is a plain stream's clean end
         return;
       }
       pump(from);
@@ -783,7 +888,7 @@ void Session::on_write_done(Leg& leg, int status) {
   if (from.paused) {
     from.paused = false;
     if (!from.eof && !from.read_done) start_reading(from);
-    pump(from);
+    if (from.ssl) pump(from);
   }
 }
 
@@ -818,10 +923,16 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       self->on_hello_data(buf->base, n);
       return;
     case State::relaying:
-      if (!leg.ssl) {  // plain HTTP: no TLS layer in between
+      if (!leg.ssl) {  // plain HTTP or bypass: no TLS layer in between
         self->idle_since_ = uv_now(self->host_.loop());
         leg.plaintext_in += n;
         self->relay_->on_data(self->side_of(leg), std::span<const char>(buf->base, n));
+        Leg& to = self->opposite(leg);
+        if (self->state_ == State::relaying && to.initialized &&
+            self->pending_out(to) >= self->ctx_.settings.relay_high_watermark) {
+          leg.paused = true;
+          self->stop_reading(leg);
+        }
         return;
       }
       self->on_leg_data(leg, buf->base, n);
@@ -1031,6 +1142,8 @@ void Session::log_connection() {
   if (http_status_ != 0) j["status"] = http_status_;
   if (untrusted_) j["forged_by"] = "untrusted-ca";
   if (refusal_) j["error_page"] = true;
+  if (!policy_rule_.empty()) j["policy"] = policy_rule_;
+  if (auto_bypassed_) j["auto_bypass"] = true;
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));
 }

@@ -93,13 +93,17 @@ class Session final : public tls::ClientHandshakeHandler,
   void connect_next();
   void on_connected(int status);
   void on_hello_data(const char* data, std::size_t n);
+  policy::Decision decide(bool with_sni);
+  std::string describe(const policy::Decision& d) const;
+  void start_bypass();
+  void note_pinned_client(const char* why);
   void start_client_tls();
   void start_upstream_tls();
   void drive_upstream_handshake();
   void on_upstream_verified();
   void on_forged(tls::ForgedPtr leaf);
   void refuse_client(int alert, std::string reason);
-  void refuse_upstream(int alert, std::string reason);
+  void refuse_upstream(int alert, std::string reason, int status = 502);
   void drive_client_handshake();
   void start_relay();
   std::unique_ptr<Relay> make_relay();
@@ -155,6 +159,12 @@ class Session final : public tls::ClientHandshakeHandler,
   net::ProxyRequest request_;
   tls::ClientHelloInfo hello_;
   std::string client_addr_;
+  std::string client_ip_;
+  std::shared_ptr<const policy::Policy> policy_;  // snapshot taken at the first decision
+  std::string policy_rule_;                       // "name (file:line)" or "default"
+  std::optional<tls::OnInvalid> rule_on_invalid_;
+  bool rule_auto_bypass_ = true;
+  bool auto_bypassed_ = false;
   std::string upstream_addr_;
 
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
