@@ -260,8 +260,9 @@ class Parser {
                                     "connection_window_size", "max_header_list_size",
                                     "header_table_size"}) ||
           !get_uint(*t, "http2", "max_concurrent_streams", 1, 10000, streams) ||
-          !get_uint(*t, "http2", "initial_window_size", 16384, (1u << 31) - 1, win) ||
-          !get_uint(*t, "http2", "connection_window_size", 65535, (1u << 31) - 1, conn) ||
+          // Capped: a stalled stream may hold up to its window in the proxy.
+          !get_uint(*t, "http2", "initial_window_size", 16384, 16u << 20, win) ||
+          !get_uint(*t, "http2", "connection_window_size", 65535, 64u << 20, conn) ||
           !get_uint(*t, "http2", "max_header_list_size", 4096, 1 << 20, hdr) ||
           !get_uint(*t, "http2", "header_table_size", 0, 1 << 16, table))
         return false;

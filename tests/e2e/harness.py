@@ -1006,3 +1006,514 @@ def run_test(name, main):
         time.monotonic() - t0,
         (" failed: " + ", ".join(t.failed)) if t.failed else ""), flush=True)
     sys.exit(0 if ok else 1)
+
+
+# ==========================================================================
+# Helpers for the HTTP codec tests (70_http1, 80_http2). Nothing above this
+# line depends on them.
+
+class HttpHead:
+    """A parsed HTTP/1 request or response head (lenient: it is for reading
+    what a peer sent, not for judging it). raw is the exact wire bytes."""
+
+    def __init__(self, raw):
+        self.raw = bytes(raw)
+        lines = self.raw.decode("latin-1").split("\r\n")
+        self.start = lines[0]
+        self.headers = []
+        for line in lines[1:]:
+            if line:
+                k, _, v = line.partition(":")
+                self.headers.append((k.strip(), v.strip()))
+        parts = self.start.split(" ", 2)
+        self.status = self.method = self.target = None
+        self.reason = ""
+        if self.start.startswith("HTTP/"):
+            self.version = parts[0]
+            if len(parts) > 1 and parts[1].isdigit():
+                self.status = int(parts[1])
+            self.reason = parts[2] if len(parts) > 2 else ""
+        else:
+            parts += ["", "", ""]
+            self.method, self.target, self.version = parts[:3]
+
+    def get(self, name, default=None):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return default
+
+    def all(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def has_token(self, name, token):
+        return any(tok.strip().lower() == token.lower()
+                   for v in self.all(name) for tok in v.split(","))
+
+    def __repr__(self):
+        return "HttpHead(%r)" % self.raw[:300]
+
+
+class Wire:
+    """Buffered, recording reader/writer over a (TLS) socket. Every byte read
+    goes to .received (while .record is true), every byte written to .sent.
+    Reads honour the socket timeout (socket.timeout propagates); a peer that
+    closes early raises EOFError."""
+
+    def __init__(self, sock=None, record=True):
+        self.sock = sock
+        self.record = record
+        self.received = bytearray()
+        self.sent = bytearray()
+        self.buf = bytearray()
+        self.eof = False
+
+    def _fill(self):
+        if self.eof:
+            return False
+        b = self.sock.recv(1 << 18)
+        if not b:
+            self.eof = True
+            return False
+        if self.record:
+            self.received += b
+        self.buf += b
+        return True
+
+    def _take(self, n):
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def recv_until(self, delim, limit=1 << 20):
+        """Bytes up to and including delim."""
+        start = 0
+        while True:
+            i = self.buf.find(delim, start)
+            if i >= 0:
+                return self._take(i + len(delim))
+            if len(self.buf) > limit:
+                raise AssertionError("no %r within %d bytes" % (delim, limit))
+            start = max(0, len(self.buf) - len(delim) + 1)
+            if not self._fill():
+                raise EOFError("peer closed after %d bytes without %r: %r"
+                               % (len(self.buf), delim, bytes(self.buf[:200])))
+
+    def recv_exact(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise EOFError("peer closed after %d of %d bytes" % (len(self.buf), n))
+        return self._take(n)
+
+    def recv_some(self, maximum=1 << 18):
+        """Buffered bytes, else one read; b'' at EOF."""
+        if not self.buf:
+            self._fill()
+        return self._take(min(maximum, len(self.buf)))
+
+    def recv_all(self):
+        """Everything until the peer closes."""
+        while self._fill():
+            pass
+        return self._take(len(self.buf))
+
+    def send(self, data):
+        self.sock.sendall(data)
+        if self.record:
+            self.sent += data
+
+    def read_head(self, limit=1 << 20):
+        return HttpHead(self.recv_until(b"\r\n\r\n", limit))
+
+    def read_body(self, head, request_method=None, sink=None):
+        """Body of the message whose head was just read. request_method: the
+        method a response answers (HEAD -> no body). Returns (raw, decoded,
+        trailers): raw is the body's exact wire bytes (chunk framing and
+        trailer section included). With sink, decoded bytes go to
+        sink(bytes) and raw/decoded are returned empty."""
+        raw, dec = bytearray(), bytearray()
+        keep = sink is None
+
+        def out(b):
+            if keep:
+                dec.extend(b)
+            else:
+                sink(b)
+
+        def stream(n):
+            while n > 0:
+                if not self.buf and not self._fill():
+                    raise EOFError("peer closed with %d body bytes missing" % n)
+                b = self._take(min(n, len(self.buf)))
+                if keep:
+                    raw.extend(b)
+                out(b)
+                n -= len(b)
+
+        trailers = []
+        if head.status is not None:
+            if (request_method == "HEAD" or head.status < 200 or head.status in (204, 304)):
+                return b"", b"", []
+        if head.has_token("transfer-encoding", "chunked"):
+            while True:
+                line = self.recv_until(b"\r\n", 4096)
+                if keep:
+                    raw.extend(line)
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:
+                        tl = self.recv_until(b"\r\n", 65536)
+                        if keep:
+                            raw.extend(tl)
+                        if tl == b"\r\n":
+                            break
+                        k, _, v = tl[:-2].decode("latin-1").partition(":")
+                        trailers.append((k.strip(), v.strip()))
+                    break
+                stream(size)
+                crlf = self.recv_exact(2)
+                if keep:
+                    raw.extend(crlf)
+                if crlf != b"\r\n":
+                    raise AssertionError("chunk data not followed by CRLF: %r" % crlf)
+        elif head.get("content-length") is not None:
+            stream(int(head.get("content-length")))
+        elif head.status is not None:
+            b = self.recv_all()
+            if keep:
+                raw.extend(b)
+            out(b)
+        return bytes(raw), bytes(dec), trailers
+
+
+def tls_tunnel(proxy_port, target, cafile, alpn=None, server_hostname="localhost",
+               timeout=10.0):
+    """CONNECT target through the proxy, TLS verified against cafile, offering
+    alpn (list or None). Returns a Wire over the SSLSocket."""
+    s, code, head = connect_tunnel(proxy_port, target, timeout)
+    if code != 200:
+        s.close()
+        raise AssertionError("CONNECT %s -> %r" % (target, head.split("\r\n", 1)[0]))
+    try:
+        ss = client_context(cafile, alpn=alpn).wrap_socket(s, server_hostname=server_hostname)
+    except Exception:
+        s.close()
+        raise
+    w = Wire(ss)
+    w.client = "%s:%d" % ss.getsockname()[:2]     # as the proxy logs it
+    return w
+
+
+def connection_line(proxy, client, since=0, timeout=10.0):
+    """The proxy's 'connection' log line for the client address 'ip:port'
+    (e.g. Wire.client from tls_tunnel), or None after timeout."""
+    return proxy.wait_event(lambda e: e.get("event") == "connection" and e.get("client") == client,
+                            timeout, since)
+
+
+class OriginConn(Wire):
+    """One connection accepted by a TlsOrigin, seen from the origin."""
+
+    def __init__(self, origin, index):
+        super().__init__()
+        self.origin = origin
+        self.index = index
+        self.alpn = None
+        self.error = None
+        self.handshaken = threading.Event()
+        self.done = threading.Event()      # handler finished, connection closed
+        self.closed_by_handler = False
+
+    def close_now(self, clean=True):
+        """End the connection from the handler: clean = close_notify first."""
+        self.closed_by_handler = True
+        if clean:
+            # Non-blocking: send close_notify without waiting for the peer's.
+            try:
+                self.sock.setblocking(False)
+                self.sock = self.sock.unwrap()
+            except (OSError, ValueError):
+                pass
+        self.sock.close()
+
+
+class TlsOrigin:
+    """A scriptable TLS origin on 127.0.0.1 using a test-PKI cert. Every
+    accepted connection is an OriginConn (a Wire: .received records every
+    byte the origin read) and runs handler(conn) on its own thread. When the
+    handler returns, the origin keeps reading (and recording) until its peer
+    closes; then conn.done is set. alpn: protocols the origin may select
+    (None: it selects none)."""
+
+    def __init__(self, pki, handler, alpn=("http/1.1",), cert="valid-ec", timeout=30.0):
+        self.handler = handler
+        self.timeout = timeout
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(pki.fullchain(cert), pki.key(cert))
+        if alpn:
+            self.ctx.set_alpn_protocols(list(alpn))
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(128)
+        self.port = self.lsock.getsockname()[1]
+        self.conns = []
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+        _register(self)
+
+    def _accept_loop(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.cond:
+                if self.stopped:
+                    c.close()
+                    return
+                conn = OriginConn(self, len(self.conns))
+                self.conns.append(conn)
+                self.cond.notify_all()
+            threading.Thread(target=self._serve, args=(c, conn), daemon=True).start()
+
+    def _serve(self, c, conn):
+        try:
+            c.settimeout(self.timeout)
+            conn.sock = self.ctx.wrap_socket(c, server_side=True)
+            conn.alpn = conn.sock.selected_alpn_protocol()
+            conn.handshaken.set()
+            self.handler(conn)
+            if not conn.closed_by_handler:
+                conn.recv_all()
+        except Exception as e:
+            conn.error = e
+        finally:
+            try:
+                (conn.sock or c).close()
+            except OSError:
+                pass
+            conn.done.set()
+
+    def count(self):
+        with self.cond:
+            return len(self.conns)
+
+    def wait_conn(self, index, timeout=10.0):
+        """The index-th accepted connection (0-based), once its handshake is done."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.conns) <= index:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("origin accepted %d connections, waited for #%d"
+                                         % (len(self.conns), index + 1))
+                self.cond.wait(left)
+            conn = self.conns[index]
+        if not conn.handshaken.wait(max(0.0, deadline - time.monotonic())):
+            raise AssertionError("origin connection #%d: no TLS handshake (%r)"
+                                 % (index + 1, conn.error))
+        return conn
+
+    def kill(self):
+        _unregister(self)
+        with self.cond:
+            self.stopped = True
+            conns = list(self.conns)
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        for conn in conns:
+            s = conn.sock
+            if s is not None:
+                try:
+                    socket.socket.shutdown(s, socket.SHUT_RDWR)
+                except (OSError, TypeError, ValueError):
+                    pass
+
+
+def serve_http1(conn, respond):
+    """Origin-side request loop for a TlsOrigin handler: reads each request
+    (head + body) and calls respond(conn, head, body), which sends the
+    response and returns False to stop. Returns at the peer's close."""
+    while True:
+        try:
+            head = conn.read_head()
+        except EOFError:
+            return
+        _, body, _ = conn.read_body(head)
+        if respond(conn, head, body) is False:
+            return
+
+
+def http_response(status, body=b"", reason=None, headers=()):
+    """Bytes of a Content-Length framed HTTP/1.1 response."""
+    reason = reason or {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
+                        404: "Not Found"}.get(status, "Status")
+    out = "HTTP/1.1 %d %s\r\n" % (status, reason)
+    for k, v in headers:
+        out += "%s: %s\r\n" % (k, v)
+    if not any(k.lower() == "content-length" for k, _ in headers):
+        out += "Content-Length: %d\r\n" % len(body)
+    return out.encode("latin-1") + b"\r\n" + body
+
+
+class ConnectForwarder:
+    """A local TCP port (127.0.0.1) that opens a CONNECT tunnel through the
+    proxy to target for every connection it accepts and splices both ways,
+    so clients without proxy support (nghttp, h2load) can go through the
+    proxy. The client itself must send the target's SNI (e.g.
+    https://localhost:FWDPORT/ sends 'localhost')."""
+
+    def __init__(self, proxy_port, target):
+        self.proxy_port = proxy_port
+        self.target = target
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(128)
+        self.port = self.lsock.getsockname()[1]
+        self.accepted = 0
+        self.errors = []
+        self.socks = []
+        self.clients = []     # local address of each tunnel to the proxy
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+        _register(self)
+
+    def _accept_loop(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.socks.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            u, code, head = connect_tunnel(self.proxy_port, self.target, timeout=30)
+        except Exception as e:
+            self.errors.append("CONNECT: %r" % e)
+            c.close()
+            return
+        if code != 200:
+            self.errors.append("CONNECT -> %r" % head.split("\r\n", 1)[0])
+            c.close()
+            u.close()
+            return
+        u.settimeout(None)
+        with self.lock:
+            self.socks.append(u)
+            self.clients.append("%s:%d" % u.getsockname()[:2])   # as the proxy logs it
+        t1 = threading.Thread(target=self._pipe, args=(c, u), daemon=True)
+        t2 = threading.Thread(target=self._pipe, args=(u, c), daemon=True)
+        t1.start()
+        t2.start()
+        t1.join()
+        t2.join()
+        c.close()
+        u.close()
+
+    def _pipe(self, a, b):
+        try:
+            while True:
+                d = a.recv(1 << 18)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def kill(self):
+        _unregister(self)
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class NginxSite:
+    """An extra nginx with one TLS server on 127.0.0.1 (test-PKI cert) whose
+    location blocks the caller writes; http2 on or off. Its root holds 1k
+    (same bytes as Nginx's /1k)."""
+
+    def __init__(self, t, pki, locations, http2=True, cert="valid-ec", name="site",
+                 server_extra=""):
+        self.dir = os.path.join(t.dir, "nginx-" + name)
+        www = os.path.join(self.dir, "www")
+        tmp = os.path.join(self.dir, "tmp")
+        os.makedirs(www)
+        os.makedirs(tmp)
+        self.files = {"/1k": os.path.join(www, "1k")}
+        write_pseudorandom(self.files["/1k"], KIB_SIZE, seed=1)
+        self.www = www
+        self.v4 = free_port("127.0.0.1")
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = """%s
+daemon off;
+master_process on;
+worker_processes 1;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_requests 100000;
+    client_body_temp_path %s/body;
+    proxy_temp_path %s/proxy;
+    fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi;
+    scgi_temp_path %s/scgi;
+    server {
+        listen 127.0.0.1:%d ssl%s;
+        server_name _;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root %s;
+%s
+%s
+    }
+}
+""" % (user, self.dir, self.dir, tmp, tmp, tmp, tmp, tmp, self.v4, " http2" if http2 else "",
+       pki.fullchain(cert), pki.key(cert), www, server_extra, locations)
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.error_log = os.path.join(self.dir, "error.log")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", self.dir, "-e", self.error_log, "-c", self.conf],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "stderr.log"), "wb"),
+            start_new_session=True)
+        _register(self)
+        t.nginxes.append(self)
+        if not wait_port("127.0.0.1", self.v4, 10, self.proc):
+            raise Fatal("nginx (%s) did not come up:\n%s" % (name, self.log_tail()))
+
+    def port(self, _name=None, _fam="v4"):
+        return self.v4
+
+    def log_tail(self, n=20):
+        return Nginx.log_tail(self, n)
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, signal.SIGTERM)
