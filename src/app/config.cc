@@ -146,7 +146,8 @@ class Parser {
 
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
-                               "timeouts", "limits", "http", "http2", "policy", "log"}))
+                               "timeouts", "limits", "http", "http2", "policy", "admin",
+                               "shutdown", "log"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -291,6 +292,22 @@ class Parser {
         }
       }
       cfg.auto_bypass_entries = entries;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "admin")) {
+      if (!check_keys(*t, "admin", {"listen"}) || !get_string(*t, "admin", "listen", cfg.admin_listen))
+        return false;
+      if (!cfg.admin_listen.empty() && !net::parse_listen_address(cfg.admin_listen))
+        return fail(t->get("listen")->source(), "admin.listen",
+                    "expected IP:PORT such as \"127.0.0.1:9464\", or \"\" to turn it off");
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "shutdown")) {
+      if (!check_keys(*t, "shutdown", {"drain_timeout"}) ||
+          !get_duration(*t, "shutdown", "drain_timeout", cfg.drain_timeout))
+        return false;
     }
     if (bad_section_) return false;
 

@@ -73,6 +73,11 @@ struct Config {
   milliseconds auto_bypass_ttl = std::chrono::hours(1);
   std::size_t auto_bypass_entries = 100000;
 
+  // Admin listener (/metrics, /healthz, /readyz, /status); empty: off.
+  std::string admin_listen = "127.0.0.1:9464";
+  // SIGTERM: in-flight connections get this long to finish.
+  milliseconds drain_timeout = std::chrono::seconds(30);
+
   std::string log_file;  // empty: stderr
   std::string log_level = "info";
   bool log_exchanges = true;  // one access-log line per HTTP exchange

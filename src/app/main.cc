@@ -3,6 +3,7 @@
 #include "app/config.h"
 #include "app/server.h"
 #include "core/log.h"
+#include "net/address.h"
 #include "policy/policy.h"
 #include "sightline_build.h"
 
@@ -67,7 +68,7 @@ int policy_explain(const std::vector<std::string>& files, const std::string& sni
 
 int do_run(const std::string& config_path, const std::vector<std::string>& listen,
            const std::string& ca_cert, const std::string& ca_key, const std::string& upstream_ca,
-           int workers, const std::vector<std::string>& policies) {
+           int workers, const std::vector<std::string>& policies, const std::string* admin_listen) {
   using namespace sightline;
   app::ConfigError err;
   std::optional<app::Config> cfg;
@@ -91,6 +92,14 @@ int do_run(const std::string& config_path, const std::vector<std::string>& liste
   if (!policies.empty()) {
     cfg->policy_files = policies;
     cfg->policy_files_configured = true;
+  }
+  if (admin_listen) {
+    if (!admin_listen->empty() && *admin_listen != "off" &&
+        !sightline::net::parse_listen_address(*admin_listen)) {
+      std::cerr << "sightline: --admin-listen " << *admin_listen << ": expected IP:PORT or off\n";
+      return 2;
+    }
+    cfg->admin_listen = *admin_listen == "off" ? "" : *admin_listen;
   }
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
@@ -133,6 +142,9 @@ int main(int argc, char** argv) {
   run->add_option("--ca-key", ca_key, "issuing CA private key (PEM, mode 0600)");
   run->add_option("--upstream-ca", upstream_ca, "trust store for origin certificates (PEM)");
   run->add_option("--workers", workers, "worker threads (0 = one per core)")->check(CLI::Range(0, 256));
+  std::string admin_listen;
+  auto* admin_opt = run->add_option("--admin-listen", admin_listen,
+                                    "admin listener ADDR:PORT for /metrics, /healthz, /readyz, /status (off: none)");
   std::vector<std::string> policies;
   run->add_option("--policy", policies, "policy file (repeatable; replaces [policy] files)")
       ->check(CLI::ExistingFile);
@@ -174,5 +186,6 @@ int main(int argc, char** argv) {
     if (explain_files.empty()) explain_files.push_back("policies/default.toml");
     return policy_explain(explain_files, ex_sni, ex_client, ex_port, ex_dst);
   }
-  return do_run(config_path, listen, ca_cert, ca_key, upstream_ca, workers, policies);
+  return do_run(config_path, listen, ca_cert, ca_key, upstream_ca, workers, policies,
+                admin_opt->count() ? &admin_listen : nullptr);
 }

@@ -4,6 +4,10 @@
 #include "core/log.h"
 #include "core/uv_handle.h"
 #include "exchange/access_log.h"
+#include "metrics/admin_server.h"
+#include "metrics/exchange_metrics.h"
+#include "metrics/proxy_metrics.h"
+#include "net/address.h"
 #include "sightline_build.h"
 #include "tls/contexts.h"
 
@@ -16,7 +20,9 @@
 namespace sightline::app {
 namespace {
 
-bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* error) {
+bool build_context(const Config& cfg, proxy::ProxyContext& ctx, metrics::ProxyMetrics& m,
+                   std::string* error) {
+  ctx.metrics = &m;
   auto& s = ctx.settings;
   s.connect_timeout = cfg.connect_timeout;
   s.handshake_timeout = cfg.handshake_timeout;
@@ -37,6 +43,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
   s.h2.header_table_size = cfg.h2_header_table_size;
 
   auto fanout = std::make_shared<exchange::Fanout>();
+  fanout->add(std::make_shared<metrics::ExchangeMetrics>(m));
   if (cfg.log_exchanges) fanout->add(std::make_shared<exchange::AccessLog>());
   ctx.exchanges = fanout;
 
@@ -83,12 +90,49 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, std::string* err
 struct StopState {
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
   int signals = 0;
+  bool draining = false;
+  core::UvHandle<uv_timer_t> drain_timer;
+  std::chrono::milliseconds drain_timeout{30'000};
 };
+
+std::string status_json(const proxy::ProxyContext& ctx, const std::vector<std::unique_ptr<Worker>>& workers,
+                        std::chrono::steady_clock::time_point started, bool draining) {
+  std::size_t active = 0;
+  for (const auto& w : workers) active += w->sessions();
+  nlohmann::json j = {
+      {"version", SIGHTLINE_VERSION},
+      {"uptime_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
+      {"workers", workers.size()},
+      {"active_connections", active},
+      {"draining", draining},
+      {"ca", ctx.ca.subject},
+      {"cert_cache_entries", ctx.cert_cache->size()},
+      {"auto_bypass_entries", ctx.auto_bypass ? ctx.auto_bypass->size() : 0},
+      {"archive", {{"state", "disabled"}}},
+  };
+  if (ctx.policies) {
+    auto pol = ctx.policies->current();
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& src : pol->sources())
+      files.push_back({{"path", src.path}, {"sha256", src.sha256}, {"names", src.names}});
+    j["policy"] = {{"generation", ctx.policies->generation()}, {"rules", pol->rules().size()},
+                   {"default", policy::to_string(pol->default_action())}, {"files", files}};
+  } else {
+    j["policy"] = nullptr;
+  }
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+metrics::ProxyMetrics* g_metrics = nullptr;  // main-thread use only (reloads)
 
 // Reloads the policy files; the previous policy stays in force on error.
 void reload_policies(policy::PolicyStore& store, const char* trigger) {
   policy::PolicyError err;
-  if (store.reload(err)) {
+  bool ok = store.reload(err);
+  if (g_metrics)
+    g_metrics->registry.inc(g_metrics->registry.main_shard(),
+                            ok ? g_metrics->policy_reload_ok : g_metrics->policy_reload_error);
+  if (ok) {
     auto pol = store.current();
     log::emit(log::Level::info, {{"event", "policy_reload"}, {"result", "ok"}, {"trigger", trigger},
                                  {"generation", store.generation()}, {"rules", pol->rules().size()},
@@ -153,14 +197,31 @@ class PolicyWatcher {
 }  // namespace
 
 int run_server(const Config& cfg) {
+  const auto started = std::chrono::steady_clock::now();
+  unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
+  metrics::ProxyMetrics m(n);
   proxy::ProxyContext ctx;
   std::string error;
-  if (!build_context(cfg, ctx, &error)) {
+  if (!build_context(cfg, ctx, m, &error)) {
     log::emit(log::Level::error, {{"event", "startup_failed"}, {"msg", error}});
     return 1;
   }
+  // Values that live elsewhere, read at scrape time.
+  m.registry.callback_gauge("sightline_cert_cache_entries", "Forged certificates cached.", {},
+                            [&ctx] { return static_cast<double>(ctx.cert_cache->size()); });
+  m.registry.callback_gauge("sightline_auto_bypass_entries", "Pinned (client, name) pairs bypassed now.", {},
+                            [&ctx] { return static_cast<double>(ctx.auto_bypass->size()); });
+  m.registry.callback_gauge("sightline_policy_rules", "Rules in the policy in force.", {}, [&ctx] {
+    return ctx.policies ? static_cast<double>(ctx.policies->current()->rules().size()) : 0.0;
+  });
+  m.registry.callback_gauge("sightline_workers", "Worker threads.", {},
+                            [n] { return static_cast<double>(n); });
+  m.registry.callback_counter("sightline_log_lines_dropped_total",
+                              "Log lines dropped because a thread's log queue was full.", {},
+                              [] { return static_cast<double>(log::dropped_lines()); });
+  m.registry.freeze();
+  g_metrics = &m;
 
-  unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < n; ++i) {
     workers.push_back(std::make_unique<Worker>(i, ctx));
@@ -174,6 +235,24 @@ int run_server(const Config& cfg) {
   uv_loop_init(&main_loop);
   StopState stop;
   stop.workers = &workers;
+  stop.drain_timeout = cfg.drain_timeout;
+
+  // Worker threads wake the main loop as they end; it stops when all have.
+  core::UvHandle<uv_async_t> workers_done;
+  workers_done.init(uv_async_init, &main_loop, [](uv_async_t* a) {
+    auto* st = static_cast<StopState*>(a->data);
+    for (auto& w : *st->workers)
+      if (!w->finished()) return;
+    uv_stop(a->loop);
+  });
+  workers_done.get()->data = &stop;
+  for (auto& w : workers) {
+    uv_async_t* a = workers_done.get();
+    w->set_on_exit([a] { uv_async_send(a); });
+  }
+
+  // SIGTERM/SIGINT: stop accepting and let connections in flight finish,
+  // up to drain_timeout; then close the rest. A second signal exits at once.
   std::vector<core::UvHandle<uv_signal_t>> signals;
   for (int signum : {SIGINT, SIGTERM}) {
     core::UvHandle<uv_signal_t> sig;
@@ -186,11 +265,49 @@ int run_server(const Config& cfg) {
         log::stop();
         std::_Exit(0);
       }
-      log::emit(log::Level::info, {{"event", "shutdown"}, {"signal", signo}});
-      for (auto& w : *st->workers) w->stop();
-      uv_stop(h->loop);
+      std::size_t active = 0;
+      for (auto& w : *st->workers) active += w->sessions();
+      log::emit(log::Level::info, {{"event", "shutdown"}, {"signal", signo}, {"draining", active},
+                                   {"drain_timeout_ms", st->drain_timeout.count()}});
+      st->draining = true;
+      for (auto& w : *st->workers) w->drain();
+      st->drain_timer.init(uv_timer_init, h->loop);
+      st->drain_timer.get()->data = st;
+      uv_timer_start(st->drain_timer.get(), [](uv_timer_t* t) {
+        auto* s2 = static_cast<StopState*>(t->data);
+        log::emit(log::Level::warn, {{"event", "shutdown"}, {"msg", "drain timeout: closing the remaining connections"}});
+        for (auto& w : *s2->workers) w->stop();
+      }, static_cast<std::uint64_t>(st->drain_timeout.count()), 0);
+      uv_unref(st->drain_timer.handle());
     }, signum);
     signals.push_back(std::move(sig));
+  }
+
+  metrics::AdminServer admin(&main_loop);
+  if (!cfg.admin_listen.empty()) {
+    admin.route("/metrics", [&m] {
+      return metrics::AdminServer::Response{200, "text/plain; version=0.0.4; charset=utf-8", m.registry.scrape()};
+    });
+    admin.route("/healthz", [] { return metrics::AdminServer::Response{200, "text/plain; charset=utf-8", "ok\n"}; });
+    admin.route("/readyz", [&ctx, &workers, &stop] {
+      std::string why;
+      if (stop.draining) why += "draining\n";
+      for (auto& w : workers)
+        if (w->finished()) why += "worker stopped\n";
+      if (ctx.policies && !ctx.policies->current()) why += "no policy loaded\n";
+      if (!why.empty()) return metrics::AdminServer::Response{503, "text/plain; charset=utf-8", why};
+      return metrics::AdminServer::Response{200, "text/plain; charset=utf-8", "ready\n"};
+    });
+    admin.route("/status", [&ctx, &workers, &stop, started] {
+      return metrics::AdminServer::Response{200, "application/json", status_json(ctx, workers, started, stop.draining)};
+    });
+    auto addr = net::parse_listen_address(cfg.admin_listen);
+    std::string why;
+    if (!addr || !admin.listen(*addr, &why)) {
+      log::emit(log::Level::error, {{"event", "startup_failed"}, {"msg", "admin listener " + cfg.admin_listen + ": " + why}});
+      for (auto& w : workers) w->stop();
+      return 1;
+    }
   }
 
   core::UvHandle<uv_signal_t> hup;
@@ -215,14 +332,20 @@ int run_server(const Config& cfg) {
     log::emit(log::Level::info, {{"event", "listening"}, {"address", l.address},
                                  {"mode", "explicit"}, {"workers", n},
                                  {"version", SIGHTLINE_VERSION}, {"ca", ctx.ca.subject}});
+  if (!cfg.admin_listen.empty())
+    log::emit(log::Level::info, {{"event", "listening"}, {"address", cfg.admin_listen}, {"mode", "admin"}});
 
   uv_run(&main_loop, UV_RUN_DEFAULT);
   for (auto& w : workers) w->join();
+  admin.close();
   workers.clear();
   signals.clear();
   watcher.reset();
   hup.reset();
-  uv_run(&main_loop, UV_RUN_NOWAIT);  // let the signal handles' close callbacks run
+  workers_done.reset();
+  stop.drain_timer.reset();
+  g_metrics = nullptr;
+  uv_run(&main_loop, UV_RUN_DEFAULT);  // close callbacks of the main loop's handles
   uv_loop_close(&main_loop);
   ctx.leaf_keys->stop();
   log::emit(log::Level::info, {{"event", "stopped"}});

@@ -54,6 +54,8 @@ bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* err
 void Worker::start_thread() {
   thread_ = std::thread([this] {
     uv_run(&loop_, UV_RUN_DEFAULT);
+    finished_.store(true, std::memory_order_release);
+    if (on_exit_) on_exit_();
   });
 }
 
@@ -62,6 +64,15 @@ void Worker::stop() {
     std::lock_guard lock(post_mu_);
     if (stopped_ || stop_requested_) return;
     stop_requested_ = true;
+  }
+  uv_async_send(async_.get());
+}
+
+void Worker::drain() {
+  {
+    std::lock_guard lock(post_mu_);
+    if (stopped_ || drain_requested_) return;
+    drain_requested_ = true;
   }
   uv_async_send(async_.get());
 }
@@ -81,15 +92,33 @@ void Worker::post(std::function<void()> fn) {
 
 void Worker::on_async() {
   std::vector<std::function<void()>> tasks;
-  bool stopping;
+  bool stopping, draining;
   {
     std::lock_guard lock(post_mu_);
     tasks.swap(inbox_);
     stopping = stop_requested_ && !stopped_;
     if (stopping) stopped_ = true;
+    draining = drain_requested_ && !draining_ && !stopped_;
   }
   for (auto& t : tasks) t();
-  if (stopping) shutdown_on_loop();
+  if (stopping) {
+    shutdown_on_loop();
+  } else if (draining) {
+    // Stop accepting; sessions in flight finish on their own.
+    draining_ = true;
+    listeners_.clear();
+    if (sessions_.empty()) finish_on_loop();
+  }
+}
+
+void Worker::finish_on_loop() {
+  {
+    std::lock_guard lock(post_mu_);
+    stopped_ = true;
+  }
+  listeners_.clear();
+  pool_->clear();
+  async_.reset();
 }
 
 void Worker::shutdown_on_loop() {
@@ -113,6 +142,7 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   std::uint64_t id = (static_cast<std::uint64_t>(self->index_) << 56) | ++self->next_id_;
   auto session = std::make_shared<proxy::Session>(*self, self->ctx_, id, self->index_);
   self->sessions_.emplace(id, session);
+  self->session_count_.store(self->sessions_.size(), std::memory_order_relaxed);
   session->start(server);
 }
 
@@ -122,6 +152,8 @@ void Worker::session_closed(std::uint64_t id) {
   if (it == sessions_.end()) return;
   auto keep = std::move(it->second);
   sessions_.erase(it);
+  session_count_.store(sessions_.size(), std::memory_order_relaxed);
+  if (draining_ && sessions_.empty() && !stopped_) finish_on_loop();
   // Destroyed when the last callback holding it returns.
   (void)keep;
 }

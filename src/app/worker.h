@@ -34,7 +34,13 @@ class Worker final : public proxy::SessionHost {
   void start_thread();
   // Thread-safe: closes listeners and sessions; the thread then ends.
   void stop();
+  // Thread-safe: stops accepting; the thread ends when the last session does.
+  void drain();
   void join();
+  // Called on the worker thread as it ends (e.g. to wake the main loop).
+  void set_on_exit(std::function<void()> fn) { on_exit_ = std::move(fn); }
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
+  std::size_t sessions() const { return session_count_.load(std::memory_order_relaxed); }
 
   uv_loop_t* loop() override { return &loop_; }
   std::span<char> read_buffer() override { return {read_buf_.get(), kReadBuffer}; }
@@ -50,6 +56,7 @@ class Worker final : public proxy::SessionHost {
   static void on_connection(uv_stream_t* server, int status);
   void on_async();
   void shutdown_on_loop();
+  void finish_on_loop();
 
   unsigned index_;
   const proxy::ProxyContext& ctx_;
@@ -66,7 +73,12 @@ class Worker final : public proxy::SessionHost {
   std::mutex post_mu_;  // this worker's inbox only
   std::vector<std::function<void()>> inbox_;
   bool stop_requested_ = false;
+  bool drain_requested_ = false;
   bool stopped_ = false;
+  bool draining_ = false;  // loop thread only
+  std::function<void()> on_exit_;
+  std::atomic<bool> finished_{false};
+  std::atomic<std::size_t> session_count_{0};
   std::thread thread_;
 };
 

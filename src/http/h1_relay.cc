@@ -195,6 +195,11 @@ void H1Relay::on_data(Side from, std::span<const char> data) {
 
 void H1Relay::on_end(Side from, bool clean) {
   if (closing_) return;
+  if (from == Side::client && refusal_) {
+    // No origin to wait for: the proxy answers, so it also ends the client.
+    io_.end(Side::client, clean);
+    return;
+  }
   if (from == Side::client) {
     if (!tunnel_ && !requests_.finish()) {
       if (current_request_) consumer_.on_abort(current_request_->ex, "client closed mid-request");

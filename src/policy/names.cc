@@ -135,7 +135,14 @@ bool parse_pattern(std::string_view text, Pattern& out, std::string& why) {
     why = out.kind == kWildcard ? "no domain after \"*.\"" : "no domain after \".\"";
     return false;
   }
-  return normalize_name_into(rest, out.base, why);
+  if (!normalize_name_into(rest, out.base, why)) return false;
+  // The proxy never presents an IP literal as a server name, so such a
+  // pattern could never match: say so instead of accepting it silently.
+  if (out.kind == kExact && IpAddress::parse(out.base)) {
+    why = "an IP address is not a name; use dst = [\"" + out.base + "\"] for destination addresses";
+    return false;
+  }
+  return true;
 }
 
 IpAddress canonical(const IpAddress& a) {

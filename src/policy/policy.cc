@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <initializer_list>
 #include <limits>
@@ -114,9 +115,15 @@ class NameTable {
     }
   }
 
-  const Slot* find(std::string_view key) const {
+  // Starts loading the slot where a key with hash `h` would be, so that
+  // several lookups' cache misses overlap.
+  void prefetch(std::uint64_t h) const {
+    if (!slots_.empty()) __builtin_prefetch(slots_.data() + (h & (slots_.size() - 1)));
+  }
+
+  // `h` is hash_name(key).
+  const Slot* find(std::string_view key, std::uint64_t h) const {
     if (used_ == 0) return nullptr;
-    std::uint64_t h = hash_name(key);
     std::size_t mask = slots_.size() - 1;
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       const Slot& s = slots_[i];
@@ -225,8 +232,13 @@ std::string_view query_name(std::string_view raw, char (&buf)[kMaxName + 1], std
   std::size_t label = 0;
   for (char c : n) {
     if (static_cast<unsigned char>(c) >= 0x80) {
-      std::string why;
-      if (!detail::normalize_name_into(raw, slow, why)) return {};
+      // Rare (clients send A-labels): IDNA conversion, which allocates.
+      try {
+        std::string why;
+        if (!detail::normalize_name_into(raw, slow, why)) return {};
+      } catch (const std::exception&) {
+        return {};
+      }
       return slow;
     }
     if (c == '.') {
@@ -645,24 +657,38 @@ std::string_view to_string(Action a) {
 Policy::Policy(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Policy::~Policy() = default;
 
+// Loads are run from event-loop callbacks (reloads), so nothing may escape
+// them as an exception: out of memory becomes an error like any other.
 std::shared_ptr<const Policy> Policy::load(const std::vector<std::string>& files, PolicyError& err) {
-  Builder b(err);
-  for (const auto& f : files) {
-    std::string text, why;
-    if (!read_whole_file(f, text, why)) {
-      err.message = f + ": cannot read policy file: " + why;
-      return nullptr;
+  std::string current;
+  try {
+    Builder b(err);
+    for (const auto& f : files) {
+      current = f;
+      std::string text, why;
+      if (!read_whole_file(f, text, why)) {
+        err.message = f + ": cannot read policy file: " + why;
+        return nullptr;
+      }
+      if (!b.add(text, f)) return nullptr;
     }
-    if (!b.add(text, f)) return nullptr;
+    return std::shared_ptr<const Policy>(new Policy(b.finish()));
+  } catch (const std::exception& e) {
+    err.message = current + ": cannot load policy: " + e.what();
+    return nullptr;
   }
-  return std::shared_ptr<const Policy>(new Policy(b.finish()));
 }
 
 std::shared_ptr<const Policy> Policy::parse(std::string_view toml, const std::string& name,
                                             PolicyError& err) {
-  Builder b(err);
-  if (!b.add(toml, name)) return nullptr;
-  return std::shared_ptr<const Policy>(new Policy(b.finish()));
+  try {
+    Builder b(err);
+    if (!b.add(toml, name)) return nullptr;
+    return std::shared_ptr<const Policy>(new Policy(b.finish()));
+  } catch (const std::exception& e) {
+    err.message = name + ": cannot load policy: " + e.what();
+    return nullptr;
+  }
 }
 
 Decision Policy::decide(const Query& q) const {
@@ -678,8 +704,8 @@ Decision Policy::decide(const Query& q) const {
   auto consider = [&](const NameEntry& e, std::uint8_t mask) {
     if ((e.kinds & mask) != 0 && m.conds[e.rule].matches_rest(q, dst_p, client_p)) best = e.rule;
   };
-  auto probe = [&](std::string_view key, std::uint8_t mask) {
-    const NameTable::Slot* s = m.names.find(key);
+  auto probe = [&](std::string_view key, std::uint64_t hash, std::uint8_t mask) {
+    const NameTable::Slot* s = m.names.find(key, hash);
     if (!s || s->first.rule >= best) return;
     consider(s->first, mask);
     if (s->more == kNone) return;
@@ -694,15 +720,26 @@ Decision Policy::decide(const Query& q) const {
     std::string slow;
     std::string_view name = query_name(q.server_name, buf, slow);
     if (!name.empty()) {
+      // Every suffix that starts at a label is a key to look up. Hash them
+      // all and prefetch their slots first: the table is large and mostly
+      // not in cache, and this way the misses overlap.
+      std::uint8_t starts[kMaxName / 2 + 1];  // a valid name has at most 127 labels
+      std::uint64_t hashes[kMaxName / 2 + 1];
+      std::size_t labels = 0;
+      starts[labels++] = 0;
+      for (std::size_t i = 0; i < name.size(); ++i)
+        if (name[i] == '.') starts[labels++] = static_cast<std::uint8_t>(i + 1);
+      for (std::size_t k = 0; k < labels; ++k) {
+        hashes[k] = hash_name(name.substr(starts[k]));
+        m.names.prefetch(hashes[k]);
+      }
       // The name itself: exact and suffix patterns; one label up: wildcard
       // and suffix; further up: suffix only.
-      probe(name, detail::kExact | detail::kSuffix);
-      std::uint8_t mask = detail::kWildcard | detail::kSuffix;
-      for (auto dot = name.find('.'); dot != std::string_view::npos; dot = name.find('.')) {
-        name.remove_prefix(dot + 1);
-        probe(name, mask);
-        mask = detail::kSuffix;
-      }
+      for (std::size_t k = 0; k < labels; ++k)
+        probe(name.substr(starts[k]), hashes[k],
+              k == 0   ? detail::kExact | detail::kSuffix
+              : k == 1 ? detail::kWildcard | detail::kSuffix
+                       : detail::kSuffix);
     }
   }
   for (std::uint32_t r : m.unnamed) {

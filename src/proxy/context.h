@@ -14,6 +14,7 @@
 #include "net/upstream_conn.h"
 #include "policy/auto_bypass.h"
 #include "policy/store.h"
+#include "metrics/proxy_metrics.h"
 
 #include <uv.h>
 
@@ -52,6 +53,8 @@ struct ProxyContext {
   // Per-domain decisions; null: inspect everything.
   std::unique_ptr<policy::PolicyStore> policies;
   std::unique_ptr<policy::AutoBypass> auto_bypass;
+  // Null when metrics are off.
+  metrics::ProxyMetrics* metrics = nullptr;
   // Every HTTP exchange's events go here (shared by all workers: consumers
   // must be thread-safe or stateless).
   std::shared_ptr<exchange::Consumer> exchanges;

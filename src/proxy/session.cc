@@ -5,6 +5,7 @@
 #include "http/h2_relay.h"
 #include "http/sniff_relay.h"
 #include "net/address.h"
+#include "metrics/proxy_metrics.h"
 #include "proxy/plain_http.h"
 #include "tls/forge.h"
 
@@ -70,8 +71,19 @@ Session::~Session() = default;
 // ---------------------------------------------------------------------------
 // Accept and request head
 
+void Session::set_action(const char* action) {
+  if (ctx_.metrics) {
+    auto& m = *ctx_.metrics;
+    m.registry.add(worker_, m.active_connections[metrics::idx(metrics::conn_action(action_))], -1);
+    m.registry.add(worker_, m.active_connections[metrics::idx(metrics::conn_action(action))], 1);
+  }
+  action_ = action;
+}
+
 void Session::start(uv_stream_t* server) {
   t_accept_ = uv_hrtime();
+  if (ctx_.metrics)
+    ctx_.metrics->registry.add(worker_, ctx_.metrics->active_connections[metrics::idx(metrics::ConnAction::none)], 1);
   uv_loop_t* loop = host_.loop();
   uv_timer_init(loop, &timer_);
   timer_.data = this;
@@ -149,7 +161,7 @@ void Session::on_request_data(const char* data, std::size_t n) {
 
 bool Session::start_plain_http() {
   state_ = State::relaying;
-  action_ = "http";
+  set_action("http");
   codec_ = "http/1.1";
   auto info = std::make_shared<exchange::ConnectionInfo>();
   info->id = id_;
@@ -199,6 +211,7 @@ void Session::resolve() {
 
 void Session::on_resolved(int status, addrinfo* res) {
   addrs_.reset(res);
+  t_resolved_ = uv_hrtime();
   if (state_ != State::connecting) return;  // closed or timed out meanwhile
   if (status != 0 || !res) {
     std::string why = std::string("DNS resolution failed for ") + request_.authority.host + ": " +
@@ -278,7 +291,7 @@ void Session::on_hello_data(const char* data, std::size_t n) {
     case tls::HelloStatus::need_more:
       return;
     case tls::HelloStatus::not_tls:
-      action_ = "reject";
+      set_action("reject");
       close("not TLS after CONNECT: " + res.reason);
       return;
     case tls::HelloStatus::malformed:
@@ -290,11 +303,13 @@ void Session::on_hello_data(const char* data, std::size_t n) {
   t_hello_ = uv_hrtime();
   stop_reading(client_);
   policy::Decision d = decide(true);
+  if (ctx_.metrics && ctx_.policies)
+    ctx_.metrics->registry.inc(worker_, ctx_.metrics->policy_decisions[static_cast<std::size_t>(d.action)]);
   if (d.action == policy::Action::bypass) {
     start_bypass();
     return;
   }
-  action_ = "intercept";
+  set_action("intercept");
   start_client_tls();
   if (state_ == State::closing) return;
   if (d.action == policy::Action::block) {
@@ -353,7 +368,7 @@ std::string Session::describe(const policy::Decision& d) const {
 // Bypass: the client talks to the origin itself, end to end encrypted; the
 // bytes already read (the ClientHello) go first, then both ways untouched.
 void Session::start_bypass() {
-  action_ = "bypass";
+  set_action("bypass");
   codec_ = "opaque";
   state_ = State::relaying;
   relay_ = std::make_unique<http::OpaqueRelay>(*this);
@@ -373,9 +388,11 @@ void Session::note_pinned_client(const char* why) {
       untrusted_ || refusal_ || !leaf_)
     return;
   std::string name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
-  if (ctx_.auto_bypass->add(client_ip_, name))
+  if (ctx_.auto_bypass->add(client_ip_, name)) {
+    if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->auto_bypass_activations);
     log::emit(log::Level::warn, {{"event", "auto_bypass"}, {"client", client_ip_}, {"sni", name},
                                  {"reason", why}});
+  }
 }
 
 void Session::start_client_tls() {
@@ -568,7 +585,7 @@ void Session::refuse_upstream(int alert, std::string reason, int status) {
     refuse_client(SSL_AD_INTERNAL_ERROR, error);
     return;
   }
-  action_ = "refuse";
+  set_action("refuse");
   close_reason_ = reason;
   refusal_ = http::Refusal{status, std::move(reason)};
   // The origin leg has nothing more to do.
@@ -594,7 +611,7 @@ void Session::refuse_client(int alert, std::string reason) {
     close(std::move(reason));
     return;
   }
-  action_ = "refuse";
+  set_action("refuse");
   close_reason_ = std::move(reason);
   refuse_alert_ = alert;
   state_ = State::client_handshake;
@@ -1019,7 +1036,7 @@ void Session::shutdown_write(Leg& leg) {
 
 void Session::respond_error(int status, const char* phrase, std::string body, std::string reason) {
   http_status_ = status;
-  action_ = "reject";
+  set_action("reject");
   std::string resp = "HTTP/1.1 " + std::to_string(status) + " " + phrase +
                      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
                      std::to_string(body.size()) +
@@ -1085,6 +1102,7 @@ void Session::close(std::string reason) {
   state_ = State::closing;
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
   log_connection();
+  record_metrics();
   stop_reading(client_);
   stop_reading(upstream_);
   close_handles(fatal_);
@@ -1113,6 +1131,38 @@ void Session::close_handles(bool force) {
   } else {
     uv_close(t, close_cb);
   }
+}
+
+void Session::record_metrics() {
+  if (!ctx_.metrics) return;
+  auto& m = *ctx_.metrics;
+  auto& r = m.registry;
+  const unsigned s = worker_;
+  auto a = metrics::conn_action(action_);
+  r.add(s, m.active_connections[metrics::idx(a)], -1);
+  metrics::Outcome outcome = metrics::Outcome::ok;
+  if (action_ == "refuse" || action_ == "reject") outcome = metrics::Outcome::refused;
+  else if (fatal_ || close_reason_.find("timed out") != std::string::npos ||
+           close_reason_.find("error") != std::string::npos ||
+           close_reason_.find("failed") != std::string::npos)
+    outcome = metrics::Outcome::error;
+  r.inc(s, m.connections[metrics::idx(a)][metrics::idx(outcome)]);
+  r.inc(s, m.bytes_client_to_server[metrics::idx(a)], client_.plaintext_in);
+  r.inc(s, m.bytes_server_to_client[metrics::idx(a)],
+        client_.ssl ? upstream_.plaintext_in : plain_bytes_to_client_);
+  auto observe = [&](metrics::HistogramId h, std::uint64_t from, std::uint64_t to) {
+    if (from != 0 && to >= from) r.observe(s, h, static_cast<double>(to - from) / 1e9);
+  };
+  observe(m.dns, t_connect_start_, t_resolved_);
+  observe(m.upstream_connect, t_connect_start_, t_connected_);
+  observe(m.upstream_handshake, t_upstream_hs_start_, t_upstream_hs_done_);
+  observe(m.forge, t_forge_start_, t_forge_done_);
+  observe(m.client_handshake, t_hello_, t_client_hs_done_);
+  if (verdict_ != "ok" && verdict_ != "not-checked")
+    r.inc(s, m.verify_failures[metrics::idx(metrics::verdict(verdict_))]);
+  if (cache_result_ == "hit") r.inc(s, m.cert_cache_hit);
+  else if (cache_result_ == "miss") r.inc(s, m.cert_cache_miss);
+  else if (cache_result_ == "wait") r.inc(s, m.cert_cache_wait);
 }
 
 void Session::log_connection() {

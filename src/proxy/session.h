@@ -134,6 +134,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void close(std::string reason);
   void close_handles(bool force);
   void log_connection();
+  void record_metrics();
+  void set_action(const char* action);
 
   static void alloc_cb(uv_handle_t* h, std::size_t suggested, uv_buf_t* buf);
   static void read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -183,7 +185,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string upstream_alpn_;
 
   // Timestamps (uv_hrtime, ns).
-  std::uint64_t t_accept_ = 0, t_connect_start_ = 0, t_connected_ = 0, t_hello_ = 0,
+  std::uint64_t t_accept_ = 0, t_connect_start_ = 0, t_resolved_ = 0, t_connected_ = 0, t_hello_ = 0,
                 t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
                 t_forge_done_ = 0, t_client_hs_done_ = 0;
   std::string close_reason_;

@@ -553,11 +553,15 @@ def toml_value(v):
 
 
 def make_config(pki, listen_port=None, workers=1, client=None, upstream=None,
-                timeouts=None, ca_key=None, ca=None, extra=""):
+                timeouts=None, ca_key=None, ca=None, extra="", admin_port=None):
     """TOML config text. upstream defaults to {ca_file: origin CA}; ca is an
-    EnterpriseCa (default: the PKI's own)."""
+    EnterpriseCa (default: the PKI's own). The admin listener gets a free
+    port unless `extra` configures [admin] itself (several proxies run at
+    once, so the default 9464 would collide)."""
     ca = ca or pki
     lines = ["workers = %d" % workers]
+    if "[admin]" not in extra:
+        lines += ["", "[admin]", 'listen = "127.0.0.1:%d"' % (admin_port or free_port())]
     if listen_port is not None:
         lines += ["", "[[listener]]", 'address = "127.0.0.1:%d"' % listen_port,
                   'mode = "explicit"']
@@ -596,6 +600,8 @@ class Proxy:
         self.config = os.path.join(t.dir, "%s.toml" % name)
         with open(self.config, "w") as f:
             f.write(config_text)
+        m = re.search(r'^\[admin\]\s*\nlisten = "127\.0\.0\.1:(\d+)"', config_text, re.M)
+        self.admin_port = int(m.group(1)) if m else None
         self.stderr_path = os.path.join(t.dir, "%s.stderr" % name)
         self.lines = []
         self.events = []

@@ -156,3 +156,12 @@ TEST_CASE("exchanges open when the relay goes are aborted") {
   CHECK(rec.events.back().rfind("abort", 0) == 0);
   CHECK(rec.violations.empty());
 }
+
+TEST_CASE("refusal mode ends the client when the client ends without a request") {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                      http::Refusal{502, "upstream certificate invalid"}};
+  relay.on_end(Side::client, true);
+  CHECK(io.client_ended);
+}

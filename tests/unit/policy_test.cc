@@ -694,6 +694,11 @@ TEST_CASE("errors in domain patterns") {
   expect_error(rule("[\"" + std::string(64, 'a') + ".example\"]"),
                f + ":3:12: key 'rule.domains': invalid domain pattern \"" + std::string(64, 'a') +
                    ".example\": label longer than 63 characters");
+  expect_error(rule("[\"192.0.2.7\"]"),
+               f + ":3:12: key 'rule.domains': invalid domain pattern \"192.0.2.7\": an IP address is "
+                   "not a name; use dst = [\"192.0.2.7\"] for destination addresses");
+  expect_error(rule("[\"[::1]\"]"),
+               f + ":3:12: key 'rule.domains': invalid domain pattern \"[::1]\": invalid character '['");
   expect_error(rule("[\"xn--zzzz.example\"]"),
                f + ":3:12: key 'rule.domains': invalid domain pattern \"xn--zzzz.example\": not a "
                    "valid internationalized name (string contains invalid punycode data)");

@@ -1,0 +1,104 @@
+#include "metrics/proxy_metrics.h"
+
+#include "sightline_build.h"
+
+namespace sightline::metrics {
+namespace {
+
+constexpr std::array<std::string_view, idx(ConnAction::count)> kActions = {
+    "intercept", "bypass", "http", "refuse", "reject", "none"};
+constexpr std::array<std::string_view, idx(Outcome::count)> kOutcomes = {"ok", "refused", "error"};
+constexpr std::array<std::string_view, idx(Verdict::count)> kVerdicts = {
+    "expired", "not-yet-valid", "hostname-mismatch", "self-signed", "unknown-issuer", "revoked",
+    "invalid"};
+constexpr std::array<std::string_view, idx(Proto::count)> kProtos = {"http1", "http2"};
+constexpr std::array<std::string_view, idx(StatusClass::count)> kClasses = {
+    "1xx", "2xx", "3xx", "4xx", "5xx", "aborted"};
+constexpr std::array<std::string_view, idx(PolicyAction::count)> kPolicy = {"inspect", "bypass",
+                                                                              "block"};
+
+std::string s(std::string_view v) { return std::string(v); }
+
+}  // namespace
+
+ConnAction conn_action(std::string_view a) {
+  for (std::size_t i = 0; i < kActions.size(); ++i)
+    if (kActions[i] == a) return static_cast<ConnAction>(i);
+  return ConnAction::none;
+}
+
+Verdict verdict(std::string_view v) {
+  for (std::size_t i = 0; i < kVerdicts.size(); ++i)
+    if (kVerdicts[i] == v) return static_cast<Verdict>(i);
+  return Verdict::invalid;
+}
+
+StatusClass status_class(int status, bool aborted) {
+  if (aborted || status < 100 || status > 599) return StatusClass::aborted;
+  return static_cast<StatusClass>(status / 100 - 1);
+}
+
+ProxyMetrics::ProxyMetrics(unsigned workers) : registry(workers + 1) {
+  auto& r = registry;
+  for (std::size_t a = 0; a < kActions.size(); ++a) {
+    for (std::size_t o = 0; o < kOutcomes.size(); ++o)
+      connections[a][o] = r.counter("sightline_connections_total",
+                                    "Client connections ended, by mode, action and outcome.",
+                                    {{"mode", "explicit"}, {"action", s(kActions[a])}, {"outcome", s(kOutcomes[o])}});
+  }
+  for (std::size_t a = 0; a < kActions.size(); ++a)
+    active_connections[a] = r.gauge("sightline_active_connections", "Client connections open now, by action.",
+                                    {{"action", s(kActions[a])}});
+  for (std::size_t a = 0; a < kActions.size(); ++a) {
+    bytes_client_to_server[a] = r.counter("sightline_bytes_total", "Payload bytes relayed, by direction and action.",
+                                          {{"direction", "client_to_server"}, {"action", s(kActions[a])}});
+    bytes_server_to_client[a] = r.counter("sightline_bytes_total", "Payload bytes relayed, by direction and action.",
+                                          {{"direction", "server_to_client"}, {"action", s(kActions[a])}});
+  }
+  const auto& b = latency_buckets();
+  client_handshake = r.histogram("sightline_client_handshake_duration_seconds",
+                                 "Complete ClientHello to the client's Finished (includes the upstream leg).", {}, b);
+  upstream_connect = r.histogram("sightline_upstream_connect_duration_seconds",
+                                 "DNS resolution plus TCP connect to the origin.", {}, b);
+  upstream_handshake = r.histogram("sightline_upstream_handshake_duration_seconds",
+                                   "TLS handshake with the origin, verification included.", {}, b);
+  dns = r.histogram("sightline_dns_duration_seconds", "Name resolution of CONNECT targets.", {}, b);
+  forge = r.histogram("sightline_forge_duration_seconds",
+                      "Forged-certificate lookup or creation (cache hits included).", {}, b);
+  request_head_held = r.histogram("sightline_request_head_held_seconds",
+                                  "Time the proxy held a request head before forwarding it.", {}, b);
+  response_head_held = r.histogram("sightline_response_head_held_seconds",
+                                   "Time the proxy held a response head before forwarding it.", {}, b);
+  for (std::size_t p = 0; p < kProtos.size(); ++p)
+    exchange_duration[p] = r.histogram("sightline_exchange_duration_seconds",
+                                       "Request head received to response end, by protocol.",
+                                       {{"protocol", s(kProtos[p])}}, b);
+  for (std::size_t p = 0; p < kProtos.size(); ++p)
+    for (std::size_t c = 0; c < kClasses.size(); ++c)
+      exchanges[p][c] = r.counter("sightline_http_exchanges_total",
+                                  "HTTP exchanges ended, by protocol and status class.",
+                                  {{"protocol", s(kProtos[p])}, {"status_class", s(kClasses[c])}});
+  h2_active_streams = r.gauge("sightline_http2_active_streams", "HTTP/2 client streams open now.");
+  for (std::size_t v = 0; v < kVerdicts.size(); ++v)
+    verify_failures[v] = r.counter("sightline_upstream_verify_failures_total",
+                                   "Origin certificates that failed verification, by reason.",
+                                   {{"reason", s(kVerdicts[v])}});
+  cert_cache_hit = r.counter("sightline_cert_cache_lookups_total", "Forged-certificate cache lookups, by result.",
+                             {{"result", "hit"}});
+  cert_cache_miss = r.counter("sightline_cert_cache_lookups_total", "Forged-certificate cache lookups, by result.",
+                              {{"result", "miss"}});
+  cert_cache_wait = r.counter("sightline_cert_cache_lookups_total", "Forged-certificate cache lookups, by result.",
+                              {{"result", "wait"}});
+  for (std::size_t a = 0; a < kPolicy.size(); ++a)
+    policy_decisions[a] = r.counter("sightline_policy_decisions_total",
+                                    "Policy decisions taken after the ClientHello, by action.",
+                                    {{"action", s(kPolicy[a])}});
+  policy_reload_ok = r.counter("sightline_policy_reloads_total", "Policy reloads, by result.", {{"result", "ok"}});
+  policy_reload_error = r.counter("sightline_policy_reloads_total", "Policy reloads, by result.", {{"result", "error"}});
+  auto_bypass_activations = r.counter("sightline_auto_bypass_activations_total",
+                                      "Pinned (client, name) pairs added to the auto-bypass table.");
+  r.callback_gauge("sightline_build_info", "Build information.", {{"version", SIGHTLINE_VERSION}},
+                   [] { return 1.0; });
+}
+
+}  // namespace sightline::metrics

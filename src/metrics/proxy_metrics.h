@@ -1,0 +1,60 @@
+// Every metric sightline exports, registered once at startup. Names follow
+// Prometheus conventions (sightline_ prefix, base units, _total counters);
+// labels take only the fixed values listed here (never host names or
+// client addresses), so cardinality is bounded. docs/metrics.md lists them.
+#pragma once
+
+#include "metrics/registry.h"
+
+#include <array>
+#include <string_view>
+
+namespace sightline::metrics {
+
+enum class ConnAction : std::uint8_t { intercept, bypass, http, refuse, reject, none, count };
+enum class Outcome : std::uint8_t { ok, refused, error, count };
+enum class Verdict : std::uint8_t {
+  expired, not_yet_valid, hostname_mismatch, self_signed, unknown_issuer, revoked, invalid, count
+};
+enum class Proto : std::uint8_t { http1, http2, count };
+enum class StatusClass : std::uint8_t { s1xx, s2xx, s3xx, s4xx, s5xx, aborted, count };
+enum class PolicyAction : std::uint8_t { inspect, bypass, block, count };
+
+ConnAction conn_action(std::string_view action);
+Verdict verdict(std::string_view v);
+StatusClass status_class(int status, bool aborted);
+
+template <typename E, typename Id>
+using PerValue = std::array<Id, static_cast<std::size_t>(E::count)>;
+
+struct ProxyMetrics {
+  explicit ProxyMetrics(unsigned workers);
+
+  Registry registry;
+
+  // Connections and bytes.
+  std::array<PerValue<Outcome, CounterId>, static_cast<std::size_t>(ConnAction::count)> connections;
+  PerValue<ConnAction, GaugeId> active_connections;
+  PerValue<ConnAction, CounterId> bytes_client_to_server, bytes_server_to_client;
+
+  // Stage latencies (seconds).
+  HistogramId client_handshake, upstream_connect, upstream_handshake, dns, forge;
+  HistogramId request_head_held, response_head_held;
+  PerValue<Proto, HistogramId> exchange_duration;
+
+  // HTTP.
+  std::array<PerValue<StatusClass, CounterId>, static_cast<std::size_t>(Proto::count)> exchanges;
+  GaugeId h2_active_streams;
+
+  // TLS and certificates.
+  PerValue<Verdict, CounterId> verify_failures;
+  CounterId cert_cache_hit, cert_cache_miss, cert_cache_wait;
+
+  // Policy.
+  PerValue<PolicyAction, CounterId> policy_decisions;
+  CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;
+};
+
+constexpr std::size_t idx(auto e) { return static_cast<std::size_t>(e); }
+
+}  // namespace sightline::metrics
