@@ -22,7 +22,9 @@ namespace {
 
 bool build_context(const Config& cfg, proxy::ProxyContext& ctx, metrics::ProxyMetrics& m,
                    std::string* error) {
+#if SIGHTLINE_METRICS
   ctx.metrics = &m;
+#endif
   auto& s = ctx.settings;
   s.connect_timeout = cfg.connect_timeout;
   s.handshake_timeout = cfg.handshake_timeout;
@@ -43,7 +45,9 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, metrics::ProxyMe
   s.h2.header_table_size = cfg.h2_header_table_size;
 
   auto fanout = std::make_shared<exchange::Fanout>();
+#if SIGHTLINE_METRICS
   fanout->add(std::make_shared<metrics::ExchangeMetrics>(m));
+#endif
   if (cfg.log_exchanges) fanout->add(std::make_shared<exchange::AccessLog>());
   ctx.exchanges = fanout;
 
