@@ -160,7 +160,7 @@ class Parser {
       cfg.listeners.clear();
       for (auto& e : *arr) {
         const toml::table& lt = *e.as_table();
-        if (!check_keys(lt, "listener", {"address", "mode"})) return false;
+        if (!check_keys(lt, "listener", {"address", "mode", "target"})) return false;
         ListenerConfig l;
         const toml::node* an = lt.get("address");
         if (!an) return fail(lt.source(), "listener.address", "missing");
@@ -171,7 +171,16 @@ class Parser {
                       "expected IP:PORT such as \"127.0.0.1:3128\" or \"[::1]:3128\"");
         l.addr = *addr;
         std::string mode = "explicit";
-        if (!get_choice(lt, "listener", "mode", {"explicit"}, mode)) return false;
+        if (!get_choice(lt, "listener", "mode", {"explicit", "static"}, mode)) return false;
+        if (!get_string(lt, "listener", "target", l.target)) return false;
+        if (mode == "static") {
+          l.mode = ListenerMode::static_target;
+          if (!net::parse_host_port(l.target))
+            return fail(lt.get("target") ? lt.get("target")->source() : lt.source(), "listener.target",
+                        "static listeners need target = \"host:port\"");
+        } else if (!l.target.empty()) {
+          return fail(lt.get("target")->source(), "listener.target", "only static listeners have a target");
+        }
         cfg.listeners.push_back(l);
       }
     }

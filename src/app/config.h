@@ -18,12 +18,16 @@ namespace sightline::app {
 
 using std::chrono::milliseconds;
 
-enum class ListenerMode { explicit_proxy };
+enum class ListenerMode {
+  explicit_proxy,  // HTTP CONNECT (and plain-HTTP absolute-form requests)
+  static_target,   // every connection intercepted toward one fixed target
+};
 
 struct ListenerConfig {
   std::string address;  // as written, for logs
   sockaddr_storage addr{};
   ListenerMode mode = ListenerMode::explicit_proxy;
+  std::string target;   // static mode: "host:port"
 };
 
 struct Config {

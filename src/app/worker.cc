@@ -41,7 +41,15 @@ bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* err
   async_.get()->data = this;
   for (const auto& l : listeners) {
     std::string why;
-    auto h = net::listen_reuseport(&loop_, l.addr, 1024, on_connection, this, &why);
+    auto slot = std::make_unique<ListenerSlot>();
+    slot->worker = this;
+    slot->info.address = l.address;
+    if (l.mode == ListenerMode::static_target) {
+      slot->info.static_target = true;
+      slot->info.target = *net::parse_host_port(l.target);
+    }
+    auto h = net::listen_reuseport(&loop_, l.addr, 1024, on_connection, slot.get(), &why);
+    listener_slots_.push_back(std::move(slot));
     if (!h) {
       if (error) *error = "listen on " + l.address + ": " + why;
       return false;
@@ -133,7 +141,8 @@ void Worker::shutdown_on_loop() {
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {
-  auto* self = static_cast<Worker*>(server->data);
+  auto* slot = static_cast<ListenerSlot*>(server->data);
+  auto* self = slot->worker;
   if (status < 0) {
     log::emit(log::Level::warn, {{"event", "accept_error"}, {"worker", self->index_},
                                  {"msg", uv_strerror(status)}});
@@ -143,7 +152,7 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   auto session = std::make_shared<proxy::Session>(*self, self->ctx_, id, self->index_);
   self->sessions_.emplace(id, session);
   self->session_count_.store(self->sessions_.size(), std::memory_order_relaxed);
-  session->start(server);
+  session->start(server, slot->info);
 }
 
 void Worker::session_closed(std::uint64_t id) {

@@ -63,7 +63,12 @@ class Worker final : public proxy::SessionHost {
   uv_loop_t loop_{};
   bool loop_ready_ = false;
   core::UvHandle<uv_async_t> async_;
+  struct ListenerSlot {
+    Worker* worker;
+    proxy::ListenerInfo info;
+  };
   std::vector<core::UvHandle<uv_tcp_t>> listeners_;
+  std::vector<std::unique_ptr<ListenerSlot>> listener_slots_;
   std::unordered_map<std::uint64_t, std::shared_ptr<proxy::Session>> sessions_;
   std::uint64_t next_id_ = 0;
   std::unique_ptr<char[]> read_buf_;

@@ -11,6 +11,7 @@
 #include "tls/enterprise_ca.h"
 #include "tls/leaf_keys.h"
 #include "tls/upstream_verify.h"
+#include "net/address.h"
 #include "net/upstream_conn.h"
 #include "policy/auto_bypass.h"
 #include "policy/store.h"
@@ -41,6 +42,13 @@ struct SessionSettings {
   http::H1Limits h1;
   http::H2Settings h2;
   std::string via = "sightline";  // Via pseudonym for plain HTTP; empty: none
+};
+
+// What a listener does with the connections it accepts.
+struct ListenerInfo {
+  std::string address;
+  bool static_target = false;   // intercept toward `target`, no CONNECT
+  net::HostPort target;
 };
 
 struct ProxyContext {

@@ -80,7 +80,7 @@ void Session::set_action(const char* action) {
   action_ = action;
 }
 
-void Session::start(uv_stream_t* server) {
+void Session::start(uv_stream_t* server, const ListenerInfo& listener) {
   t_accept_ = uv_hrtime();
   if (ctx_.metrics)
     ctx_.metrics->registry.add(worker_, ctx_.metrics->active_connections[metrics::idx(metrics::ConnAction::none)], 1);
@@ -109,6 +109,20 @@ void Session::start(uv_stream_t* server) {
     else if (peer.ss_family == AF_INET6)
       inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr, ip, sizeof ip);
     client_ip_ = ip;
+  }
+  if (listener.static_target) {
+    // Static listener: the target is fixed, the client speaks TLS at once.
+    static_ = true;
+    request_.authority = listener.target;
+    if (auto d = decide(false); d.action == policy::Action::block) {
+      close("blocked by policy: " + describe(d));
+      return;
+    }
+    state_ = State::connecting;
+    t_connect_start_ = uv_hrtime();
+    arm_timer(ctx_.settings.connect_timeout);
+    resolve();
+    return;
   }
   arm_timer(ctx_.settings.handshake_timeout);
   start_reading(client_);
@@ -269,7 +283,7 @@ void Session::on_connected(int status) {
   state_ = State::peeking_hello;
   arm_timer(ctx_.settings.handshake_timeout);
   static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-  send_raw(client_, kEstablished, sizeof kEstablished - 1);
+  if (!static_) send_raw(client_, kEstablished, sizeof kEstablished - 1);
   if (!inbuf_.empty()) {
     std::string early;
     early.swap(inbuf_);
@@ -1035,6 +1049,10 @@ void Session::shutdown_write(Leg& leg) {
 }
 
 void Session::respond_error(int status, const char* phrase, std::string body, std::string reason) {
+  if (static_) {  // nobody asked in HTTP: the client only sees the close
+    close(std::move(reason));
+    return;
+  }
   http_status_ = status;
   set_action("reject");
   std::string resp = "HTTP/1.1 " + std::to_string(status) + " " + phrase +

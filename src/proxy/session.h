@@ -37,7 +37,7 @@ class Session final : public tls::ClientHandshakeHandler,
 
   // Accepts the pending connection on `server` and starts reading the
   // request. On failure the session closes itself (and is released).
-  void start(uv_stream_t* server);
+  void start(uv_stream_t* server, const ListenerInfo& listener);
   // Closes at once (worker shutdown).
   void abort(const char* reason);
 
@@ -162,6 +162,7 @@ class Session final : public tls::ClientHandshakeHandler,
   tls::ClientHelloInfo hello_;
   std::string client_addr_;
   std::string client_ip_;
+  bool static_ = false;  // static listener: no CONNECT, no HTTP answers
   std::shared_ptr<const policy::Policy> policy_;  // snapshot taken at the first decision
   std::string policy_rule_;                       // "name (file:line)" or "default"
   std::optional<tls::OnInvalid> rule_on_invalid_;
