@@ -709,7 +709,7 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->sni = hello_.sni;
   info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
                      SSL_get_cipher_name(client_.ssl.get());
-  if (SSL_is_init_finished(upstream_.ssl.get()))
+  if (upstream_.ssl && SSL_is_init_finished(upstream_.ssl.get()))
     info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
                          SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
