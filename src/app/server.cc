@@ -158,8 +158,9 @@ class PolicyWatcher {
     rewatch();
   }
 
+  // Watches stay on directories that are still needed, so no change made
+  // while a reload was reading the files can slip between two watches.
   void rewatch() {
-    watches_.clear();
     names_.clear();
     std::vector<std::string> dirs;
     auto pol = store_.current();
@@ -170,11 +171,16 @@ class PolicyWatcher {
       std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
       if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
     }
+    std::erase_if(watches_, [&](const Watch& w) {
+      return std::find(dirs.begin(), dirs.end(), w.dir) == dirs.end();
+    });
     for (const auto& d : dirs) {
-      core::UvHandle<uv_fs_event_t> w;
-      if (w.init(uv_fs_event_init, loop_) != 0) continue;
-      w.get()->data = this;
-      if (uv_fs_event_start(w.get(), on_event, d.c_str(), 0) != 0) continue;
+      if (std::any_of(watches_.begin(), watches_.end(), [&](const Watch& w) { return w.dir == d; }))
+        continue;
+      Watch w{d, {}};
+      if (w.handle.init(uv_fs_event_init, loop_) != 0) continue;
+      w.handle.get()->data = this;
+      if (uv_fs_event_start(w.handle.get(), on_event, d.c_str(), 0) != 0) continue;
       watches_.push_back(std::move(w));
     }
   }
@@ -194,7 +200,11 @@ class PolicyWatcher {
   uv_loop_t* loop_;
   policy::PolicyStore& store_;
   core::UvHandle<uv_timer_t> debounce_;
-  std::vector<core::UvHandle<uv_fs_event_t>> watches_;
+  struct Watch {
+    std::string dir;
+    core::UvHandle<uv_fs_event_t> handle;
+  };
+  std::vector<Watch> watches_;
   std::vector<std::string> names_;
 };
 
