@@ -48,6 +48,7 @@ class Worker final : public proxy::SessionHost {
   void post(std::function<void()> fn) override;
   void session_closed(std::uint64_t id) override;
   net::UpstreamPool& upstream_pool() override { return *pool_; }
+  tls::UpstreamSessionCache& upstream_sessions() override { return tls_sessions_; }
 
  private:
   static constexpr std::size_t kReadBuffer = 64 * 1024;
@@ -74,6 +75,7 @@ class Worker final : public proxy::SessionHost {
   std::unique_ptr<char[]> read_buf_;
   std::unique_ptr<char[]> plain_buf_;
   std::unique_ptr<net::UpstreamPool> pool_;
+  tls::UpstreamSessionCache tls_sessions_{4096};
 
   std::mutex post_mu_;  // this worker's inbox only
   std::vector<std::function<void()>> inbox_;

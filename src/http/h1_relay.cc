@@ -272,6 +272,8 @@ void H1Relay::abort_all(std::string_view reason) {
 void H1Relay::answer_and_close(int status, std::string_view reason) {
   if (closing_) return;
   closing_ = true;
+  // The exchange the proxy answers records the status the client got.
+  if (!awaiting_response_.empty()) awaiting_response_.front()->ex.status = status;
   abort_all(reason);
   const char* phrase = status == 400   ? "Bad Request"
                        : status == 403 ? "Forbidden"

@@ -40,12 +40,13 @@ StatusClass status_class(int status, bool aborted) {
 
 ProxyMetrics::ProxyMetrics(unsigned workers) : registry(workers + 1) {
   auto& r = registry;
-  for (std::size_t a = 0; a < kActions.size(); ++a) {
-    for (std::size_t o = 0; o < kOutcomes.size(); ++o)
-      connections[a][o] = r.counter("sightline_connections_total",
-                                    "Client connections ended, by mode, action and outcome.",
-                                    {{"mode", "explicit"}, {"action", s(kActions[a])}, {"outcome", s(kOutcomes[o])}});
-  }
+  constexpr std::array<std::string_view, idx(Mode::count)> kModes = {"explicit", "static"};
+  for (std::size_t md = 0; md < kModes.size(); ++md)
+    for (std::size_t a = 0; a < kActions.size(); ++a)
+      for (std::size_t o = 0; o < kOutcomes.size(); ++o)
+        connections[md][a][o] = r.counter(
+            "sightline_connections_total", "Client connections ended, by mode, action and outcome.",
+            {{"mode", s(kModes[md])}, {"action", s(kActions[a])}, {"outcome", s(kOutcomes[o])}});
   for (std::size_t a = 0; a < kActions.size(); ++a)
     active_connections[a] = r.gauge("sightline_active_connections", "Client connections open now, by action.",
                                     {{"action", s(kActions[a])}});

@@ -11,6 +11,7 @@
 
 namespace sightline::metrics {
 
+enum class Mode : std::uint8_t { explicit_proxy, static_target, count };
 enum class ConnAction : std::uint8_t { intercept, bypass, http, refuse, reject, none, count };
 enum class Outcome : std::uint8_t { ok, refused, error, count };
 enum class Verdict : std::uint8_t {
@@ -33,7 +34,9 @@ struct ProxyMetrics {
   Registry registry;
 
   // Connections and bytes.
-  std::array<PerValue<Outcome, CounterId>, static_cast<std::size_t>(ConnAction::count)> connections;
+  std::array<std::array<PerValue<Outcome, CounterId>, static_cast<std::size_t>(ConnAction::count)>,
+             static_cast<std::size_t>(Mode::count)>
+      connections;
   PerValue<ConnAction, GaugeId> active_connections;
   PerValue<ConnAction, CounterId> bytes_client_to_server, bytes_server_to_client;
 

@@ -10,6 +10,7 @@
 #include "tls/contexts.h"
 #include "tls/enterprise_ca.h"
 #include "tls/leaf_keys.h"
+#include "tls/upstream_sessions.h"
 #include "tls/upstream_verify.h"
 #include "net/address.h"
 #include "net/upstream_conn.h"
@@ -38,6 +39,7 @@ struct SessionSettings {
   std::size_t relay_high_watermark = 256 * 1024;
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
   bool refuse_with_alert = false;  // TLS alert instead of an error page
+  bool upstream_resumption = true;
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
   http::H2Settings h2;
@@ -84,6 +86,8 @@ class SessionHost {
   virtual void session_closed(std::uint64_t id) = 0;
   // Idle plain-HTTP origin connections of this worker.
   virtual net::UpstreamPool& upstream_pool() = 0;
+  // TLS sessions toward origins, for resumption.
+  virtual tls::UpstreamSessionCache& upstream_sessions() = 0;
 };
 
 }  // namespace sightline::proxy

@@ -457,10 +457,17 @@ void Session::start_upstream_tls() {
     if (std::find(ctx_.settings.upstream_alpn.begin(), ctx_.settings.upstream_alpn.end(), p) !=
         ctx_.settings.upstream_alpn.end())
       offer.push_back(p);
-  if (!offer.empty()) {
-    std::string wire = encode_alpn(offer);
+  std::string wire = encode_alpn(offer);
+  if (!offer.empty())
     SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
                         static_cast<unsigned>(wire.size()));
+  // Resume a session with this origin when one verified recently: same
+  // verified name, same address, same ALPN offer. Never under
+  // forward-untrusted, where nothing from the origin may be trusted.
+  if (ctx_.settings.upstream_resumption && !verify_.allow_invalid) {
+    resume_key_ = verify_name + (is_ip ? "|ip|" : "|dns|") + upstream_addr_ + "|" + wire;
+    SSL_set_app_data(ssl, static_cast<tls::UpstreamSessionSink*>(this));
+    if (SSL_SESSION* cached = host_.upstream_sessions().get(resume_key_)) SSL_set_session(ssl, cached);
   }
   start_reading(upstream_);
   drive_upstream_handshake();
@@ -472,6 +479,7 @@ void Session::drive_upstream_handshake() {
   flush(upstream_);
   if (rc == 1) {
     t_upstream_hs_done_ = uv_hrtime();
+    upstream_resumed_ = SSL_session_reused(upstream_.ssl.get()) == 1;
     stop_reading(upstream_);  // resumed once the client leg is ready
     on_upstream_verified();
     return;
@@ -490,6 +498,16 @@ void Session::drive_upstream_handshake() {
     return;
   }
   refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream TLS handshake failed: " + tls::drain_errors());
+}
+
+// Sessions are kept only from origins that verified: a failed or untrusted
+// origin leaves nothing to resume.
+void Session::on_upstream_session(SSL_SESSION* session) {
+  tls::SslSessionPtr owned(session);
+  if (resume_key_.empty() || verify_.first_error != X509_V_OK || untrusted_ || verdict_ != "ok" ||
+      SSL_get_verify_result(upstream_.ssl.get()) != X509_V_OK)
+    return;
+  host_.upstream_sessions().put(resume_key_, std::move(owned));
 }
 
 void Session::on_upstream_verified() {
@@ -517,6 +535,11 @@ void Session::on_upstream_verified() {
     }
     untrusted_ = true;
   }
+  // TLS 1.2 sessions exist at the end of the handshake (TLS 1.3 tickets
+  // come later through on_upstream_session).
+  if (!untrusted_ && !resume_key_.empty() && !upstream_resumed_ &&
+      SSL_version(ssl) != TLS1_3_VERSION)
+    host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
   const unsigned char* alpn = nullptr;
   unsigned int alpn_len = 0;
   SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
@@ -792,6 +815,7 @@ void Session::pump(Leg& from) {
       end_of_input(from, true);
       break;
     }
+    if (&from == &upstream_) upstream_tls_error_ = true;
     close(std::string("TLS error from ") + from.name + ": " + tls::drain_errors());
     return;
   }
@@ -1118,6 +1142,11 @@ void Session::close_cb(uv_handle_t* h) {
 void Session::close(std::string reason) {
   if (state_ == State::closing) return;
   state_ = State::closing;
+  // OpenSSL marks a session unresumable when its connection is freed
+  // without a close_notify exchange; an origin connection that ended
+  // without a TLS error keeps its session resumable.
+  if (upstream_.ssl && !upstream_tls_error_ && SSL_is_init_finished(upstream_.ssl.get()))
+    SSL_set_shutdown(upstream_.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
   log_connection();
   record_metrics();
@@ -1164,7 +1193,8 @@ void Session::record_metrics() {
            close_reason_.find("error") != std::string::npos ||
            close_reason_.find("failed") != std::string::npos)
     outcome = metrics::Outcome::error;
-  r.inc(s, m.connections[metrics::idx(a)][metrics::idx(outcome)]);
+  auto mode = static_ ? metrics::Mode::static_target : metrics::Mode::explicit_proxy;
+  r.inc(s, m.connections[metrics::idx(mode)][metrics::idx(a)][metrics::idx(outcome)]);
   r.inc(s, m.bytes_client_to_server[metrics::idx(a)], client_.plaintext_in);
   r.inc(s, m.bytes_server_to_client[metrics::idx(a)],
         client_.ssl ? upstream_.plaintext_in : plain_bytes_to_client_);
@@ -1212,6 +1242,7 @@ void Session::log_connection() {
   if (refusal_) j["error_page"] = true;
   if (!policy_rule_.empty()) j["policy"] = policy_rule_;
   if (auto_bypassed_) j["auto_bypass"] = true;
+  if (upstream_resumed_) j["upstream_resumed"] = true;
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));
 }

@@ -27,6 +27,7 @@ using http::RelayIo;
 using http::Side;
 
 class Session final : public tls::ClientHandshakeHandler,
+                      public tls::UpstreamSessionSink,
                       public RelayIo,
                       public std::enable_shared_from_this<Session> {
  public:
@@ -43,6 +44,8 @@ class Session final : public tls::ClientHandshakeHandler,
 
   int on_client_hello(SSL* ssl, int* alert) override;
   std::string_view selected_alpn() const override { return upstream_alpn_; }
+
+  void on_upstream_session(SSL_SESSION* session) override;
 
   // RelayIo
   void send(Side to, std::span<const char> data) override;
@@ -184,6 +187,9 @@ class Session final : public tls::ClientHandshakeHandler,
   int refuse_alert_ = 0;
   std::optional<http::Refusal> refusal_;  // answering with error pages
   std::string upstream_alpn_;
+  std::string resume_key_;   // upstream session cache key, empty: no resumption
+  bool upstream_resumed_ = false;
+  bool upstream_tls_error_ = false;
 
   // Timestamps (uv_hrtime, ns).
   std::uint64_t t_accept_ = 0, t_connect_start_ = 0, t_resolved_ = 0, t_connected_ = 0, t_hello_ = 0,

@@ -49,11 +49,17 @@ int alpn_select_trampoline(SSL* ssl, const unsigned char** out, unsigned char* o
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+int new_upstream_session(SSL* ssl, SSL_SESSION* session) {
+  auto* sink = static_cast<UpstreamSessionSink*>(SSL_get_app_data(ssl));
+  if (!sink) return 0;
+  sink->on_upstream_session(session);
+  return 1;  // the sink took the reference
+}
+
 bool common_settings(SSL_CTX* ctx, bool min13, const char* tls12_ciphers, std::string* error) {
   SSL_CTX_set_min_proto_version(ctx, min13 ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                               SSL_OP_NO_TICKET);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
   // Idle connections give their 17 KiB record buffers back.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers) != 1 ||
@@ -88,11 +94,16 @@ bool build_contexts(const ContextOptions& opts, TlsContexts& out, std::string* e
   // Client leg: resumption toward clients is off until it can be bound to the
   // origin's verification state (a resumed session skips the certificate).
   SSL_CTX_set_session_cache_mode(out.client.get(), SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(out.client.get(), SSL_OP_NO_TICKET);
   SSL_CTX_set_num_tickets(out.client.get(), 0);
   SSL_CTX_set_client_hello_cb(out.client.get(), client_hello_trampoline, nullptr);
   SSL_CTX_set_alpn_select_cb(out.client.get(), alpn_select_trampoline, nullptr);
 
-  SSL_CTX_set_session_cache_mode(out.upstream.get(), SSL_SESS_CACHE_OFF);
+  // Toward origins, sessions are kept by the workers (see
+  // UpstreamSessionCache), not in OpenSSL's internal cache.
+  SSL_CTX_set_session_cache_mode(out.upstream.get(),
+                                 SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(out.upstream.get(), new_upstream_session);
   return configure_upstream_verification(out.upstream.get(), opts.upstream_ca_file,
                                          opts.upstream_crl_file, error);
 }

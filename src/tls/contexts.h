@@ -12,6 +12,15 @@
 
 namespace sightline::tls {
 
+// Receives new sessions from origins (TLS 1.3 tickets arrive after the
+// handshake); attached to upstream SSLs as app data.
+class UpstreamSessionSink {
+ public:
+  virtual ~UpstreamSessionSink() = default;
+  // Takes ownership of `session` (one reference).
+  virtual void on_upstream_session(SSL_SESSION* session) = 0;
+};
+
 // Implemented by whoever owns a client-facing SSL; attached as app data.
 class ClientHandshakeHandler {
  public:

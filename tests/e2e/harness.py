@@ -1523,3 +1523,166 @@ http {
     def kill(self):
         _unregister(self)
         _stop_process(self.proc, signal.SIGTERM)
+
+
+# ==========================================================================
+# Helpers for the metrics test (90_metrics): a background command and a real
+# Prometheus server. Nothing above this line depends on them.
+
+class Background:
+    """A command running in the background in its own session (stdout and
+    stderr to files in the test dir), stopped in all paths like everything
+    else the harness starts."""
+
+    def __init__(self, t, cmd, name="bg"):
+        self.cmd = [str(c) for c in cmd]
+        self.stdout_path = os.path.join(t.dir, "%s.stdout" % name)
+        self.stderr_path = os.path.join(t.dir, "%s.stderr" % name)
+        self._out = open(self.stdout_path, "wb")
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=self._err, start_new_session=True)
+        _register(self)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def wait(self, timeout):
+        """Exit code, or None if still running after timeout."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stderr_text(self):
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, signal.SIGKILL, 1)
+        for f in (self._out, self._err):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+PROMETHEUS = os.environ.get("SIGHTLINE_PROMETHEUS", "prometheus")
+PROMTOOL = os.environ.get("SIGHTLINE_PROMTOOL", "promtool")
+
+
+class Prometheus:
+    """A Prometheus server of the test's own (Debian package `prometheus`):
+    listens on a free 127.0.0.1 port, keeps its config and TSDB in the
+    test's temp dir, scrapes `targets` ("host:port" list) as job `job` every
+    `interval` and evaluates `rule_files` at the same interval. Never the
+    system service: nothing outside the temp dir is read or written
+    (except the rule files, read in place)."""
+
+    def __init__(self, t, targets, rule_files=(), job="sightline", interval="1s",
+                 name="prometheus", ready_timeout=30.0):
+        binary = shutil.which(PROMETHEUS)
+        if not binary:
+            raise Fatal("prometheus not found (install the Debian package 'prometheus')")
+        self.dir = os.path.join(t.dir, name)
+        self.data = os.path.join(self.dir, "data")
+        os.makedirs(self.data)
+        self.port = free_port()
+        self.job = job
+        lines = ["global:",
+                 "  scrape_interval: %s" % interval,
+                 "  scrape_timeout: %s" % interval,
+                 "  evaluation_interval: %s" % interval,
+                 "rule_files:"] + ["  - %s" % json.dumps(os.path.abspath(r)) for r in rule_files]
+        if not rule_files:
+            lines[-1] = "rule_files: []"
+        lines += ["scrape_configs:",
+                  "  - job_name: %s" % json.dumps(job),
+                  "    static_configs:",
+                  "      - targets: %s" % json.dumps(list(targets))]
+        self.config = os.path.join(self.dir, "prometheus.yml")
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.log_path = os.path.join(self.dir, "prometheus.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary, "--config.file=%s" % self.config,
+             "--storage.tsdb.path=%s" % self.data,
+             "--web.listen-address=127.0.0.1:%d" % self.port,
+             "--web.console.templates=%s" % os.path.join(self.dir, "consoles"),
+             "--web.console.libraries=%s" % os.path.join(self.dir, "console_libraries")],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.dir, start_new_session=True)
+        _register(self)
+        t.prometheus = self
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise Fatal("prometheus exited (rc=%s):\n%s" % (self.proc.returncode, self.log_tail()))
+            try:
+                if self._get("/-/ready", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                raise Fatal("prometheus not ready within %ss:\n%s" % (ready_timeout, self.log_tail()))
+            time.sleep(0.1)
+
+    def _get(self, path, timeout=5.0):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def api(self, path, **params):
+        """GET /api/v1/<path>; returns the 'data' member, raises AssertionError
+        on an API error."""
+        import urllib.parse
+        q = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        status, body = self._get("/api/v1/%s%s" % (path, "?" + q if q else ""))
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise AssertionError("prometheus /api/v1/%s: HTTP %d, not JSON: %r" % (path, status, body[:300]))
+        if doc.get("status") != "success":
+            raise AssertionError("prometheus /api/v1/%s %r: %s: %s" % (
+                path, params, doc.get("errorType"), doc.get("error")))
+        return doc["data"]
+
+    def query(self, expr, at=None):
+        """Instant query. Returns {frozenset(labels.items()): float} for a
+        vector (a scalar comes back under the empty label set)."""
+        data = self.api("query", query=expr, time=at)
+        if data["resultType"] == "scalar":
+            return {frozenset(): float(data["result"][1])}
+        if data["resultType"] != "vector":
+            raise AssertionError("query %r: %s result" % (expr, data["resultType"]))
+        return {frozenset(r["metric"].items()): float(r["value"][1]) for r in data["result"]}
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, signal.SIGTERM)
+        try:
+            self._log.close()
+        except OSError:
+            pass
+
+
+def promtool(args, input=None, timeout=60):
+    """Run promtool (Debian package 'prometheus'); CompletedProcess."""
+    binary = shutil.which(PROMTOOL)
+    if not binary:
+        raise Fatal("promtool not found (install the Debian package 'prometheus')")
+    return run([binary] + list(args), input=input, timeout=timeout)
