@@ -160,7 +160,8 @@ class Parser {
       cfg.listeners.clear();
       for (auto& e : *arr) {
         const toml::table& lt = *e.as_table();
-        if (!check_keys(lt, "listener", {"address", "mode", "target"})) return false;
+        if (!check_keys(lt, "listener", {"address", "mode", "target", "spoof_source", "proxy_protocol"}))
+          return false;
         ListenerConfig l;
         const toml::node* an = lt.get("address");
         if (!an) return fail(lt.source(), "listener.address", "missing");
@@ -170,9 +171,17 @@ class Parser {
           return fail(an->source(), "listener.address",
                       "expected IP:PORT such as \"127.0.0.1:3128\" or \"[::1]:3128\"");
         l.addr = *addr;
-        std::string mode = "explicit";
-        if (!get_choice(lt, "listener", "mode", {"explicit", "static"}, mode)) return false;
-        if (!get_string(lt, "listener", "target", l.target)) return false;
+        std::string mode = "explicit", pp = "off";
+        if (!get_choice(lt, "listener", "mode", {"explicit", "static", "redirect", "tproxy"}, mode) ||
+            !get_string(lt, "listener", "target", l.target) ||
+            !get_bool(lt, "listener", "spoof_source", l.spoof_source) ||
+            !get_choice(lt, "listener", "proxy_protocol", {"off", "v1", "v2"}, pp))
+          return false;
+        l.proxy_protocol = pp == "v1" ? 1 : pp == "v2" ? 2 : 0;
+        if (mode == "redirect") l.mode = ListenerMode::redirect;
+        if (mode == "tproxy") l.mode = ListenerMode::tproxy;
+        if (l.spoof_source && l.mode != ListenerMode::tproxy)
+          return fail(lt.get("spoof_source")->source(), "listener.spoof_source", "only tproxy listeners can spoof the source");
         if (mode == "static") {
           l.mode = ListenerMode::static_target;
           if (!net::parse_host_port(l.target))
@@ -229,7 +238,8 @@ class Parser {
     if (bad_section_) return false;
 
     if (auto* t = section(root, "timeouts")) {
-      if (!check_keys(*t, "timeouts", {"connect", "handshake", "idle"}) ||
+      if (!check_keys(*t, "timeouts", {"connect", "handshake", "idle", "first_byte"}) ||
+          !get_duration(*t, "timeouts", "first_byte", cfg.first_byte_timeout) ||
           !get_duration(*t, "timeouts", "connect", cfg.connect_timeout) ||
           !get_duration(*t, "timeouts", "handshake", cfg.handshake_timeout) ||
           !get_duration(*t, "timeouts", "idle", cfg.idle_timeout))
@@ -378,19 +388,29 @@ std::optional<Config> load_config_file(const std::string& path, ConfigError& err
   return parse_config(ss.str(), path, err);
 }
 
-bool set_listen_addresses(Config& cfg, const std::vector<std::string>& addrs, ConfigError& err) {
+bool set_listen_addresses(Config& cfg, const std::vector<std::string>& explicit_addrs,
+                          const std::vector<std::string>& redirect_addrs,
+                          const std::vector<std::string>& tproxy_addrs, ConfigError& err) {
   std::vector<ListenerConfig> out;
-  for (const auto& a : addrs) {
-    auto addr = net::parse_listen_address(a);
-    if (!addr) {
-      err.message = "--listen " + a + ": expected IP:PORT such as 127.0.0.1:3128 or [::1]:3128";
-      return false;
+  auto add = [&](const std::vector<std::string>& addrs, ListenerMode mode, const char* flag) {
+    for (const auto& a : addrs) {
+      auto addr = net::parse_listen_address(a);
+      if (!addr) {
+        err.message = std::string(flag) + " " + a + ": expected IP:PORT such as 127.0.0.1:3128 or [::1]:3128";
+        return false;
+      }
+      ListenerConfig l;
+      l.address = a;
+      l.addr = *addr;
+      l.mode = mode;
+      out.push_back(l);
     }
-    ListenerConfig l;
-    l.address = a;
-    l.addr = *addr;
-    out.push_back(l);
-  }
+    return true;
+  };
+  if (!add(explicit_addrs, ListenerMode::explicit_proxy, "--listen") ||
+      !add(redirect_addrs, ListenerMode::redirect, "--transparent") ||
+      !add(tproxy_addrs, ListenerMode::tproxy, "--tproxy"))
+    return false;
   cfg.listeners = std::move(out);
   return true;
 }

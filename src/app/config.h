@@ -21,6 +21,8 @@ using std::chrono::milliseconds;
 enum class ListenerMode {
   explicit_proxy,  // HTTP CONNECT (and plain-HTTP absolute-form requests)
   static_target,   // every connection intercepted toward one fixed target
+  redirect,        // transparent: REDIRECT/DNAT, destination from SO_ORIGINAL_DST
+  tproxy,          // transparent: TPROXY, destination is the socket's local address
 };
 
 struct ListenerConfig {
@@ -28,6 +30,8 @@ struct ListenerConfig {
   sockaddr_storage addr{};
   ListenerMode mode = ListenerMode::explicit_proxy;
   std::string target;   // static mode: "host:port"
+  bool spoof_source = false;  // tproxy: upstream connections from the client's address
+  int proxy_protocol = 0;     // 0 off, 1, 2
 };
 
 struct Config {
@@ -54,6 +58,7 @@ struct Config {
   milliseconds connect_timeout = std::chrono::seconds(10);
   milliseconds handshake_timeout = std::chrono::seconds(10);
   milliseconds idle_timeout = std::chrono::minutes(5);
+  milliseconds first_byte_timeout = std::chrono::seconds(3);
 
   std::size_t max_request_head = 16 * 1024;
   std::size_t max_client_hello = 16 * 1024;
@@ -100,8 +105,10 @@ std::optional<Config> load_config_file(const std::string& path, ConfigError& err
 // The defaults with one explicit listener on 127.0.0.1:3128.
 Config default_config();
 
-// Adds or replaces listeners from "ADDR:PORT" strings; false on a bad address.
-bool set_listen_addresses(Config& cfg, const std::vector<std::string>& addrs, ConfigError& err);
+// Replaces the listeners with these ("ADDR:PORT" each); false on a bad address.
+bool set_listen_addresses(Config& cfg, const std::vector<std::string>& explicit_addrs,
+                          const std::vector<std::string>& redirect_addrs,
+                          const std::vector<std::string>& tproxy_addrs, ConfigError& err);
 
 // Cross-field checks done after overrides (CA present, at least one listener).
 bool validate(const Config& cfg, ConfigError& err);

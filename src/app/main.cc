@@ -66,7 +66,12 @@ int policy_explain(const std::vector<std::string>& files, const std::string& sni
   return 0;
 }
 
+struct ListenFlags {
+  std::vector<std::string> transparent, tproxy;
+};
+
 int do_run(const std::string& config_path, const std::vector<std::string>& listen,
+           const ListenFlags& lf,
            const std::string& ca_cert, const std::string& ca_key, const std::string& upstream_ca,
            int workers, const std::vector<std::string>& policies, const std::string* admin_listen) {
   using namespace sightline;
@@ -81,7 +86,8 @@ int do_run(const std::string& config_path, const std::vector<std::string>& liste
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
   }
-  if (!listen.empty() && !app::set_listen_addresses(*cfg, listen, err)) {
+  if ((!listen.empty() || !lf.transparent.empty() || !lf.tproxy.empty()) &&
+      !app::set_listen_addresses(*cfg, listen, lf.transparent, lf.tproxy, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
   }
@@ -138,6 +144,10 @@ int main(int argc, char** argv) {
   auto* run = cli.add_subcommand("run", "run the proxy");
   run->add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
   run->add_option("--listen", listen, "explicit-proxy listener ADDR:PORT (repeatable; replaces [[listener]])");
+  ListenFlags lf;
+  run->add_option("--transparent", lf.transparent,
+                  "transparent (REDIRECT/DNAT) listener ADDR:PORT (repeatable; replaces [[listener]])");
+  run->add_option("--tproxy", lf.tproxy, "TPROXY listener ADDR:PORT (repeatable; replaces [[listener]])");
   run->add_option("--ca-cert", ca_cert, "issuing CA certificate (PEM, chain after it)");
   run->add_option("--ca-key", ca_key, "issuing CA private key (PEM, mode 0600)");
   run->add_option("--upstream-ca", upstream_ca, "trust store for origin certificates (PEM)");
@@ -186,6 +196,6 @@ int main(int argc, char** argv) {
     if (explain_files.empty()) explain_files.push_back("policies/default.toml");
     return policy_explain(explain_files, ex_sni, ex_client, ex_port, ex_dst);
   }
-  return do_run(config_path, listen, ca_cert, ca_key, upstream_ca, workers, policies,
+  return do_run(config_path, listen, lf, ca_cert, ca_key, upstream_ca, workers, policies,
                 admin_opt->count() ? &admin_listen : nullptr);
 }

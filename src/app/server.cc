@@ -29,6 +29,9 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, metrics::ProxyMe
   s.connect_timeout = cfg.connect_timeout;
   s.handshake_timeout = cfg.handshake_timeout;
   s.idle_timeout = cfg.idle_timeout;
+  s.first_byte_timeout = cfg.first_byte_timeout;
+  for (const auto& l : cfg.listeners) ctx.own_addresses.push_back(l.addr);
+  if (auto admin = net::parse_listen_address(cfg.admin_listen)) ctx.own_addresses.push_back(*admin);
   s.max_request_head = cfg.max_request_head;
   s.max_client_hello = cfg.max_client_hello;
   s.relay_high_watermark = cfg.relay_high_watermark;
@@ -344,7 +347,11 @@ int run_server(const Config& cfg) {
   for (auto& w : workers) w->start_thread();
   for (const auto& l : cfg.listeners)
     log::emit(log::Level::info, {{"event", "listening"}, {"address", l.address},
-                                 {"mode", "explicit"}, {"workers", n},
+                                 {"mode", l.mode == ListenerMode::static_target ? "static"
+                                          : l.mode == ListenerMode::redirect   ? "redirect"
+                                          : l.mode == ListenerMode::tproxy     ? "tproxy"
+                                                                               : "explicit"},
+                                 {"proxy_protocol", l.proxy_protocol}, {"workers", n},
                                  {"version", SIGHTLINE_VERSION}, {"ca", ctx.ca.subject}});
   if (!cfg.admin_listen.empty())
     log::emit(log::Level::info, {{"event", "listening"}, {"address", cfg.admin_listen}, {"mode", "admin"}});

@@ -45,10 +45,18 @@ bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* err
     slot->worker = this;
     slot->info.address = l.address;
     if (l.mode == ListenerMode::static_target) {
+      slot->info.kind = proxy::ListenerKind::static_target;
       slot->info.static_target = true;
       slot->info.target = *net::parse_host_port(l.target);
+    } else if (l.mode == ListenerMode::redirect) {
+      slot->info.kind = proxy::ListenerKind::redirect;
+    } else if (l.mode == ListenerMode::tproxy) {
+      slot->info.kind = proxy::ListenerKind::tproxy;
     }
-    auto h = net::listen_reuseport(&loop_, l.addr, 1024, on_connection, slot.get(), &why);
+    slot->info.spoof_source = l.spoof_source;
+    slot->info.proxy_protocol = l.proxy_protocol;
+    auto h = net::listen_reuseport(&loop_, l.addr, 1024, on_connection, slot.get(), &why,
+                                   l.mode == ListenerMode::tproxy);
     listener_slots_.push_back(std::move(slot));
     if (!h) {
       if (error) *error = "listen on " + l.address + ": " + why;

@@ -6,7 +6,7 @@ namespace sightline::metrics {
 namespace {
 
 constexpr std::array<std::string_view, idx(ConnAction::count)> kActions = {
-    "intercept", "bypass", "http", "refuse", "reject", "none"};
+    "intercept", "bypass", "http", "refuse", "reject", "none", "splice"};
 constexpr std::array<std::string_view, idx(Outcome::count)> kOutcomes = {"ok", "refused", "error"};
 constexpr std::array<std::string_view, idx(Verdict::count)> kVerdicts = {
     "expired", "not-yet-valid", "hostname-mismatch", "self-signed", "unknown-issuer", "revoked",
@@ -40,7 +40,8 @@ StatusClass status_class(int status, bool aborted) {
 
 ProxyMetrics::ProxyMetrics(unsigned workers) : registry(workers + 1) {
   auto& r = registry;
-  constexpr std::array<std::string_view, idx(Mode::count)> kModes = {"explicit", "static"};
+  constexpr std::array<std::string_view, idx(Mode::count)> kModes = {"explicit", "static",
+                                                                    "transparent"};
   for (std::size_t md = 0; md < kModes.size(); ++md)
     for (std::size_t a = 0; a < kActions.size(); ++a)
       for (std::size_t o = 0; o < kOutcomes.size(); ++o)

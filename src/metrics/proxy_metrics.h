@@ -11,8 +11,8 @@
 
 namespace sightline::metrics {
 
-enum class Mode : std::uint8_t { explicit_proxy, static_target, count };
-enum class ConnAction : std::uint8_t { intercept, bypass, http, refuse, reject, none, count };
+enum class Mode : std::uint8_t { explicit_proxy, static_target, transparent, count };
+enum class ConnAction : std::uint8_t { intercept, bypass, http, refuse, reject, none, splice, count };
 enum class Outcome : std::uint8_t { ok, refused, error, count };
 enum class Verdict : std::uint8_t {
   expired, not_yet_valid, hostname_mismatch, self_signed, unknown_issuer, revoked, invalid, count

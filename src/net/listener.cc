@@ -10,7 +10,7 @@ namespace sightline::net {
 
 core::UvHandle<uv_tcp_t> listen_reuseport(uv_loop_t* loop, const sockaddr_storage& addr,
                                           int backlog, uv_connection_cb on_connection,
-                                          void* data, std::string* error) {
+                                          void* data, std::string* error, bool transparent) {
   core::UvHandle<uv_tcp_t> h;
   auto fail = [&](const char* what, int err) {
     if (error) *error = std::string(what) + ": " + std::strerror(err);
@@ -26,6 +26,16 @@ core::UvHandle<uv_tcp_t> listen_reuseport(uv_loop_t* loop, const sockaddr_storag
     return fail("SO_REUSEPORT", e);
   }
   if (addr.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (transparent) {
+    int rc = addr.ss_family == AF_INET6
+                 ? ::setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one)
+                 : ::setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one);
+    if (rc != 0) {
+      int e = errno;
+      ::close(fd);
+      return fail("IP_TRANSPARENT (needs CAP_NET_ADMIN)", e);
+    }
+  }
   socklen_t len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
   if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
     int e = errno;

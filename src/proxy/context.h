@@ -34,6 +34,9 @@ struct SessionSettings {
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds idle_timeout{300'000};
+  // Transparent mode: how long to wait for the client's first byte before
+  // treating the protocol as server-speaks-first and splicing.
+  std::chrono::milliseconds first_byte_timeout{3'000};
   std::size_t max_request_head = 16 * 1024;
   std::size_t max_client_hello = 16 * 1024;
   std::size_t relay_high_watermark = 256 * 1024;
@@ -46,15 +49,22 @@ struct SessionSettings {
   std::string via = "sightline";  // Via pseudonym for plain HTTP; empty: none
 };
 
+enum class ListenerKind { explicit_proxy, static_target, redirect, tproxy };
+
 // What a listener does with the connections it accepts.
 struct ListenerInfo {
   std::string address;
+  ListenerKind kind = ListenerKind::explicit_proxy;
   bool static_target = false;   // intercept toward `target`, no CONNECT
   net::HostPort target;
+  bool spoof_source = false;    // tproxy: connect upstream from the client's address
+  int proxy_protocol = 0;       // 0 off, 1 or 2: a PROXY header precedes everything
 };
 
 struct ProxyContext {
   SessionSettings settings;
+  // The proxy's own listening addresses (loop protection for transparent mode).
+  std::vector<sockaddr_storage> own_addresses;
   tls::TlsContexts tls;
   tls::IssuingCa ca;
   tls::IssuingCa untrusted_ca;

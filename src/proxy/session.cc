@@ -5,11 +5,14 @@
 #include "http/h2_relay.h"
 #include "http/sniff_relay.h"
 #include "net/address.h"
+#include "net/proxy_protocol.h"
 #include "metrics/proxy_metrics.h"
 #include "proxy/plain_http.h"
 #include "tls/forge.h"
 
 #include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -110,6 +113,52 @@ void Session::start(uv_stream_t* server, const ListenerInfo& listener) {
       inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr, ip, sizeof ip);
     client_ip_ = ip;
   }
+  listener_ = listener;
+  if (listener.proxy_protocol != 0) {
+    // A PROXY header from the load balancer comes before anything else.
+    state_ = State::reading_proxy_header;
+    arm_timer(ctx_.settings.handshake_timeout);
+    start_reading(client_);
+    return;
+  }
+  after_proxy_header();
+}
+
+void Session::on_proxy_header_data(const char* data, std::size_t n) {
+  inbuf_.append(data, n);
+  net::ProxyHeader hdr;
+  auto res = net::parse_proxy_header(
+      std::span(reinterpret_cast<const std::uint8_t*>(inbuf_.data()), inbuf_.size()),
+      listener_.proxy_protocol == 1 ? net::ProxyProtocolVersion::v1 : net::ProxyProtocolVersion::v2, hdr);
+  if (res.status == net::ProxyParseStatus::need_more) return;
+  if (res.status == net::ProxyParseStatus::error) {
+    close("bad PROXY protocol header: " + res.reason);
+    return;
+  }
+  inbuf_.erase(0, hdr.header_bytes);
+  if (!hdr.local) {
+    // The load balancer's word replaces the socket's addresses for policy,
+    // logs and metrics (and, in transparent mode, the original destination).
+    client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&hdr.source));
+    char ip[INET6_ADDRSTRLEN] = {0};
+    if (hdr.source.ss_family == AF_INET)
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&hdr.source)->sin_addr, ip, sizeof ip);
+    else
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&hdr.source)->sin6_addr, ip, sizeof ip);
+    client_ip_ = ip;
+    original_dst_ = hdr.destination;
+    have_original_dst_ = true;
+  }
+  stop_reading(client_);
+  after_proxy_header();
+}
+
+void Session::after_proxy_header() {
+  const ListenerInfo& listener = listener_;
+  if (listener.kind == ListenerKind::redirect || listener.kind == ListenerKind::tproxy) {
+    begin_transparent();
+    return;
+  }
   if (listener.static_target) {
     // Static listener: the target is fixed, the client speaks TLS at once.
     static_ = true;
@@ -124,8 +173,89 @@ void Session::start(uv_stream_t* server, const ListenerInfo& listener) {
     resolve();
     return;
   }
+  state_ = State::reading_request;
   arm_timer(ctx_.settings.handshake_timeout);
+  if (!inbuf_.empty()) {
+    std::string early;
+    early.swap(inbuf_);
+    on_request_data(early.data(), early.size());
+    if (state_ != State::reading_request) return;
+  }
   start_reading(client_);
+}
+
+// Transparent listener: the client thinks it talks to the origin. The
+// original destination comes from the PROXY header, from conntrack
+// (REDIRECT/DNAT: SO_ORIGINAL_DST) or is the socket's own address (TPROXY).
+void Session::begin_transparent() {
+  static_ = true;
+  transparent_ = true;
+  if (!have_original_dst_) {
+    int fd = -1;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &fd);
+    socklen_t len = sizeof original_dst_;
+    int rc = -1;
+    if (listener_.kind == ListenerKind::tproxy) {
+      rc = getsockname(fd, reinterpret_cast<sockaddr*>(&original_dst_), &len);
+    } else {
+      sockaddr_storage local{};
+      socklen_t llen = sizeof local;
+      getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen);
+      rc = local.ss_family == AF_INET6
+               ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &original_dst_, &len)
+               : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &original_dst_, &len);
+    }
+    if (rc != 0) {
+      close(std::string("no original destination (not redirected?): ") + std::strerror(errno));
+      return;
+    }
+  }
+  // Loop protection: a connection aimed at one of our own listeners would
+  // come straight back to us.
+  auto same_endpoint = [](const sockaddr_storage& a, const sockaddr_storage& b) {
+    if (a.ss_family != b.ss_family) return false;
+    if (a.ss_family == AF_INET) {
+      auto* x = reinterpret_cast<const sockaddr_in*>(&a);
+      auto* y = reinterpret_cast<const sockaddr_in*>(&b);
+      return x->sin_port == y->sin_port &&
+             (y->sin_addr.s_addr == htonl(INADDR_ANY) || x->sin_addr.s_addr == y->sin_addr.s_addr);
+    }
+    auto* x = reinterpret_cast<const sockaddr_in6*>(&a);
+    auto* y = reinterpret_cast<const sockaddr_in6*>(&b);
+    return x->sin6_port == y->sin6_port &&
+           (IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr) || IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr));
+  };
+  for (const auto& own : ctx_.own_addresses)
+    if (same_endpoint(original_dst_, own)) {
+      set_action("reject");
+      close("loop: the original destination " +
+            net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&original_dst_)) +
+            " is one of the proxy's own listeners");
+      return;
+    }
+  auto target = net::parse_host_port(net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&original_dst_)));
+  if (!target) {
+    close("unusable original destination");
+    return;
+  }
+  request_.authority = *target;
+  if (auto d = decide(false); d.action == policy::Action::block) {
+    close("blocked by policy: " + describe(d));
+    return;
+  }
+  state_ = State::connecting;
+  t_connect_start_ = uv_hrtime();
+  arm_timer(ctx_.settings.connect_timeout);
+  resolve();
+}
+
+// Not TLS (or a server that speaks first): relay untouched to the original
+// destination, the bytes already read first.
+void Session::start_splice(const char* why) {
+  policy_rule_ = why;
+  start_bypass();
+  set_action("splice");
+  // A server-speaks-first protocol may already have bytes waiting upstream.
 }
 
 // "METHOD http://..." : an absolute-form request for the plain-HTTP proxy.
@@ -249,10 +379,34 @@ void Session::connect_next() {
   addrinfo* ai = next_addr_;
   next_addr_ = ai->ai_next;
   upstream_addr_ = net::sockaddr_to_string(ai->ai_addr);
-  uv_tcp_init(host_.loop(), &upstream_.tcp);
+  uv_tcp_init_ex(host_.loop(), &upstream_.tcp, static_cast<unsigned>(ai->ai_family));
   upstream_.tcp.data = this;
   upstream_.initialized = true;
   ++open_handles_;
+  if (listener_.spoof_source && !client_ip_.empty()) {
+    // TPROXY with spoof_source: the origin sees the client's own address
+    // (needs CAP_NET_ADMIN and policy routing for the return traffic).
+    int fd = -1;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&upstream_.tcp), &fd);
+    int one = 1;
+    bool v6 = ai->ai_family == AF_INET6;
+    setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one, sizeof one);
+    sockaddr_storage src{};
+    bool ok = false;
+    if (v6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&src);
+      a->sin6_family = AF_INET6;
+      ok = inet_pton(AF_INET6, client_ip_.c_str(), &a->sin6_addr) == 1;
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&src);
+      a->sin_family = AF_INET;
+      ok = inet_pton(AF_INET, client_ip_.c_str(), &a->sin_addr) == 1;
+    }
+    int rc = ok ? uv_tcp_bind(&upstream_.tcp, reinterpret_cast<const sockaddr*>(&src), 0) : UV_EINVAL;
+    if (rc != 0)
+      log::emit(log::Level::warn, {{"event", "spoof_source_failed"}, {"client", client_ip_},
+                                   {"msg", uv_strerror(rc)}});
+  }
   uv_tcp_nodelay(&upstream_.tcp, 1);
   connect_req_.data = this;
   int rc = uv_tcp_connect(&connect_req_, &upstream_.tcp, ai->ai_addr, [](uv_connect_t* r, int st) {
@@ -281,7 +435,9 @@ void Session::on_connected(int status) {
   }
   t_connected_ = uv_hrtime();
   state_ = State::peeking_hello;
-  arm_timer(ctx_.settings.handshake_timeout);
+  // Transparent: a client that says nothing may be waiting for a server
+  // that speaks first (SMTP, SSH); after a short wait the bytes are spliced.
+  arm_timer(transparent_ ? ctx_.settings.first_byte_timeout : ctx_.settings.handshake_timeout);
   static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
   if (!static_) send_raw(client_, kEstablished, sizeof kEstablished - 1);
   if (!inbuf_.empty()) {
@@ -303,8 +459,30 @@ void Session::on_hello_data(const char* data, std::size_t n) {
       ctx_.settings.max_client_hello);
   switch (res.status) {
     case tls::HelloStatus::need_more:
+      if (transparent_) arm_timer(ctx_.settings.handshake_timeout);  // it spoke: now a hello deadline
       return;
     case tls::HelloStatus::not_tls:
+      if (transparent_) {
+        stop_reading(client_);
+        if (http::SniffRelay::looks_like_http(inbuf_) == 1) {
+          // Plain HTTP: the HTTP/1.1 codec over plain legs, from the first byte.
+          set_action("http");
+          codec_ = "http/1.1";
+          state_ = State::relaying;
+          relay_ = make_plain_h1_relay();
+          idle_since_ = uv_now(host_.loop());
+          arm_timer(ctx_.settings.idle_timeout);
+          std::string first;
+          first.swap(inbuf_);
+          client_.plaintext_in += first.size();
+          relay_->on_data(Side::client, first);
+          start_reading(client_);
+          start_reading(upstream_);
+          return;
+        }
+        start_splice("not TLS: spliced");
+        return;
+      }
       set_action("reject");
       close("not TLS after CONNECT: " + res.reason);
       return;
@@ -327,7 +505,9 @@ void Session::on_hello_data(const char* data, std::size_t n) {
   start_client_tls();
   if (state_ == State::closing) return;
   if (d.action == policy::Action::block) {
-    refuse_upstream(SSL_AD_ACCESS_DENIED, "blocked by policy: " + describe(d), 403);
+    // Transparent clients never asked a proxy: they get an alert, not a page.
+    if (transparent_) refuse_client(SSL_AD_ACCESS_DENIED, "blocked by policy: " + describe(d));
+    else refuse_upstream(SSL_AD_ACCESS_DENIED, "blocked by policy: " + describe(d), 403);
     return;
   }
   start_upstream_tls();
@@ -722,6 +902,17 @@ void Session::start_relay() {
 
 // The negotiated ALPN picks the codec: HTTP/1.1 (or no ALPN, the HTTP/1.1
 // default over TLS) gets the strict parser; anything else is relayed as is.
+// Plain HTTP on a transparent listener: the HTTP/1.1 codec on plain legs.
+std::unique_ptr<Relay> Session::make_plain_h1_relay() {
+  auto info = std::make_shared<exchange::ConnectionInfo>();
+  info->id = id_;
+  info->worker = worker_;
+  info->client = client_addr_;
+  info->server = upstream_addr_;
+  info->target = request_.authority.to_string();
+  return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1);
+}
+
 std::unique_ptr<Relay> Session::make_relay() {
   auto info = std::make_shared<exchange::ConnectionInfo>();
   info->id = id_;
@@ -900,6 +1091,9 @@ void Session::on_leg_eof(Leg& from) {
   from.eof = true;
   stop_reading(from);
   switch (state_) {
+    case State::reading_proxy_header:
+      close("client closed before the PROXY header");
+      return;
     case State::reading_request:
       close("client closed before sending a request");
       return;
@@ -971,6 +1165,9 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   }
   auto n = static_cast<std::size_t>(nread);
   switch (self->state_) {
+    case State::reading_proxy_header:
+      self->on_proxy_header_data(buf->base, n);
+      return;
     case State::reading_request:
       self->on_request_data(buf->base, n);
       return;
@@ -1021,7 +1218,7 @@ void Session::flush(Leg& leg) {
 }
 
 void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
-  if (!leg.initialized || leg.write_shutdown || state_ == State::closing) return;
+  if (n == 0 || !leg.initialized || leg.write_shutdown || state_ == State::closing) return;
   auto* stream = reinterpret_cast<uv_stream_t*>(&leg.tcp);
   // Write straight from the caller's buffer when the socket takes it; copy
   // only what the kernel could not accept now.
@@ -1031,7 +1228,7 @@ void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
     if (w > 0) {
       data += w;
       n -= static_cast<std::size_t>(w);
-    } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+    } else if (w != 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
       fatal_ = true;
       close(std::string("write to ") + leg.name + " failed: " + uv_strerror(w));
       return;
@@ -1101,6 +1298,9 @@ void Session::arm_timer(std::chrono::milliseconds ms) {
 
 void Session::on_timer() {
   switch (state_) {
+    case State::reading_proxy_header:
+      close("timed out waiting for the PROXY header");
+      return;
     case State::reading_request:
       close("timed out waiting for the request head");
       return;
@@ -1122,6 +1322,13 @@ void Session::on_timer() {
     }
     case State::closing:
       close_handles(true);  // lingering writes took too long
+      return;
+    case State::peeking_hello:
+      if (transparent_ && inbuf_.empty()) {
+        start_splice("no client bytes: server speaks first, spliced");
+        return;
+      }
+      close("TLS handshake timed out");
       return;
     default:
       close("TLS handshake timed out");
@@ -1193,7 +1400,9 @@ void Session::record_metrics() {
            close_reason_.find("error") != std::string::npos ||
            close_reason_.find("failed") != std::string::npos)
     outcome = metrics::Outcome::error;
-  auto mode = static_ ? metrics::Mode::static_target : metrics::Mode::explicit_proxy;
+  auto mode = transparent_ ? metrics::Mode::transparent
+              : static_    ? metrics::Mode::static_target
+                           : metrics::Mode::explicit_proxy;
   r.inc(s, m.connections[metrics::idx(mode)][metrics::idx(a)][metrics::idx(outcome)]);
   r.inc(s, m.bytes_client_to_server[metrics::idx(a)], client_.plaintext_in);
   r.inc(s, m.bytes_server_to_client[metrics::idx(a)],

@@ -58,6 +58,7 @@ class Session final : public tls::ClientHandshakeHandler,
 
  private:
   enum class State {
+    reading_proxy_header,
     reading_request,
     connecting,  // resolving and connecting
     peeking_hello,
@@ -90,6 +91,10 @@ class Session final : public tls::ClientHandshakeHandler,
 
   // Phases.
   void on_request_data(const char* data, std::size_t n);
+  void on_proxy_header_data(const char* data, std::size_t n);
+  void after_proxy_header();
+  void begin_transparent();
+  void start_splice(const char* why);
   bool start_plain_http();
   void resolve();
   void on_resolved(int status, addrinfo* res);
@@ -110,6 +115,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void drive_client_handshake();
   void start_relay();
   std::unique_ptr<Relay> make_relay();
+  std::unique_ptr<Relay> make_plain_h1_relay();
 
   // Relay.
   void on_leg_data(Leg& from, const char* data, std::size_t n);
@@ -165,7 +171,11 @@ class Session final : public tls::ClientHandshakeHandler,
   tls::ClientHelloInfo hello_;
   std::string client_addr_;
   std::string client_ip_;
-  bool static_ = false;  // static listener: no CONNECT, no HTTP answers
+  bool static_ = false;       // static or transparent listener: no CONNECT, no HTTP answers
+  bool transparent_ = false;  // redirect/tproxy listener: original destination, protocol sniffing
+  ListenerInfo listener_;
+  bool have_original_dst_ = false;
+  sockaddr_storage original_dst_{};
   std::shared_ptr<const policy::Policy> policy_;  // snapshot taken at the first decision
   std::string policy_rule_;                       // "name (file:line)" or "default"
   std::optional<tls::OnInvalid> rule_on_invalid_;

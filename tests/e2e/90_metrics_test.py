@@ -64,7 +64,7 @@ PLAIN_BODY = b"plain origin says hello\n" * 10
 
 VERDICTS = ["expired", "not-yet-valid", "hostname-mismatch", "self-signed", "unknown-issuer",
             "revoked", "invalid"]
-ACTIONS = ["intercept", "bypass", "http", "refuse", "reject", "none"]
+ACTIONS = ["intercept", "bypass", "http", "refuse", "reject", "none", "splice"]
 OUTCOMES = ["ok", "refused", "error"]
 
 GOOD_POLICY = """# written by 90_metrics_test

@@ -1686,3 +1686,253 @@ def promtool(args, input=None, timeout=60):
     if not binary:
         raise Fatal("promtool not found (install the Debian package 'prometheus')")
     return run([binary] + list(args), input=input, timeout=timeout)
+
+
+# ==========================================================================
+# Helpers for the transparent-mode tests (85_transparent, 87_proxy_protocol):
+# network namespaces of the test's own, sockets and processes inside them,
+# and long-running helper daemons (nginx in a namespace, HAProxy). Nothing
+# above this line depends on them.
+
+IP_BIN = os.environ.get("SIGHTLINE_IP", "ip")
+NETNS_PREFIX = "sl-e2e-"
+_CLONE_NEWNET = 0x40000000
+
+
+class NetnsUnavailable(Fatal):
+    """Network namespaces cannot be created here (no CAP_SYS_ADMIN, no
+    netns support): the namespace checks are SKIPped, not failed."""
+
+
+def _netns_reap_stale():
+    """Delete namespaces left by an earlier run of these tests that was
+    killed hard (SIGKILL: no cleanup ran). Only names of our own prefix
+    whose owner pid no longer exists are touched."""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return
+    for n in names:
+        m = re.match(r"%s(\d+)-" % re.escape(NETNS_PREFIX), n)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        if os.path.exists("/proc/%s" % m.group(1)):
+            continue
+        run([IP_BIN, "netns", "del", n], timeout=10)
+
+
+def _in_netns_thread(path, fn):
+    """Run fn() on a fresh thread that has joined the network namespace at
+    path (setns affects only the calling thread); returns its result or
+    re-raises its exception. Sockets created there stay in that namespace
+    and can be used from any thread."""
+    import ctypes
+    box = {}
+
+    def body():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, "setns(%s): %s" % (path, os.strerror(e)))
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as e:      # noqa: B902 - handed to the caller
+            box["error"] = e
+
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    th.join(30)
+    if th.is_alive():
+        raise AssertionError("operation inside netns %s did not finish in 30s" % path)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+class Netns:
+    """A named network namespace of the test's own: `ip netns add
+    sl-e2e-<pid>-<name>` (unique per run), loopback up. kill() deletes it
+    in every path (registered like the processes; processes started in it
+    are registered after it, so kill_all stops them first). Deleting the
+    namespace also removes every veth end in it (and so its peer), and the
+    nft tables, iptables rules, addresses, routes and rules configured in
+    it: nothing is changed outside the namespaces."""
+
+    _reaped = False
+
+    def __init__(self, name):
+        if not Netns._reaped:
+            Netns._reaped = True
+            _netns_reap_stale()
+        if not shutil.which(IP_BIN):
+            raise Fatal("'ip' not found (install the Debian package 'iproute2')")
+        self.short = name
+        self.name = "%s%d-%s" % (NETNS_PREFIX, os.getpid(), name)
+        self.path = "/run/netns/" + self.name
+        cp = run([IP_BIN, "netns", "add", self.name], timeout=10)
+        if cp.returncode != 0:
+            raise NetnsUnavailable("ip netns add %s: %s" % (
+                self.name, cp.stderr.decode(errors="replace").strip()))
+        _register(self)
+        self.ip("link", "set", "lo", "up")
+
+    def prefix(self):
+        """argv prefix that runs a command inside the namespace."""
+        return [IP_BIN, "netns", "exec", self.name]
+
+    def run(self, cmd, check=True, timeout=30, input=None):
+        """Run cmd inside the namespace (CompletedProcess); check=True
+        raises Fatal on a non-zero exit."""
+        return run(self.prefix() + [str(c) for c in cmd], timeout=timeout, input=input,
+                   check=check)
+
+    def ip(self, *args, check=True):
+        return run([IP_BIN, "-n", self.name] + [str(a) for a in args], timeout=30, check=check)
+
+    def call(self, fn):
+        """fn() run on a thread inside the namespace; its result."""
+        return _in_netns_thread(self.path, fn)
+
+    def sysctl(self, key, value):
+        """Set a per-namespace sysctl (net.*) inside this namespace only."""
+        path = "/proc/sys/" + key.replace(".", "/")
+
+        def write():
+            with open(path, "w") as f:
+                f.write(str(value))
+        self.call(write)
+
+    def socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM):
+        """A new socket that lives in this namespace."""
+        return self.call(lambda: socket.socket(family, type))
+
+    def connect(self, host, port, timeout=10.0, source_port=None):
+        """A TCP connection made from inside the namespace."""
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = self.socket(fam)
+        s.settimeout(timeout)
+        try:
+            if source_port:
+                s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", source_port))
+            s.connect((host, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def wait_port(self, host, port, timeout=10.0, proc=None):
+        """Poll until a TCP connect to (host, port) from inside the namespace
+        succeeds (True) or timeout / proc exits (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return False
+            try:
+                self.connect(host, port, timeout=0.5).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def kill(self):
+        _unregister(self)
+        run([IP_BIN, "netns", "del", self.name], timeout=10)
+
+
+def veth(ns_a, name_a, ns_b, name_b):
+    """A veth pair created directly inside two Netns (never in the host's own
+    namespace); both ends up. Removed with either namespace."""
+    ns_a.ip("link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b.name)
+    ns_a.ip("link", "set", name_a, "up")
+    ns_b.ip("link", "set", name_b, "up")
+
+
+class Daemon:
+    """A long-running helper (nginx, haproxy...) in its own session, in a
+    Netns when netns is given; stdout+stderr to a file in the test dir.
+    kill() (all paths): stop_signal, then SIGKILL to its whole process
+    group (which holds only what it started, e.g. nginx workers)."""
+
+    def __init__(self, t, cmd, name, netns=None, stop_signal=signal.SIGTERM):
+        self.name = name
+        self.cmd = (netns.prefix() if netns else []) + [str(c) for c in cmd]
+        self.stop_signal = stop_signal
+        self.log_path = os.path.join(t.dir, "%s.log" % name)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        _register(self)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self):
+        _unregister(self)
+        _stop_process(self.proc, self.stop_signal)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)     # leftovers of the group
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self._log.close()
+        except OSError:
+            pass
+
+
+class NetnsProxy(Proxy):
+    """A sightline running inside a Netns (`ip netns exec NS sightline run -c
+    CONFIG ARGS...`; `ip netns exec` execs, so the pid is sightline's own).
+    Otherwise a Proxy: parsed stderr events, mark/wait_event, stop(), and
+    kill() in all paths. Ready once it has logged a "listening" line for
+    every address in `listening` (as written in the config / on the
+    command line)."""
+
+    def __init__(self, t, netns, config_text, args=(), name="sightline", listening=(),
+                 ready_timeout=10.0):
+        self.t = t
+        self.netns = netns
+        self.name = name
+        self.port = None
+        self.config = os.path.join(t.dir, "%s.toml" % name)
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        m = re.search(r'^\[admin\]\s*\nlisten = "127\.0\.0\.1:(\d+)"', config_text, re.M)
+        self.admin_port = int(m.group(1)) if m else None
+        self.stderr_path = os.path.join(t.dir, "%s.stderr" % name)
+        self.lines = []
+        self.events = []
+        self.cond = threading.Condition()
+        self.cmd = netns.prefix() + [sightline_bin(), "run", "-c", self.config] + [str(a) for a in args]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        _register(self)
+        t.proxies.append(self)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        want = set(listening)
+        deadline = time.monotonic() + ready_timeout
+        while want:
+            with self.cond:
+                seen = {e.get("address") for e in self.events if e.get("event") == "listening"}
+            want -= seen
+            if not want:
+                break
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                raise Fatal("sightline in netns %s: no 'listening' line for %s within %ss "
+                            "(rc=%s); stderr:\n%s" % (netns.short, ", ".join(sorted(want)),
+                                                     ready_timeout, self.proc.poll(),
+                                                     self.stderr_text()[-3000:]))
+            time.sleep(0.05)

@@ -87,7 +87,8 @@ TEST_CASE("validation and listen overrides") {
   cfg.ca_cert = "a";
   cfg.ca_key = "b";
   CHECK(validate(cfg, err));
-  CHECK(set_listen_addresses(cfg, {"127.0.0.1:1", "[::1]:2"}, err));
-  CHECK(cfg.listeners.size() == 2);
-  CHECK_FALSE(set_listen_addresses(cfg, {"example.com:1"}, err));
+  CHECK(set_listen_addresses(cfg, {"127.0.0.1:1", "[::1]:2"}, {"127.0.0.1:3"}, {}, err));
+  CHECK(cfg.listeners.size() == 3);
+  CHECK(cfg.listeners[2].mode == ListenerMode::redirect);
+  CHECK_FALSE(set_listen_addresses(cfg, {"example.com:1"}, {}, {}, err));
 }
