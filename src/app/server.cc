@@ -191,7 +191,10 @@ class PolicyWatcher {
  private:
   static void on_event(uv_fs_event_t* h, const char* filename, int, int) {
     auto* self = static_cast<PolicyWatcher*>(h->data);
-    if (filename && std::find(self->names_.begin(), self->names_.end(), filename) == self->names_.end())
+    // Kubernetes updates a mounted ConfigMap by swapping its "..data" link:
+    // that event names no policy file but changes all of them.
+    if (filename && std::string_view(filename) != "..data" &&
+        std::find(self->names_.begin(), self->names_.end(), filename) == self->names_.end())
       return;
     uv_timer_start(self->debounce_.get(), [](uv_timer_t* t) {
       auto* w = static_cast<PolicyWatcher*>(t->data);

@@ -20,11 +20,12 @@ class AdminServer::Connection final : public http::H1Parser::Handler {
   }
 
   bool start(uv_stream_t* listener) {
-    if (tcp_.init(uv_tcp_init, server_.loop_) != 0) return false;
-    tcp_.get()->data = this;
-    if (uv_accept(listener, tcp_.stream()) != 0) return false;
+    if (uv_tcp_init(server_.loop_, &tcp_) != 0) return false;
+    tcp_inited_ = true;
+    tcp_.data = this;
+    if (uv_accept(listener, stream()) != 0) return false;
     uv_read_start(
-        tcp_.stream(),
+        stream(),
         [](uv_handle_t*, std::size_t, uv_buf_t* b) {
           static thread_local char buf[8192];
           *b = uv_buf_init(buf, sizeof buf);
@@ -80,7 +81,7 @@ class AdminServer::Connection final : public http::H1Parser::Handler {
     req->req.data = req.get();
     uv_buf_t b = uv_buf_init(req->data->data(), static_cast<unsigned>(req->data->size()));
     ++pending_writes_;
-    if (uv_write(&req->req, tcp_.stream(), &b, 1, [](uv_write_t* w, int) {
+    if (uv_write(&req->req, stream(), &b, 1, [](uv_write_t* w, int) {
           std::unique_ptr<Req> owned(static_cast<Req*>(w->data));
           Connection* c = owned->conn;
           if (--c->pending_writes_ == 0 && c->finish_after_write_) c->finish();
@@ -92,28 +93,26 @@ class AdminServer::Connection final : public http::H1Parser::Handler {
     }
   }
 
-  // Closes the socket; the connection object goes once libuv is done with it.
+  // Closes the socket; the connection object is released in the close
+  // callback, after libuv has called back every pending write.
   void finish() {
     if (finished_) return;
     finished_ = true;
-    auto* loop_server = &server_;
-    auto* self = this;
-    uv_read_stop(tcp_.stream());
-    tcp_.reset();
-    // Writes already queued are cancelled by the close and call back first.
-    uv_timer_t* t = new uv_timer_t;  // one-shot: releases the connection after the close
-    uv_timer_init(server_.loop_, t);
-    t->data = self;
-    uv_timer_start(t, [](uv_timer_t* tt) {
-      auto* c = static_cast<Connection*>(tt->data);
-      uv_close(reinterpret_cast<uv_handle_t*>(tt), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    if (!tcp_inited_) {
+      server_.connections_.erase(this);  // nothing libuv knows about: go now
+      return;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), [](uv_handle_t* h) {
+      auto* c = static_cast<Connection*>(h->data);
       c->server_.connections_.erase(c);
-    }, 0, 0);
-    (void)loop_server;
+    });
   }
 
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+
   AdminServer& server_;
-  core::UvHandle<uv_tcp_t> tcp_;
+  uv_tcp_t tcp_{};
+  bool tcp_inited_ = false;
   http::H1Parser parser_;
   std::string method_, target_;
   bool close_ = false;
@@ -144,10 +143,13 @@ bool AdminServer::listen(const sockaddr_storage& addr, std::string* error) {
   return true;
 }
 
+// Connections go in their close callbacks: the loop must run once more
+// before this object is destroyed (the server does).
 void AdminServer::close() {
   listener_.reset();
-  for (auto& [ptr, conn] : connections_) conn->tcp_.reset();
-  connections_.clear();
+  std::vector<Connection*> live;
+  for (auto& [ptr, conn] : connections_) live.push_back(ptr);
+  for (auto* c : live) c->finish();
 }
 
 void AdminServer::on_connection(uv_stream_t* server, int status) {
