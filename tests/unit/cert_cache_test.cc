@@ -95,3 +95,19 @@ TEST_CASE("single flight across threads") {
   CHECK(creators == 1);
   CHECK(delivered == 8);
 }
+
+#include "policy/auto_bypass.h"
+
+TEST_CASE("auto-bypass pairs expire and the table stays bounded") {
+  using sightline::policy::AutoBypass;
+  AutoBypass ab(std::chrono::seconds(10), 32);  // 2 per shard
+  auto t0 = AutoBypass::Clock::now();
+  CHECK(ab.add("10.0.0.1", "pinned.example", t0));
+  CHECK_FALSE(ab.add("10.0.0.1", "pinned.example", t0));  // already there
+  CHECK(ab.contains("10.0.0.1", "pinned.example", t0 + std::chrono::seconds(5)));
+  CHECK_FALSE(ab.contains("10.0.0.2", "pinned.example", t0));
+  CHECK_FALSE(ab.contains("10.0.0.1", "pinned.example", t0 + std::chrono::seconds(11)));
+  for (int i = 0; i < 1000; ++i) ab.add("10.0.1." + std::to_string(i), "x.example", t0);
+  CHECK(ab.size() <= 32);
+  CHECK(ab.activations() >= 1000);
+}
