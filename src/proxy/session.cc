@@ -163,14 +163,7 @@ void Session::after_proxy_header() {
     // Static listener: the target is fixed, the client speaks TLS at once.
     static_ = true;
     request_.authority = listener.target;
-    if (auto d = decide(false); d.action == policy::Action::block) {
-      close("blocked by policy: " + describe(d));
-      return;
-    }
-    state_ = State::connecting;
-    t_connect_start_ = uv_hrtime();
-    arm_timer(ctx_.settings.connect_timeout);
-    resolve();
+    connect_known_target();
     return;
   }
   state_ = State::reading_request;
@@ -239,6 +232,12 @@ void Session::begin_transparent() {
     return;
   }
   request_.authority = *target;
+  connect_known_target();
+}
+
+// Static and transparent listeners know the destination without a request:
+// refuse what the policy blocks by address or name, then connect.
+void Session::connect_known_target() {
   if (auto d = decide(false); d.action == policy::Action::block) {
     close("blocked by policy: " + describe(d));
     return;

@@ -94,6 +94,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_proxy_header_data(const char* data, std::size_t n);
   void after_proxy_header();
   void begin_transparent();
+  void connect_known_target();
   void start_splice(const char* why);
   bool start_plain_http();
   void resolve();
