@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <initializer_list>
 #include <string_view>
 
 // How the parser stays consistent when called again with more data: every
@@ -26,6 +27,13 @@ constexpr std::size_t kV2FixedBytes = 16;  // signature, ver/cmd, fam/proto, len
 ProxyParseResult need_more() { return {}; }
 
 ProxyParseResult fail(std::string reason) { return {ProxyParseStatus::error, std::move(reason)}; }
+
+// Error reasons are only built on the error path: parse() runs on every read.
+ProxyParseResult fail(std::initializer_list<std::string_view> parts) {
+  std::string reason;
+  for (std::string_view p : parts) reason += p;
+  return fail(std::move(reason));
+}
 
 std::string hex_byte(std::uint8_t b) {
   constexpr char digits[] = "0123456789abcdef";
@@ -67,7 +75,7 @@ bool ipv4_prefix_ok(std::string_view s) {
   for (char c : s) {
     if (is_digit(c)) {
       if (!in_octet) {
-        if (++octets > 4) return false;
+        ++octets;  // never a fifth: the '.' before it is refused below
         in_octet = true;
         leading_zero = c == '0';
         value = static_cast<unsigned>(c - '0');
@@ -131,8 +139,8 @@ bool ipv6_prefix_ok(std::string_view s) {
   return true;
 }
 
-// Empty when `s` can start a port (decimal 0-65535, no sign, no leading zeros).
-std::string port_prefix_problem(std::string_view s) {
+// Null when `s` can start a port (decimal 0-65535, no sign, no leading zeros).
+const char* port_prefix_problem(std::string_view s) {
   unsigned value = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
     if (!is_digit(s[i])) return "is not a decimal number";
@@ -140,7 +148,7 @@ std::string port_prefix_problem(std::string_view s) {
     value = value * 10 + static_cast<unsigned>(s[i] - '0');
     if (value > 65535) return "is above 65535";
   }
-  return {};
+  return nullptr;
 }
 
 struct Token {
@@ -200,36 +208,38 @@ ProxyParseResult parse_v1(std::span<const std::uint8_t> data, ProxyHeader& out) 
     return incomplete();
   }
 
-  const std::string fam = tcp4 ? "TCP4" : "TCP6";
-  if (proto.delim != ' ') return fail("PROXY v1: " + fam + " line ends before the addresses");
+  const std::string_view fam = proto.text;
+  if (proto.delim != ' ') return fail({"PROXY v1: ", fam, " line ends before the addresses"});
 
   unsigned char addrs[2][sizeof(in6_addr)] = {};
   std::uint16_t ports[2] = {0, 0};
   std::size_t pos = proto.end + 1;
-  static constexpr const char* kFields[] = {"source address", "destination address", "source port",
-                                            "destination port"};
+  static constexpr std::string_view kFields[] = {"source address", "destination address", "source port",
+                                                 "destination port"};
   for (std::size_t f = 0; f < 4; ++f) {
-    const std::string name = kFields[f];
+    const std::string_view name = kFields[f];
     const Token t = next_token(v, pos);
     if (f < 2) {
       if (!(tcp4 ? ipv4_prefix_ok(t.text) : ipv6_prefix_ok(t.text)))
-        return fail("PROXY v1: invalid " + fam + " " + name);
-    } else if (const std::string problem = port_prefix_problem(t.text); !problem.empty()) {
-      return fail("PROXY v1: " + name + " " + problem);
+        return fail({"PROXY v1: invalid ", fam, " ", name});
+    } else if (const char* problem = port_prefix_problem(t.text)) {
+      return fail({"PROXY v1: ", name, " ", problem});
     }
     if (t.delim == 0) return incomplete();
-    if (t.text.empty()) return fail("PROXY v1: empty " + name + " field (double space?)");
+    if (t.text.empty()) return fail({"PROXY v1: empty ", name, " field (double space?)"});
     if (f < 2) {
-      const std::string text(t.text);
-      if (inet_pton(tcp4 ? AF_INET : AF_INET6, text.c_str(), addrs[f]) != 1)
-        return fail("PROXY v1: invalid " + fam + " " + name);
+      char text[INET6_ADDRSTRLEN + 1] = {};  // the prefix check allows at most 45 characters
+      if (t.text.size() >= sizeof text) return fail({"PROXY v1: invalid ", fam, " ", name});
+      std::memcpy(text, t.text.data(), t.text.size());
+      if (inet_pton(tcp4 ? AF_INET : AF_INET6, text, addrs[f]) != 1)
+        return fail({"PROXY v1: invalid ", fam, " ", name});
     } else {
       unsigned value = 0;
       for (char c : t.text) value = value * 10 + static_cast<unsigned>(c - '0');
       ports[f - 2] = static_cast<std::uint16_t>(value);
     }
     if (f < 3) {
-      if (t.delim != ' ') return fail("PROXY v1: line ends after the " + name);
+      if (t.delim != ' ') return fail({"PROXY v1: line ends after the ", name});
       pos = t.end + 1;
     } else {
       if (t.delim == ' ') return fail("PROXY v1: unexpected data after the destination port");

@@ -7,7 +7,10 @@
 // answer for the whole input (same status, reason and header), and a header
 // must be done exactly when its last byte has arrived. A done header is
 // checked for consistency, and the whole-input answer is compared with a
-// plain reference reading of the spec written independently below.
+// plain reference reading of the spec written independently below. From
+// inputs of 40 bytes or more, v1 lines with TCP6 addresses in every textual
+// form (compressed, padded, upper case, dotted tail) and a TCP4 line are also
+// built and checked the same way.
 #include "net/proxy_protocol.h"
 
 #include <arpa/inet.h>
@@ -228,6 +231,56 @@ void check(Span data, ProxyProtocolVersion version, std::size_t max) {
   FUZZ_CHECK(whole.status == ProxyParseStatus::need_more);
 }
 
+// A TCP6 address in one of the forms inet_pton accepts, or nearly: groups
+// with or without zero padding, in upper or lower case, a dotted-quad tail,
+// and a run of groups replaced by "::" (possibly an empty run, which is not
+// valid). The reference decides what is valid.
+std::string v6_text(const std::uint8_t* b, std::uint8_t ctl, std::uint8_t run) {
+  const bool dotted = ctl & 1, pad = ctl & 2, upper = ctl & 4, compress = ctl & 8;
+  const std::size_t groups = dotted ? 6 : 8;
+  std::vector<std::string> parts;
+  char buf[32];
+  for (std::size_t i = 0; i < groups; ++i) {
+    std::snprintf(buf, sizeof buf, upper ? (pad ? "%04X" : "%X") : (pad ? "%04x" : "%x"),
+                  static_cast<unsigned>(b[2 * i] << 8 | b[2 * i + 1]));
+    parts.emplace_back(buf);
+  }
+  if (dotted) {
+    std::snprintf(buf, sizeof buf, "%u.%u.%u.%u", b[12], b[13], b[14], b[15]);
+    parts.emplace_back(buf);
+  }
+  auto join = [&](std::size_t from, std::size_t to) {
+    std::string out;
+    for (std::size_t i = from; i < to; ++i) out += (i == from ? "" : ":") + parts[i];
+    return out;
+  };
+  if (!compress) return join(0, parts.size());
+  const std::size_t start = (run & 0x0f) % (groups + 1);
+  const std::size_t len = (run >> 4) % (groups - start + 1);
+  return join(0, start) + "::" + join(start + len, parts.size());
+}
+
+// v1 lines built from the input bytes, so that deep valid (and nearly valid)
+// headers are checked without the fuzzer having to discover their syntax.
+void check_generated_v1(const std::uint8_t* d, std::size_t size) {
+  if (size < 40) return;
+  const unsigned sport = static_cast<unsigned>(d[32] << 8 | d[33]), dport = static_cast<unsigned>(d[34] << 8 | d[35]);
+  const std::string ports = " " + std::to_string(sport) + " " + std::to_string(dport) + "\r\n";
+  const std::string tail(reinterpret_cast<const char*>(d + 40), size - 40);
+  std::string line =
+      "PROXY TCP6 " + v6_text(d, d[36], d[37]) + " " + v6_text(d + 16, d[38], d[39]) + ports + tail;
+  check(Span(reinterpret_cast<const std::uint8_t*>(line.data()), line.size()), ProxyProtocolVersion::v1, 4096);
+  char a[INET_ADDRSTRLEN], b[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, d, a, sizeof a);
+  inet_ntop(AF_INET, d + 4, b, sizeof b);
+  line = std::string("PROXY TCP4 ") + a + " " + b + ports + tail;
+  ProxyHeader h;
+  const auto res = sightline::net::parse_proxy_header(
+      Span(reinterpret_cast<const std::uint8_t*>(line.data()), line.size()), ProxyProtocolVersion::v1, h);
+  FUZZ_CHECK(res.status == ProxyParseStatus::done);
+  check(Span(reinterpret_cast<const std::uint8_t*>(line.data()), line.size()), ProxyProtocolVersion::v1, 4096);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -235,5 +288,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(input, ProxyProtocolVersion::v1, 4096);
   check(input, ProxyProtocolVersion::v2, 4096);
   check(input, ProxyProtocolVersion::v2, 40);
+  check_generated_v1(data, size);
   return 0;
 }

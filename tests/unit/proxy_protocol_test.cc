@@ -181,6 +181,26 @@ TEST_CASE("proxy v1: TCP6") {
   CHECK(port_of(h.destination) == 8443);
   check_prefixes_and_trailer(bytes(line), ProxyProtocolVersion::v1);
 
+  // Every textual form inet_pton accepts, at the edges of the group count.
+  for (std::string_view addr : {"::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8",
+                                "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5::1.2.3.4", "::1.2.3.4", "::FFFF:0.0.0.0",
+                                "0000:0000:0000:0000:0000:0000:0000:0001", "a:b::c:d"}) {
+    const std::string l = "PROXY TCP6 " + std::string(addr) + " ::1 1 2\r\n";
+    CAPTURE(l);
+    REQUIRE(parse_v1(l, h).status == ProxyParseStatus::done);
+    unsigned char want[16];
+    REQUIRE(inet_pton(AF_INET6, std::string(addr).c_str(), want) == 1);
+    sockaddr_in6 sin6;
+    std::memcpy(&sin6, &h.source, sizeof sin6);
+    CHECK(std::memcmp(&sin6.sin6_addr, want, 16) == 0);
+    check_prefixes_and_trailer(bytes(l), ProxyProtocolVersion::v1);
+  }
+  // And just past those edges.
+  for (std::string_view addr : {"1:2:3:4:5:6:7::8", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6::1.2.3.4",
+                                "1:2:3:4:5:1.2.3.4", "1:2:3:4:5:6:7:1.2.3.4", "::1.2.3.4:5", ":1::", "1:::2",
+                                "::1.2.3", "::1.2.3.04", "::g"})
+    expect_v1_error("PROXY TCP6 " + std::string(addr) + " ::1 1 2\r\n", "invalid TCP6 source address");
+
   // The longest TCP6 line that fits: 107 bytes with the CRLF.
   const std::string longest =
       "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
@@ -289,7 +309,8 @@ TEST_CASE("proxy v1: malformed lines are rejected with a reason") {
 TEST_CASE("proxy v1: what can never become a header is rejected at once") {
   // Early rejection: a wrong byte is an error as soon as it arrives.
   for (std::string_view s : {"X", "PROXY_", "PROXY X", "PROXY TCP4 a", "PROXY TCP4 1.2.3.4 1.2.3.4.",
-                             "PROXY TCP6 :1", "PROXY TCP6 ::1 ::1 01", "PROXY TCP6 ::1 ::1 1 65536",
+                             "PROXY TCP6 :1", "PROXY TCP6 1:2:3:4:5:6:7:8:", "PROXY TCP6 1::3:4:5:6:7:8:",
+                             "PROXY TCP6 1:2:3:4:5:6:1.2.3.4:", "PROXY TCP6 ::1.2.3.4.", "PROXY TCP6 ::1 ::1 01", "PROXY TCP6 ::1 ::1 1 65536",
                              "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 "}) {
     CAPTURE(s);
     ProxyHeader h;
