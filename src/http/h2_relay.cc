@@ -242,7 +242,7 @@ struct H2Relay::Callbacks {
                                   error_code == NGHTTP2_NO_ERROR ? static_cast<uint32_t>(NGHTTP2_CANCEL) : error_code);
       // Window for bytes that will never be sent on.
       std::size_t unsent = st->resp_body.size() - st->resp_off;
-      if (unsent && !st->up_closed && st->up_id > 0) nghttp2_session_consume(r.up_, st->up_id, unsent);
+      if (unsent && st->up_id > 0 && !st->synthetic) r.give_back(Side::upstream, *st, unsent);
       r.release_if_closed(st);
       return 0;
     }
@@ -250,7 +250,7 @@ struct H2Relay::Callbacks {
     if (!st) return 0;
     st->up_closed = true;
     std::size_t unsent = st->req_body.size() - st->req_off;
-    if (unsent && !st->down_closed) nghttp2_session_consume(r.down_, st->down_id, unsent);
+    if (unsent) r.give_back(Side::client, *st, unsent);
     if (error_code != NGHTTP2_NO_ERROR && !st->down_closed) {
       if (!st->resp_head_sent) {
         r.answer_error(*st, 502, std::string("origin reset the stream: ") +
@@ -274,7 +274,7 @@ struct H2Relay::Callbacks {
     if (n > 0) {
       std::memcpy(buf, st->req_body.data() + st->req_off, n);
       st->req_off += n;
-      if (!st->down_closed) nghttp2_session_consume(r.down_, st->down_id, n);
+      r.give_back(Side::client, *st, n);
       if (st->req_off == st->req_body.size()) {
         st->req_body.clear();
         st->req_off = 0;
@@ -300,8 +300,7 @@ struct H2Relay::Callbacks {
     if (n > 0) {
       std::memcpy(buf, st->resp_body.data() + st->resp_off, n);
       st->resp_off += n;
-      if (!st->up_closed && st->up_id > 0 && !st->synthetic)
-        nghttp2_session_consume(r.up_, st->up_id, n);
+      if (st->up_id > 0 && !st->synthetic) r.give_back(Side::upstream, *st, n);
       if (st->resp_off == st->resp_body.size()) {
         st->resp_body.clear();
         st->resp_off = 0;
@@ -389,6 +388,22 @@ bool H2Relay::start() {
   }
   flush();
   return true;
+}
+
+// Hands flow-control window back to the sender of `n` bytes that have been
+// passed on (or dropped). The stream may be closed on the sender's side by
+// then (its END_STREAM arrived first): the connection window must still be
+// returned, or every finished response leaks its size from it until the
+// connection stalls.
+void H2Relay::give_back(Side sender, const Stream& st, std::size_t n) {
+  nghttp2_session* s = session(sender);
+  bool closed = sender == Side::client ? st.down_closed : st.up_closed;
+  std::int32_t id = sender == Side::client ? st.down_id : st.up_id;
+  if (!closed && id > 0) {
+    nghttp2_session_consume(s, id, n);
+  } else {
+    nghttp2_session_consume_connection(s, n);
+  }
 }
 
 H2Relay::Stream* H2Relay::by_down(std::int32_t id) {

@@ -58,6 +58,7 @@ class H2Relay final : public Relay {
   Stream* by_down(std::int32_t id);
   Stream* by_up(std::int32_t id);
 
+  void give_back(Side sender, const Stream& st, std::size_t n);
   void flush();
   void check_done();
   void release_if_closed(Stream* st);

@@ -481,6 +481,20 @@ def main(t):
         assert fwd.accepted == 1, "h2load opened %d connections" % fwd.accepted
         assert not fwd.errors, "forwarder: %r" % fwd.errors
 
+    # Regression: the connection window given back for bytes passed on after
+    # the origin's END_STREAM (a finished response) was once leaked, so a
+    # connection stalled after its connection window's worth of responses.
+    small = t.start_proxy(pki, name="smallwindow",
+                          extra="[http2]\nconnection_window_size = 65535\ninitial_window_size = 65535\n")
+    fwd2 = h.ConnectForwarder(small.port, target)
+    with t.check("h2load -n600 on one connection whose window is 64 KiB: no stall (window returned)"):
+        cp = h.run(["h2load", "-n", "600", "-c", "1", "-m", "10",
+                    "https://localhost:%d/1k" % fwd2.port], timeout=60)
+        out = cp.stdout.decode(errors="replace")
+        mm = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+        assert mm, "no summary from h2load (rc=%d): %s" % (cp.returncode, (out + cp.stderr.decode())[-500:])
+        assert mm.group(4) == "600", "h2load: %s (600 KiB through a 64 KiB window)" % mm.group(0)
+
     # plain-HTTP backend behind nginx: promises 100000 bytes, sends 20000, closes
     # (nginx then resets the h2 stream mid-body)
     backend = TruncatingBackend()
