@@ -484,9 +484,9 @@ class Env:
         return self.origin_svc.proc
 
     # ---- sightline
-    def sightline_config(self, name, listeners, policy=None, quiet=False):
+    def sightline_config(self, name, listeners, policy=None, quiet=False, workers=None):
         d = self.dir
-        lines = ["workers = %d" % self.args.sightline_workers, "",
+        lines = ["workers = %d" % (self.args.sightline_workers if workers is None else workers), "",
                  "[admin]", 'listen = "127.0.0.1:%d"' % free_port(), ""]
         for addr_port, mode, target in listeners:
             lines += ["[[listener]]", 'address = "127.0.0.1:%d"' % addr_port, 'mode = "%s"' % mode]
@@ -504,8 +504,8 @@ class Env:
         write(path, "\n".join(lines))
         return path
 
-    def sightline_service(self, name, binary, listeners, policy=None, quiet=False):
-        cfg = self.sightline_config(name, listeners, policy, quiet)
+    def sightline_service(self, name, binary, listeners, policy=None, quiet=False, workers=None):
+        cfg = self.sightline_config(name, listeners, policy, quiet, workers)
         d = self.dir
 
         def start():
@@ -556,24 +556,35 @@ class Env:
             add(System("sightline-resume", "static", sl_resume, self.root, workloads=["W1"],
                        note="static listener -> origin that allows TLS resumption"), sl)
 
-        # W5 variants.
+        # W5 variants, each its own process with one static listener, and a
+        # baseline started the same way (the main process above also serves
+        # the other listeners and runs first, so it is not the baseline).
+        if wanted("sightline-base") and not a.no_w5:
+            p = free_port()
+            svc = self.sightline_service("sightline-base", self.sightline, [(p, "static", "127.0.0.1:%d" % O)],
+                                         workers=a.w5_workers)
+            add(System("sightline-base", "static", p, self.root, workloads=["W1", "W2h1"],
+                       h1_h2load=True, note="W5 baseline: same as the variants, no feature changed"), svc)
         if wanted("sightline-policy100k") and not a.no_w5:
             p = free_port()
             svc = self.sightline_service("sightline-policy100k", self.sightline,
-                                         [(p, "static", "127.0.0.1:%d" % O)], policy=d + "/policy/100k.toml")
+                                         [(p, "static", "127.0.0.1:%d" % O)], policy=d + "/policy/100k.toml",
+                                         workers=a.w5_workers)
             add(System("sightline-policy100k", "static", p, self.root, workloads=["W1", "W2h1"],
                        h1_h2load=True, note="W5: policy with 100,000 names"), svc)
         if wanted("sightline-nolog") and not a.no_w5:
             p = free_port()
             svc = self.sightline_service("sightline-nolog", self.sightline,
-                                         [(p, "static", "127.0.0.1:%d" % O)], quiet=True)
+                                         [(p, "static", "127.0.0.1:%d" % O)], quiet=True,
+                                         workers=a.w5_workers)
             add(System("sightline-nolog", "static", p, self.root, workloads=["W1", "W2h1"],
                        h1_h2load=True, note="W5: log level warn, no exchange lines"), svc)
         nm = os.path.abspath(a.sightline_nometrics) if a.sightline_nometrics else None
         if wanted("sightline-nometrics") and not a.no_w5:
             if nm and os.access(nm, os.X_OK):
                 p = free_port()
-                svc = self.sightline_service("sightline-nometrics", nm, [(p, "static", "127.0.0.1:%d" % O)])
+                svc = self.sightline_service("sightline-nometrics", nm, [(p, "static", "127.0.0.1:%d" % O)],
+                                             workers=a.w5_workers)
                 add(System("sightline-nometrics", "static", p, self.root, workloads=["W1", "W2h1"],
                            h1_h2load=True, note="W5: built with -Dmetrics=false"), svc)
             else:
@@ -788,29 +799,38 @@ def w2_h2load(env, s, a, h2):
 
 
 def w3(env, s, a, direction):
+    """a.w3_transfers consecutive 100 MiB transfers measured together (one
+    transfer takes 0.1-0.5 s, too short for 10 ms CPU ticks on its own)."""
     base = ["curl", "--http1.1", "-sS", "-o", "/dev/null", "--max-time", str(a.w3_timeout)] + s.curl_args()
     if direction == "down":
         cmd = base + ["-w", "%{http_code} %{size_download} %{time_total}", s.url("/100m", env.origin_port)]
     else:
         cmd = base + ["-H", "Expect:", "-X", "POST", "-T", env.dir + "/upload.bin",
                       "-w", "%{http_code} %{size_upload} %{time_total}", s.url("/upload", env.origin_port)]
+    total_bytes, total_secs, err = 0, 0.0, None
     with Meter(s.pid, env.origin.pid) as m:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.w3_timeout + 30)
+        for _ in range(a.w3_transfers):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.w3_timeout + 30)
+            try:
+                code, size, secs = out.stdout.split()
+                size, secs = int(float(size)), float(secs)
+            except ValueError:
+                err = "curl failed: " + out.stderr[-300:]
+                break
+            total_bytes += size
+            total_secs += secs
+            if code != "200" or size != BULK:
+                err = "status %s, %d of %d bytes (%s)" % (code, size, BULK, out.stderr.strip()[-200:])
+                break
     r = m.record()
-    try:
-        code, size, secs = out.stdout.split()
-        size, secs = int(float(size)), float(secs)
-    except ValueError:
-        r["error"] = "curl failed: " + out.stderr[-300:]
-        return r
-    r["bytes"] = size
-    r["seconds"] = secs
-    if code != "200" or size != BULK:
-        r["error"] = "status %s, %d of %d bytes (%s)" % (code, size, BULK, out.stderr.strip()[-200:])
-    r["mib_per_s"] = size / MiB / secs if secs > 0 else None
-    if r["proxy_cpu_s"] is not None and size:
-        r["proxy_s_per_100mib"] = r["proxy_cpu_s"] * BULK / size
-    r["origin_s_per_100mib"] = r["origin_cpu_s"] * BULK / size if size else None
+    r["bytes"] = total_bytes
+    r["seconds"] = total_secs
+    if err:
+        r["error"] = err
+    r["mib_per_s"] = total_bytes / MiB / total_secs if total_secs > 0 else None
+    if r["proxy_cpu_s"] is not None and total_bytes:
+        r["proxy_s_per_100mib"] = r["proxy_cpu_s"] * BULK / total_bytes
+    r["origin_s_per_100mib"] = r["origin_cpu_s"] * BULK / total_bytes if total_bytes else None
     return r
 
 
@@ -1043,10 +1063,10 @@ def w5_lines(summ):
     the machine)."""
     out = []
     pairs = [
-        ("policy with 100,000 names vs none", "sightline-policy100k", "sightline"),
-        ("metrics on vs -Dmetrics=false build", "sightline", "sightline-nometrics"),
+        ("policy with 100,000 names vs none", "sightline-policy100k", "sightline-base"),
+        ("metrics on vs -Dmetrics=false build", "sightline-base", "sightline-nometrics"),
         ("default logging (a JSON line per connection and per exchange) vs level warn",
-         "sightline", "sightline-nolog"),
+         "sightline-base", "sightline-nolog"),
     ]
     for label, on_name, off_name in pairs:
         parts = []
@@ -1099,10 +1119,10 @@ def targets(summ):
              "W3 %s CPU ≤ 0.15 s/100 MiB: %s s" % (lab, fmt(c)))
     v = g("W4", "sightline", "kib_per_conn")
     line(v <= 32 if v is not None else None, "W4 ≤ 32 KiB per idle intercepted connection: %s KiB" % fmt(v))
-    a, b = g("W2h1", "sightline", "req_per_s"), g("W2h1", "sightline-policy100k", "req_per_s")
+    a, b = g("W2h1", "sightline-base", "req_per_s"), g("W2h1", "sightline-policy100k", "req_per_s")
     line((a - b) / a <= 0.30 if a and b else None, "W5 policy 100k costs ≤ 30%% of W2: %s" %
          ("%+.1f%%" % ((b - a) / a * 100) if a and b else "—"))
-    a, b = g("W2h1", "sightline", "req_per_s"), g("W2h1", "sightline-nometrics", "req_per_s")
+    a, b = g("W2h1", "sightline-base", "req_per_s"), g("W2h1", "sightline-nometrics", "req_per_s")
     line((b - a) / b <= 0.03 if a and b else None, "W5 metrics cost ≤ 3%% of W2: %s" %
          ("%+.1f%%" % ((a - b) / b * 100) if a and b else "—"))
     line(None, "W5 PCAP / archive ≤ 30%: not implemented yet")
@@ -1172,7 +1192,8 @@ def render(env, summ, runs_flat, args, started, elapsed, machine=None):
                  "origin nginx's own cost (a reference for one TLS endpoint), so ×direct in the cost "
                  "column = how many nginx endpoints' worth of CPU/memory the proxy spends.")
     parts.append("")
-    parts.append("W5, feature cost on sightline (same run):")
+    parts.append("W5, feature cost on sightline (same run; each variant against sightline-base, a "
+                 "process started the same way with nothing changed):")
     parts += w5_lines(summ)
     parts.append("")
     parts.append("Targets from issue 6 (this run):")
@@ -1409,6 +1430,7 @@ def main():
     ap.add_argument("--w2-duration", type=float, default=4.0)
     ap.add_argument("--w2-connections", type=int, default=16)
     ap.add_argument("--w3-timeout", type=int, default=120)
+    ap.add_argument("--w3-transfers", type=int, default=3, help="100 MiB transfers per W3 measurement")
     ap.add_argument("--w4-connections", type=int, default=1000)
     ap.add_argument("--w4-timeout", type=float, default=120)
     ap.add_argument("--w4-settle", type=float, default=1.0)
@@ -1416,6 +1438,8 @@ def main():
     ap.add_argument("--systems", help="comma-separated subset (direct and sightline always run)")
     ap.add_argument("--sightline-workers", type=int, default=0)
     ap.add_argument("--no-w5", action="store_true")
+    ap.add_argument("--w5-workers", type=int, default=1,
+                    help="workers of the W5 processes (1: no SO_REUSEPORT imbalance between runs)")
     ap.add_argument("--quick", action="store_true", help="1 rep, short runs, 200 idle connections")
     ap.add_argument("--update-results", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -1434,6 +1458,7 @@ def main():
         args.w1_duration = 2.0
         args.w2_duration = 2.0
         args.w4_connections = 200
+        args.w3_transfers = 1
     if args.profile:
         args.systems = "direct,sightline"
         args.no_w5 = True

@@ -20,7 +20,7 @@
 namespace sightline::app {
 namespace {
 
-bool build_context(const Config& cfg, proxy::ProxyContext& ctx, metrics::ProxyMetrics& m,
+bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]] metrics::ProxyMetrics& m,
                    std::string* error) {
 #if SIGHTLINE_METRICS
   ctx.metrics = &m;
