@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -18,7 +19,8 @@ namespace {
 
 struct ThreadQueue {
   std::mutex mu;  // shared only between its owning thread and the writer
-  std::vector<std::string> lines;
+  std::string text;  // whole lines, each ending in '\n'
+  std::size_t lines = 0;
 };
 
 struct State {
@@ -39,7 +41,12 @@ State& state() {
   return s;
 }
 
-void write_all(int fd, const std::string& data) {
+// After a wake-up the writer waits this long so that one write system call
+// carries a batch of lines: a busy worker then wakes it a few hundred times a
+// second instead of once per line.
+constexpr auto kBatchDelay = std::chrono::milliseconds(5);
+
+void write_all(int fd, std::string_view data) {
   const char* p = data.data();
   std::size_t left = data.size();
   while (left > 0) {
@@ -71,35 +78,35 @@ void drain_once() {
     std::lock_guard lock(s.registry_mu);
     queues = s.queues;
   }
-  std::string batch;
-  std::vector<std::string> taken;
+  std::string taken;
   for (auto& q : queues) {
     {
       std::lock_guard lock(q->mu);
-      taken.swap(q->lines);
+      // Swapping hands the queue an empty string with the capacity of the
+      // last batch: steady state allocates nothing.
+      taken.swap(q->text);
+      q->lines = 0;
     }
-    for (auto& l : taken) batch += l;
+    if (!taken.empty()) write_all(s.fd, taken);
     taken.clear();
-    if (batch.size() > (1u << 20)) {
-      write_all(s.fd, batch);
-      batch.clear();
-    }
   }
-  if (!batch.empty()) write_all(s.fd, batch);
 }
 
 void writer_main() {
   State& s = state();
-  std::uint64_t seen = 0;
+  std::uint64_t seen = s.wake_seq.load(std::memory_order_acquire);
   while (!s.stopping.load(std::memory_order_acquire)) {
     s.wake_seq.wait(seen, std::memory_order_acquire);
+    if (!s.stopping.load(std::memory_order_acquire)) std::this_thread::sleep_for(kBatchDelay);
+    // Read the sequence before draining: a line queued during the drain bumps
+    // it, and the next wait returns at once instead of missing that line.
     seen = s.wake_seq.load(std::memory_order_acquire);
     drain_once();
   }
   drain_once();
 }
 
-const char* level_name(Level l) {
+std::string_view level_name(Level l) {
   switch (l) {
     case Level::debug: return "debug";
     case Level::info: return "info";
@@ -109,20 +116,195 @@ const char* level_name(Level l) {
   return "info";
 }
 
-std::string timestamp() {
+// "YYYY-MM-DDTHH:MM:SS.mmmZ"; the part up to the seconds is formatted once
+// per second per thread.
+void append_timestamp(std::string& out) {
+  thread_local std::time_t cached_secs = -1;
+  thread_local char cached[32];
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[96];  // sized for any int values, keeps -Wformat-truncation quiet
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms.count()));
-  return buf;
+  if (secs != cached_secs) {
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[96];  // sized for any int values, keeps -Wformat-truncation quiet
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    std::memcpy(cached, buf, 19);
+    cached[19] = '\0';
+    cached_secs = secs;
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  char frac[6] = {'.', static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
+                  static_cast<char>('0' + ms % 10), 'Z', '\0'};
+  out.append(cached, 19);
+  out.append(frac, 5);
+}
+
+void begin_line(std::string& out, Level level) {
+  out.reserve(256);
+  out += "{\"ts\":\"";
+  append_timestamp(out);
+  out += "\",\"level\":\"";
+  out += level_name(level);
+  out += '"';
+}
+
+void queue_line(std::string& text) {
+  State& s = state();
+  text += '\n';
+  if (!s.running.load(std::memory_order_acquire)) {
+    write_all(s.fd, text);
+    return;
+  }
+  ThreadQueue& q = my_queue();
+  bool was_empty;
+  {
+    std::lock_guard lock(q.mu);
+    if (q.lines >= s.queue_lines) {
+      s.dropped.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    was_empty = q.text.empty();
+    q.text += text;
+    ++q.lines;
+  }
+  // Only the first line of a batch wakes the writer; it takes the rest along.
+  if (was_empty) {
+    s.wake_seq.fetch_add(1, std::memory_order_release);
+    s.wake_seq.notify_one();
+  }
+}
+
+// Length of the valid UTF-8 sequence starting at p (1–4), or 0 if invalid.
+std::size_t utf8_sequence(const unsigned char* p, std::size_t left) {
+  unsigned char c = p[0];
+  std::size_t n;
+  std::uint32_t cp;
+  if (c >= 0xC2 && c <= 0xDF) { n = 2; cp = c & 0x1F; }
+  else if (c >= 0xE0 && c <= 0xEF) { n = 3; cp = c & 0x0F; }
+  else if (c >= 0xF0 && c <= 0xF4) { n = 4; cp = c & 0x07; }
+  else return 0;
+  if (left < n) return 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((p[i] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3F);
+  }
+  // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+      (cp >= 0xD800 && cp <= 0xDFFF))
+    return 0;
+  return n;
 }
 
 }  // namespace
+
+void append_json_escaped(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  std::size_t n = s.size();
+  std::size_t i = 0;
+  while (i < n) {
+    // Copy the longest run that needs no escaping in one append.
+    std::size_t run = i;
+    while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\') ++run;
+    out.append(s.data() + i, run - i);
+    i = run;
+    if (i >= n) break;
+    unsigned char c = p[i];
+    if (c >= 0x80) {
+      std::size_t len = utf8_sequence(p + i, n - i);
+      if (len == 0) {
+        out += "\xEF\xBF\xBD";  // U+FFFD
+        ++i;
+      } else {
+        out.append(s.data() + i, len);
+        i += len;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        out += "\\u00";
+        out += hex[c >> 4];
+        out += hex[c & 0xF];
+    }
+    ++i;
+  }
+}
+
+Line::Line(Level level, std::string_view event) : level_(level) {
+  if (!enabled(level)) return;  // an empty text marks a line nobody will see
+  begin_line(text_, level);
+  str("event", event);
+}
+
+Line& Line::key(std::string_view k) {
+  text_ += ",\"";
+  text_ += k;  // keys are literals from the source, never from the wire
+  text_ += "\":";
+  return *this;
+}
+
+Line& Line::str(std::string_view k, std::string_view value) {
+  if (text_.empty()) return *this;
+  key(k);
+  text_ += '"';
+  append_json_escaped(text_, value);
+  text_ += '"';
+  return *this;
+}
+
+Line& Line::num(std::string_view k, std::uint64_t value) {
+  if (text_.empty()) return *this;
+  key(k);
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, value);
+  text_.append(buf, r.ptr);
+  return *this;
+}
+
+Line& Line::num(std::string_view k, std::int64_t value) {
+  if (text_.empty()) return *this;
+  key(k);
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, value);
+  text_.append(buf, r.ptr);
+  return *this;
+}
+
+Line& Line::fixed3(std::string_view k, double value) {
+  if (text_.empty()) return *this;
+  key(k);
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, value, std::chars_format::fixed, 3);
+  if (r.ec != std::errc{}) {
+    text_ += "null";
+  } else {
+    text_.append(buf, r.ptr);
+  }
+  return *this;
+}
+
+Line& Line::boolean(std::string_view k, bool value) {
+  if (text_.empty()) return *this;
+  key(k);
+  text_ += value ? "true" : "false";
+  return *this;
+}
+
+Line& Line::json(std::string_view k, const nlohmann::json& value) {
+  if (text_.empty()) return *this;
+  key(k);
+  text_ += value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return *this;
+}
 
 bool start(const Options& opts, std::string* error) {
   State& s = state();
@@ -159,31 +341,26 @@ bool enabled(Level level) {
   return static_cast<int>(level) >= state().level.load(std::memory_order_relaxed);
 }
 
+void emit(Line& line) {
+  if (line.text_.empty()) return;
+  line.text_ += '}';
+  queue_line(line.text_);
+}
+
 void emit(Level level, nlohmann::json fields) {
   if (!enabled(level)) return;
-  State& s = state();
-  nlohmann::json line = nlohmann::json::object();
-  line["ts"] = timestamp();
-  line["level"] = level_name(level);
-  for (auto& [k, v] : fields.items()) line[k] = std::move(v);
-  // Names from the wire (SNI, CONNECT targets) may not be UTF-8: replace, never throw.
-  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text += '\n';
-  if (!s.running.load(std::memory_order_acquire)) {
-    write_all(s.fd, text);
-    return;
+  std::string text;
+  begin_line(text, level);
+  for (auto& [k, v] : fields.items()) {
+    if (k == "ts" || k == "level") continue;  // ours
+    text += ",\"";
+    append_json_escaped(text, k);
+    text += "\":";
+    // Names from the wire (SNI, CONNECT targets) may not be UTF-8: replace, never throw.
+    text += v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
-  ThreadQueue& q = my_queue();
-  {
-    std::lock_guard lock(q.mu);
-    if (q.lines.size() >= s.queue_lines) {
-      s.dropped.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    q.lines.push_back(std::move(text));
-  }
-  s.wake_seq.fetch_add(1, std::memory_order_release);
-  s.wake_seq.notify_one();
+  text += '}';
+  queue_line(text);
 }
 
 std::uint64_t dropped_lines() { return state().dropped.load(std::memory_order_relaxed); }

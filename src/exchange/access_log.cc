@@ -11,38 +11,37 @@ double micros(Clock::time_point from, Clock::time_point to) {
   return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count()) / 1e3;
 }
 
-nlohmann::json line(const Exchange& ex) {
+log::Line line(log::Level level, const Exchange& ex) {
   const Timing& t = ex.timing;
-  return {{"event", "exchange"},
-          {"id", ex.id},
-          {"conn", ex.connection ? ex.connection->id : 0},
-          {"client", ex.connection ? ex.connection->client : ""},
-          {"protocol", ex.protocol},
-          {"stream", ex.stream},
-          {"method", ex.method},
-          {"authority", ex.authority},
-          {"target", ex.target},
-          {"status", ex.status},
-          {"request_body_bytes", ex.request_body_bytes},
-          {"response_body_bytes", ex.response_body_bytes},
-          {"request_held_us", micros(t.request_head_in, t.request_head_out)},
-          {"response_held_us", micros(t.response_head_in, t.response_head_out)},
-          {"duration_ms", micros(t.request_head_in, t.end == Clock::time_point{} ? Clock::now() : t.end) / 1e3}};
+  log::Line l(level, "exchange");
+  l.num("id", ex.id)
+      .num("conn", ex.connection ? ex.connection->id : std::uint64_t{0})
+      .str("client", ex.connection ? std::string_view(ex.connection->client) : std::string_view())
+      .str("protocol", ex.protocol)
+      .num("stream", static_cast<std::uint64_t>(ex.stream))
+      .str("method", ex.method)
+      .str("authority", ex.authority)
+      .str("target", ex.target)
+      .num("status", ex.status)
+      .num("request_body_bytes", ex.request_body_bytes)
+      .num("response_body_bytes", ex.response_body_bytes)
+      .fixed3("request_held_us", micros(t.request_head_in, t.request_head_out))
+      .fixed3("response_held_us", micros(t.response_head_in, t.response_head_out))
+      .fixed3("duration_ms",
+              micros(t.request_head_in, t.end == Clock::time_point{} ? Clock::now() : t.end) / 1e3);
+  return l;
 }
 
 }  // namespace
 
 void AccessLog::on_response_end(const Exchange& ex, const Headers&) {
-  auto j = line(ex);
-  j["outcome"] = "complete";
-  log::emit(log::Level::info, std::move(j));
+  if (!log::enabled(log::Level::info)) return;
+  log::emit(line(log::Level::info, ex).str("outcome", "complete"));
 }
 
 void AccessLog::on_abort(const Exchange& ex, std::string_view reason) {
-  auto j = line(ex);
-  j["outcome"] = "aborted";
-  j["reason"] = reason;
-  log::emit(log::Level::warn, std::move(j));
+  if (!log::enabled(log::Level::warn)) return;
+  log::emit(line(log::Level::warn, ex).str("outcome", "aborted").str("reason", reason));
 }
 
 }  // namespace sightline::exchange

@@ -1,0 +1,99 @@
+#include "core/log.h"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace sightline;
+
+namespace {
+
+std::string escaped(std::string_view s) {
+  std::string out;
+  log::append_json_escaped(out, s);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("JSON escaping keeps valid UTF-8 and replaces everything else") {
+  CHECK(escaped("plain text") == "plain text");
+  CHECK(escaped("a\"b\\c") == "a\\\"b\\\\c");
+  CHECK(escaped("\n\r\t\b\f") == "\\n\\r\\t\\b\\f");
+  CHECK(escaped(std::string_view("\x01\x1f\0", 3)) == "\\u0001\\u001f\\u0000");
+  CHECK(escaped("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92") == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92");
+  // Lone continuation byte, truncated sequence, overlong '/', a surrogate, past U+10FFFF.
+  CHECK(escaped("x\x80y") == "x\xEF\xBF\xBDy");
+  CHECK(escaped("x\xe2\x82") == "x\xEF\xBF\xBD\xEF\xBF\xBD");
+  CHECK(escaped("\xc0\xaf") == "\xEF\xBF\xBD\xEF\xBF\xBD");
+  CHECK(escaped("\xed\xa0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  CHECK(escaped("\xf4\x90\x80\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  // Whatever the bytes, the result parses as a JSON string.
+  std::string all;
+  for (int c = 0; c < 256; ++c) all += static_cast<char>(c);
+  auto parsed = nlohmann::json::parse("\"" + escaped(all) + "\"", nullptr, false);
+  CHECK_FALSE(parsed.is_discarded());
+}
+
+TEST_CASE("lines from many threads reach the file whole and parse as JSON") {
+  char path[] = "/tmp/sightline-log-test-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  log::Options opts;
+  opts.file = path;
+  opts.level = log::Level::info;
+  std::string error;
+  REQUIRE(log::start(opts, &error));
+  constexpr int kThreads = 4, kLines = 2000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([t] {
+      for (int i = 0; i < kLines; ++i)
+        log::emit(log::Line(log::Level::info, "test")
+                                .num("thread", t)
+                                .num("i", i)
+                                .str("name", "bad\xff\"name")
+                                .fixed3("ms", 1.5)
+                                .boolean("flag", true));
+      log::emit(log::Level::debug, {{"event", "hidden"}});  // below the level
+      log::emit(log::Level::warn, {{"event", "tree"}, {"n", t}});
+    });
+  for (auto& th : threads) th.join();
+  log::stop();
+
+  std::ifstream in(path);
+  std::string text;
+  int lines = 0, trees = 0;
+  std::vector<int> next(kThreads, 0);
+  while (std::getline(in, text)) {
+    auto j = nlohmann::json::parse(text);
+    CHECK(j.contains("ts"));
+    CHECK(j["event"] != "hidden");
+    if (j["event"] == "tree") {
+      CHECK(j["level"] == "warn");
+      ++trees;
+      continue;
+    }
+    CHECK(j["level"] == "info");
+    CHECK(j["name"] == "bad\xEF\xBF\xBD\"name");
+    CHECK(j["ms"] == 1.5);
+    CHECK(j["flag"] == true);
+    int t = j["thread"];
+    CHECK(j["i"] == next[t]);  // one thread's lines keep their order
+    ++next[t];
+    ++lines;
+  }
+  CHECK(lines + static_cast<int>(log::dropped_lines()) == kThreads * kLines);
+  CHECK(log::dropped_lines() == 0);
+  CHECK(trees == kThreads);
+  std::remove(path);
+}
