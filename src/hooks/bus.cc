@@ -1,0 +1,143 @@
+#include "hooks/bus.h"
+
+#include "core/log.h"
+#include "metrics/registry.h"
+
+namespace sightline::hooks {
+
+Channel::Channel(std::unique_ptr<Sink> sink, ChannelOptions opts)
+    : sink_(std::move(sink)), opts_(opts) {}
+
+Channel::~Channel() { stop(); }
+
+void Channel::start(metrics::Registry* registry, unsigned shard, const metrics::HistogramId* latency) {
+  registry_ = registry;
+  shard_ = shard;
+  latency_ = latency;
+  thread_ = std::thread([this] { run(); });
+}
+
+void Channel::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+Publish Channel::publish(StreamEvent ev) {
+  const std::size_t c = cost(ev);
+  bool wake = false;
+  Publish result = Publish::queued;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return Publish::dropped;
+    std::size_t now = queued_bytes_.load(std::memory_order_relaxed);
+    if (now + c > opts_.max_queue_bytes) {
+      if (opts_.on_overflow == Overflow::drop) {
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+        result = Publish::dropped;
+      } else {
+        result = Publish::over_limit;
+      }
+    }
+    if (result != Publish::dropped) {
+      queue_.push_back(Item{std::move(ev), std::chrono::steady_clock::now()});
+      queued_bytes_.store(now + c, std::memory_order_relaxed);
+      wake = consumer_waiting_;
+      consumer_waiting_ = false;
+    }
+  }
+  if (wake) cv_.notify_one();
+  if (result == Publish::dropped) {
+    // One warning per consumer per 10 s, whatever the drop rate.
+    auto secs = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::steady_clock::now().time_since_epoch()).count();
+    auto last = last_drop_log_.load(std::memory_order_relaxed);
+    if (secs - last >= 10 && last_drop_log_.compare_exchange_strong(last, secs))
+      log::emit(log::Line(log::Level::warn, "hook_overflow")
+                    .str("consumer", name())
+                    .num("dropped_total", dropped())
+                    .str("msg", "queue full: events dropped (on_overflow = \"drop\")"));
+  }
+  return result;
+}
+
+void Channel::when_drained(std::function<void()> fn) {
+  {
+    std::lock_guard lock(mu_);
+    if (queued_bytes_.load(std::memory_order_relaxed) > opts_.max_queue_bytes / 2 && !stopping_) {
+      drained_waiters_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+void Channel::run() {
+  using namespace std::chrono;
+  std::deque<Item> batch;
+  auto next_tick = steady_clock::now() + seconds(1);
+  for (;;) {
+    std::vector<std::function<void()>> waiters;
+    bool stop_now = false;
+    {
+      std::unique_lock lock(mu_);
+      if (queue_.empty() && !stopping_) {
+        consumer_waiting_ = true;
+        cv_.wait_until(lock, next_tick, [this] { return !queue_.empty() || stopping_; });
+        consumer_waiting_ = false;
+      }
+      batch.swap(queue_);
+      stop_now = stopping_ && batch.empty();
+    }
+    std::size_t done_bytes = 0;
+    for (auto& item : batch) {
+      sink_->on_stream(item.ev);
+      done_bytes += cost(item.ev);
+      events_.fetch_add(1, std::memory_order_relaxed);
+      if (registry_ && latency_)
+        registry_->observe(shard_, *latency_,
+                           duration<double>(steady_clock::now() - item.queued_at).count());
+    }
+    batch.clear();
+    if (done_bytes) {
+      std::lock_guard lock(mu_);
+      std::size_t left = queued_bytes_.load(std::memory_order_relaxed) - done_bytes;
+      queued_bytes_.store(left, std::memory_order_relaxed);
+      if (left <= opts_.max_queue_bytes / 2) waiters.swap(drained_waiters_);
+    }
+    for (auto& w : waiters) w();
+    auto now = steady_clock::now();
+    if (now >= next_tick) {
+      sink_->on_tick(WallClock::now());
+      next_tick = now + seconds(1);
+    }
+    if (stop_now) break;
+  }
+  std::vector<std::function<void()>> waiters;
+  {
+    std::lock_guard lock(mu_);
+    waiters.swap(drained_waiters_);
+  }
+  for (auto& w : waiters) w();  // nobody stays paused on a stopped consumer
+  sink_->on_stop();
+}
+
+void Bus::add(std::unique_ptr<Sink> sink, ChannelOptions opts) {
+  channels_.push_back(std::make_unique<Channel>(std::move(sink), opts));
+}
+
+int Bus::find(std::string_view name) const {
+  for (std::size_t i = 0; i < channels_.size(); ++i)
+    if (channels_[i]->name() == name) return static_cast<int>(i);
+  return -1;
+}
+
+void Bus::stop() {
+  for (auto& c : channels_) c->stop();
+}
+
+}  // namespace sightline::hooks
