@@ -147,7 +147,7 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log"}))
+                               "shutdown", "log", "pcap", "keylog"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -337,6 +337,41 @@ class Parser {
           !get_choice(*t, "log", "level", {"debug", "info", "warn", "error"}, cfg.log_level))
         return false;
     }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "pcap")) {
+      PcapConfig& pc = cfg.pcap;
+      std::vector<std::string> ports;
+      if (!check_keys(*t, "pcap", {"dir", "format", "max_file_size", "max_file_age", "max_files",
+                                   "port_map", "over_ip", "queue_size", "on_overflow"}) ||
+          !get_path(*t, "pcap", "dir", pc.dir) ||
+          !get_choice(*t, "pcap", "format", {"pcapng", "pcap"}, pc.format) ||
+          !get_uint(*t, "pcap", "max_file_size", 1 << 16, 1ull << 40, pc.max_file_bytes) ||
+          !get_duration(*t, "pcap", "max_file_age", pc.max_file_age) ||
+          !get_uint(*t, "pcap", "max_files", 0, 1'000'000, pc.max_files) ||
+          !get_string_list(*t, "pcap", "port_map", ports) ||
+          !get_string(*t, "pcap", "over_ip", pc.over_ip) ||
+          !get_uint(*t, "pcap", "queue_size", 1 << 16, 1ull << 34, pc.queue_bytes) ||
+          !get_choice(*t, "pcap", "on_overflow", {"drop", "block"}, pc.on_overflow))
+        return false;
+      for (const auto& m : ports) {
+        auto pm = parse_port_map(m);
+        if (!pm) return fail(t->get("port_map")->source(), "pcap.port_map",
+                             "expected \"FROM:TO\" port pairs such as \"443:80\"");
+        pc.port_map.push_back(*pm);
+      }
+      if (!pc.over_ip.empty() && !net::parse_listen_address(pc.over_ip))
+        return fail(t->get("over_ip")->source(), "pcap.over_ip", "expected IP:PORT such as \"127.0.0.1:57012\"");
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "keylog")) {
+      if (!check_keys(*t, "keylog", {"client_file", "upstream_file", "rules"}) ||
+          !get_path(*t, "keylog", "client_file", cfg.keylog.client_file) ||
+          !get_path(*t, "keylog", "upstream_file", cfg.keylog.upstream_file) ||
+          !get_string_list(*t, "keylog", "rules", cfg.keylog.rules))
+        return false;
+    }
     return !bad_section_;
   }
 
@@ -348,6 +383,25 @@ class Parser {
 };
 
 }  // namespace
+
+std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_port_map(std::string_view s) {
+  auto colon = s.find(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  auto port = [](std::string_view p) -> std::optional<std::uint16_t> {
+    if (p.empty() || p.size() > 5) return std::nullopt;
+    unsigned v = 0;
+    for (char c : p) {
+      if (c < '0' || c > '9') return std::nullopt;
+      v = v * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (v == 0 || v > 65535) return std::nullopt;
+    return static_cast<std::uint16_t>(v);
+  };
+  auto from = port(s.substr(0, colon));
+  auto to = port(s.substr(colon + 1));
+  if (!from || !to) return std::nullopt;
+  return std::pair{*from, *to};
+}
 
 Config default_config() {
   Config cfg;

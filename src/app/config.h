@@ -34,6 +34,28 @@ struct ListenerConfig {
   int proxy_protocol = 0;     // 0 off, 1, 2
 };
 
+// Decrypted PCAP of inspected traffic (issue 8). Off unless `dir` or
+// `over_ip` is set.
+struct PcapConfig {
+  std::string dir;                 // files; empty: none
+  std::string format = "pcapng";   // or "pcap"
+  std::uint64_t max_file_bytes = 256ull << 20;
+  milliseconds max_file_age = std::chrono::hours(1);
+  std::uint64_t max_files = 0;     // 0: keep every file
+  std::vector<std::pair<std::uint16_t, std::uint16_t>> port_map;  // server port as written
+  std::string over_ip;             // PCAP-over-IP listener ADDR:PORT; empty: none
+  std::uint64_t queue_bytes = 64ull << 20;
+  std::string on_overflow = "drop";  // or "block"
+  bool enabled() const { return !dir.empty() || !over_ip.empty(); }
+};
+
+// NSS key logs per leg; diagnostics only, off by default.
+struct KeylogConfig {
+  std::string client_file;
+  std::string upstream_file;
+  std::vector<std::string> rules;  // policy rule names; empty: all inspected traffic
+};
+
 struct Config {
   std::string source;  // config file path, empty when none
 
@@ -90,6 +112,9 @@ struct Config {
   std::string log_file;  // empty: stderr
   std::string log_level = "info";
   bool log_exchanges = true;  // one access-log line per HTTP exchange
+
+  PcapConfig pcap;
+  KeylogConfig keylog;
 };
 
 struct ConfigError {
@@ -101,6 +126,9 @@ struct ConfigError {
 std::optional<Config> parse_config(std::string_view toml_text, const std::string& source_name,
                                    ConfigError& err);
 std::optional<Config> load_config_file(const std::string& path, ConfigError& err);
+
+// "443:80" → {443, 80}.
+std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_port_map(std::string_view s);
 
 // The defaults with one explicit listener on 127.0.0.1:3128.
 Config default_config();

@@ -66,19 +66,21 @@ int policy_explain(const std::vector<std::string>& files, const std::string& sni
   return 0;
 }
 
-struct ListenFlags {
-  std::vector<std::string> transparent, tproxy;
+// `sightline run`'s command line: each flag overrides its config key.
+struct RunFlags {
+  std::string config_path, ca_cert, ca_key, upstream_ca;
+  std::vector<std::string> listen, transparent, tproxy, policies;
+  int workers = -1;
+  std::optional<std::string> admin_listen;
+  std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream;
 };
 
-int do_run(const std::string& config_path, const std::vector<std::string>& listen,
-           const ListenFlags& lf,
-           const std::string& ca_cert, const std::string& ca_key, const std::string& upstream_ca,
-           int workers, const std::vector<std::string>& policies, const std::string* admin_listen) {
+int do_run(const RunFlags& f) {
   using namespace sightline;
   app::ConfigError err;
   std::optional<app::Config> cfg;
-  if (!config_path.empty()) {
-    cfg = app::load_config_file(config_path, err);
+  if (!f.config_path.empty()) {
+    cfg = app::load_config_file(f.config_path, err);
   } else {
     cfg = app::default_config();
   }
@@ -86,27 +88,37 @@ int do_run(const std::string& config_path, const std::vector<std::string>& liste
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
   }
-  if ((!listen.empty() || !lf.transparent.empty() || !lf.tproxy.empty()) &&
-      !app::set_listen_addresses(*cfg, listen, lf.transparent, lf.tproxy, err)) {
+  if ((!f.listen.empty() || !f.transparent.empty() || !f.tproxy.empty()) &&
+      !app::set_listen_addresses(*cfg, f.listen, f.transparent, f.tproxy, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
   }
-  if (!ca_cert.empty()) cfg->ca_cert = ca_cert;
-  if (!ca_key.empty()) cfg->ca_key = ca_key;
-  if (!upstream_ca.empty()) cfg->upstream_ca_file = upstream_ca;
-  if (workers >= 0) cfg->workers = static_cast<unsigned>(workers);
-  if (!policies.empty()) {
-    cfg->policy_files = policies;
+  if (!f.ca_cert.empty()) cfg->ca_cert = f.ca_cert;
+  if (!f.ca_key.empty()) cfg->ca_key = f.ca_key;
+  if (!f.upstream_ca.empty()) cfg->upstream_ca_file = f.upstream_ca;
+  if (f.workers >= 0) cfg->workers = static_cast<unsigned>(f.workers);
+  if (!f.policies.empty()) {
+    cfg->policy_files = f.policies;
     cfg->policy_files_configured = true;
   }
-  if (admin_listen) {
-    if (!admin_listen->empty() && *admin_listen != "off" &&
-        !sightline::net::parse_listen_address(*admin_listen)) {
-      std::cerr << "sightline: --admin-listen " << *admin_listen << ": expected IP:PORT or off\n";
+  if (f.admin_listen) {
+    const std::string& a = *f.admin_listen;
+    if (!a.empty() && a != "off" && !sightline::net::parse_listen_address(a)) {
+      std::cerr << "sightline: --admin-listen " << a << ": expected IP:PORT or off\n";
       return 2;
     }
-    cfg->admin_listen = *admin_listen == "off" ? "" : *admin_listen;
+    cfg->admin_listen = a == "off" ? "" : a;
   }
+  if (!f.pcap_dir.empty()) cfg->pcap.dir = f.pcap_dir;
+  if (!f.pcap_over_ip.empty()) {
+    if (!sightline::net::parse_listen_address(f.pcap_over_ip)) {
+      std::cerr << "sightline: --pcap-over-ip " << f.pcap_over_ip << ": expected IP:PORT\n";
+      return 2;
+    }
+    cfg->pcap.over_ip = f.pcap_over_ip;
+  }
+  if (!f.keylog_client.empty()) cfg->keylog.client_file = f.keylog_client;
+  if (!f.keylog_upstream.empty()) cfg->keylog.upstream_file = f.keylog_upstream;
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
@@ -138,26 +150,27 @@ int main(int argc, char** argv) {
   cli.require_subcommand(1);
   cli.set_version_flag("--version", SIGHTLINE_VERSION);
 
-  std::string config_path, ca_cert, ca_key, upstream_ca;
-  std::vector<std::string> listen;
-  int workers = -1;
+  RunFlags rf;
   auto* run = cli.add_subcommand("run", "run the proxy");
-  run->add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
-  run->add_option("--listen", listen, "explicit-proxy listener ADDR:PORT (repeatable; replaces [[listener]])");
-  ListenFlags lf;
-  run->add_option("--transparent", lf.transparent,
+  run->add_option("-c,--config", rf.config_path, "TOML configuration file")->check(CLI::ExistingFile);
+  run->add_option("--listen", rf.listen, "explicit-proxy listener ADDR:PORT (repeatable; replaces [[listener]])");
+  run->add_option("--transparent", rf.transparent,
                   "transparent (REDIRECT/DNAT) listener ADDR:PORT (repeatable; replaces [[listener]])");
-  run->add_option("--tproxy", lf.tproxy, "TPROXY listener ADDR:PORT (repeatable; replaces [[listener]])");
-  run->add_option("--ca-cert", ca_cert, "issuing CA certificate (PEM, chain after it)");
-  run->add_option("--ca-key", ca_key, "issuing CA private key (PEM, mode 0600)");
-  run->add_option("--upstream-ca", upstream_ca, "trust store for origin certificates (PEM)");
-  run->add_option("--workers", workers, "worker threads (0 = one per core)")->check(CLI::Range(0, 256));
-  std::string admin_listen;
-  auto* admin_opt = run->add_option("--admin-listen", admin_listen,
-                                    "admin listener ADDR:PORT for /metrics, /healthz, /readyz, /status (off: none)");
-  std::vector<std::string> policies;
-  run->add_option("--policy", policies, "policy file (repeatable; replaces [policy] files)")
+  run->add_option("--tproxy", rf.tproxy, "TPROXY listener ADDR:PORT (repeatable; replaces [[listener]])");
+  run->add_option("--ca-cert", rf.ca_cert, "issuing CA certificate (PEM, chain after it)");
+  run->add_option("--ca-key", rf.ca_key, "issuing CA private key (PEM, mode 0600)");
+  run->add_option("--upstream-ca", rf.upstream_ca, "trust store for origin certificates (PEM)");
+  run->add_option("--workers", rf.workers, "worker threads (0 = one per core)")->check(CLI::Range(0, 256));
+  run->add_option("--admin-listen", rf.admin_listen,
+                  "admin listener ADDR:PORT for /metrics, /healthz, /readyz, /status (off: none)");
+  run->add_option("--policy", rf.policies, "policy file (repeatable; replaces [policy] files)")
       ->check(CLI::ExistingFile);
+  run->add_option("--pcap-dir", rf.pcap_dir, "write decrypted PCAP-NG of all inspected traffic here");
+  run->add_option("--pcap-over-ip", rf.pcap_over_ip, "stream a live decrypted pcap to readers on ADDR:PORT");
+  run->add_option("--keylog-client", rf.keylog_client,
+                  "append client-leg TLS secrets here (NSS key log; diagnostics only)");
+  run->add_option("--keylog-upstream", rf.keylog_upstream,
+                  "append upstream-leg TLS secrets here (NSS key log; diagnostics only)");
 
   auto* pol = cli.add_subcommand("policy", "check policy files or explain a decision");
   pol->require_subcommand(1);
@@ -196,6 +209,5 @@ int main(int argc, char** argv) {
     if (explain_files.empty()) explain_files.push_back("policies/default.toml");
     return policy_explain(explain_files, ex_sni, ex_client, ex_port, ex_dst);
   }
-  return do_run(config_path, listen, lf, ca_cert, ca_key, upstream_ca, workers, policies,
-                admin_opt->count() ? &admin_listen : nullptr);
+  return do_run(rf);
 }
