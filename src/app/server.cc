@@ -1,5 +1,6 @@
 #include "app/server.h"
 
+#include "app/hooks.h"
 #include "app/worker.h"
 #include "core/log.h"
 #include "core/uv_handle.h"
@@ -91,7 +92,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   ctx.leaf_keys = std::make_unique<tls::LeafKeyPool>(cfg.leaf_key_lifetime);
   if (!ctx.leaf_keys->start(error)) return false;
   ctx.cert_cache = std::make_unique<tls::CertCache>(cfg.cert_cache_entries);
-  return true;
+  return build_hooks(cfg, ctx, error);
 }
 
 struct StopState {
@@ -219,7 +220,7 @@ class PolicyWatcher {
 int run_server(const Config& cfg) {
   const auto started = std::chrono::steady_clock::now();
   unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
-  metrics::ProxyMetrics m(n);
+  metrics::ProxyMetrics m(n, hook_consumer_count(cfg));
   proxy::ProxyContext ctx;
   std::string error;
   if (!build_context(cfg, ctx, m, &error)) {
@@ -239,8 +240,10 @@ int run_server(const Config& cfg) {
   m.registry.callback_counter("sightline_log_lines_dropped_total",
                               "Log lines dropped because a thread's log queue was full.", {},
                               [] { return static_cast<double>(log::dropped_lines()); });
+  register_hook_metrics(ctx, ctx.metrics);
   m.registry.freeze();
   g_metrics = &m;
+  start_hooks(ctx, ctx.metrics);
 
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < n; ++i) {
@@ -372,6 +375,11 @@ int run_server(const Config& cfg) {
   uv_run(&main_loop, UV_RUN_DEFAULT);  // close callbacks of the main loop's handles
   uv_loop_close(&main_loop);
   ctx.leaf_keys->stop();
+  // Workers are gone: nothing publishes any more. Consumers finish their
+  // queues (PCAP files closed whole), key logs flush.
+  ctx.hooks.stop();
+  if (ctx.keylog_client) ctx.keylog_client->stop();
+  if (ctx.keylog_upstream) ctx.keylog_upstream->stop();
   log::emit(log::Level::info, {{"event", "stopped"}});
   return 0;
 }

@@ -38,7 +38,8 @@ StatusClass status_class(int status, bool aborted) {
   return static_cast<StatusClass>(status / 100 - 1);
 }
 
-ProxyMetrics::ProxyMetrics(unsigned workers) : registry(workers + 1) {
+ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
+    : registry(workers + hook_consumers + 1), workers_(workers) {
   auto& r = registry;
   constexpr std::array<std::string_view, idx(Mode::count)> kModes = {"explicit", "static",
                                                                     "transparent"};

@@ -29,7 +29,10 @@ template <typename E, typename Id>
 using PerValue = std::array<Id, static_cast<std::size_t>(E::count)>;
 
 struct ProxyMetrics {
-  explicit ProxyMetrics(unsigned workers);
+  // Shards: one per worker, one per hook consumer thread (recording from
+  // hook_shard(i)), then the main thread's.
+  ProxyMetrics(unsigned workers, unsigned hook_consumers = 0);
+  unsigned hook_shard(unsigned i) const { return workers_ + i; }
 
   Registry registry;
 
@@ -56,6 +59,9 @@ struct ProxyMetrics {
   // Policy.
   PerValue<PolicyAction, CounterId> policy_decisions;
   CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;
+
+ private:
+  unsigned workers_;
 };
 
 constexpr std::size_t idx(auto e) { return static_cast<std::size_t>(e); }

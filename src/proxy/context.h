@@ -4,6 +4,8 @@
 #pragma once
 
 #include "exchange/exchange.h"
+#include "hooks/bus.h"
+#include "hooks/keylog.h"
 #include "http/h1_parser.h"
 #include "http/h2_relay.h"
 #include "tls/cert_cache.h"
@@ -78,6 +80,13 @@ struct ProxyContext {
   // Every HTTP exchange's events go here (shared by all workers: consumers
   // must be thread-safe or stateless).
   std::shared_ptr<exchange::Consumer> exchanges;
+  // Inspection hooks: stream consumers (decrypted PCAP, ...) fed through the
+  // bus, and key log files per leg (null: off).
+  hooks::Bus hooks;
+  std::unique_ptr<hooks::KeylogFile> keylog_client, keylog_upstream;
+  std::vector<std::string> keylog_rules;  // rule names; empty: all inspected traffic
+  // Per-consumer handling latency, indexed like hooks.channels().
+  std::vector<metrics::HistogramId> hook_latency;
 };
 
 // The worker a session lives on. Everything except post() is called on the

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Layer 92: inspection hooks: decrypted PCAP, PCAP-over-IP and key logs.
+
+Requests made through the proxy are found in its PCAP-NG files by tshark's
+HTTP dissector (exactly those requests, bodies byte-exact, a response
+larger than one 64 KiB segment included); a PCAP-over-IP reader gets a
+valid live stream; captures of the real TLS traffic on loopback, of the
+upstream leg and of the client leg, are decrypted by tshark with the key
+log of that leg.
+"""
+
+import glob
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+TSHARK = "/usr/bin/tshark"
+
+
+def tshark(args, timeout=120):
+    cp = h.run([TSHARK, "-n"] + list(args), timeout=timeout)
+    assert cp.returncode == 0, "tshark %s failed: %s" % (" ".join(args), cp.stderr.decode()[-500:])
+    return cp.stdout.decode(errors="replace")
+
+
+def uris(path, extra=()):
+    out = tshark(["-r", path] + list(extra) + ["-Y", "http.request", "-T", "fields",
+                                               "-e", "http.request.uri"])
+    return [l.strip() for l in out.splitlines() if l.strip()]
+
+
+def follow_streams(path):
+    """{stream index: (client bytes, server bytes)} from tshark's raw follow."""
+    out = tshark(["-r", path, "-T", "fields", "-e", "tcp.stream"])
+    streams = sorted({int(x) for x in out.split()})
+    result = {}
+    for s in streams:
+        text = tshark(["-r", path, "-q", "-z", "follow,tcp,raw,%d" % s])
+        c, srv = bytearray(), bytearray()
+        body = text.split("=" * 10)[-2] if text.count("=" * 10) >= 2 else text
+        for line in body.splitlines():
+            if not line.strip() or ":" in line:
+                continue
+            if line.startswith("\t"):
+                srv += bytes.fromhex(line.strip())
+            else:
+                c += bytes.fromhex(line.strip())
+        result[s] = (bytes(c), bytes(srv))
+    return result
+
+
+class Capture:
+    """tshark capturing loopback TCP on one port into a file."""
+
+    def __init__(self, t, port, name):
+        self.path = os.path.join(t.dir, name + ".pcapng")
+        self.proc = subprocess.Popen([TSHARK, "-n", "-i", "lo", "-f", "tcp port %d" % port,
+                                      "-w", self.path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        t.nginxes.append(self)  # stopped with the test's other processes
+        # tshark says "Capturing on 'Loopback: lo'" once the capture runs.
+        deadline = time.monotonic() + 20
+        seen = b""
+        while b"Capturing on" not in seen and time.monotonic() < deadline:
+            chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") else b""
+            if not chunk:
+                break
+            seen += chunk
+        assert b"Capturing on" in seen, "tshark capture did not start: %r" % seen[-300:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
+
+    def kill(self):
+        self.stop()
+
+
+def read_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise AssertionError("PCAP-over-IP stream ended after %d bytes" % len(buf))
+        buf += chunk
+    return buf
+
+
+def main(t):
+    if not os.access(TSHARK, os.X_OK):
+        raise h.Fatal("tshark is required (Debian package tshark)")
+    pki = t.pki()
+    origin = t.start_nginx(pki, certs=["valid-ec"], big=True)
+    oport = origin.port("valid-ec")
+    one_k = open(origin.files["/1k"], "rb").read()
+    big = open(origin.files["/big"], "rb").read(200000)
+    pcap_dir = os.path.join(t.dir, "pcap")
+    os.makedirs(pcap_dir)
+    over_ip = h.free_port()
+    static_port = h.free_port()
+    klog_client = os.path.join(t.dir, "client.keys")
+    klog_upstream = os.path.join(t.dir, "upstream.keys")
+    extra = ('[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\ntarget = "localhost:%d"\n\n'
+             '[pcap]\nport_map = ["%d:80"]\n' % (static_port, oport, oport))
+    proxy = t.start_proxy(pki, extra=extra,
+                          args=["--pcap-dir", pcap_dir, "--pcap-over-ip", "127.0.0.1:%d" % over_ip,
+                                "--keylog-client", klog_client, "--keylog-upstream", klog_upstream])
+
+    with t.check("key logging is announced loudly", fatal=True):
+        ev = proxy.wait_event(lambda e: e.get("event") == "keylog_enabled")
+        assert ev and ev["level"] == "warn", "no keylog_enabled warning"
+
+    reader = socket.create_connection(("127.0.0.1", over_ip), timeout=20)
+    up_cap = Capture(t, oport, "upstream-leg")
+    cl_cap = Capture(t, static_port, "client-leg")
+
+    wanted = ["/1k?n=%d" % i for i in range(3)]
+    with t.check("requests through the proxy (CONNECT and static listener)", fatal=True):
+        for u in wanted:
+            cp = h.curl_via(proxy.port, "https://localhost:%d%s" % (oport, u), cafile=pki.root,
+                            extra=["--http1.1"])
+            assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        cp = h.curl_via(proxy.port, "https://localhost:%d/big?range" % oport, cafile=pki.root,
+                        extra=["--http1.1", "-r", "0-199999"])
+        assert cp.returncode == 0 and cp.stdout == big, h.curl_err(cp)
+        wanted.append("/big?range")
+        cp = h.curl(["--cacert", pki.root, "--http1.1", "--resolve",
+                     "localhost:%d:127.0.0.1" % static_port,
+                     "https://localhost:%d/1k?static" % static_port])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        wanted.append("/1k?static")
+
+    with t.check("PCAP-over-IP: a live pcap stream with the plaintext"):
+        hdr = read_exact(reader, 24)
+        magic = struct.unpack("<I", hdr[:4])[0]
+        assert magic in (0xa1b2c3d4, 0xa1b23c4d), "bad pcap magic %x" % magic
+        assert struct.unpack("<I", hdr[20:24])[0] == 1, "linktype is not Ethernet"
+        data = b""
+        deadline = time.monotonic() + 20
+        while b"GET /1k?n=0 HTTP/1.1" not in data and time.monotonic() < deadline:
+            rec = read_exact(reader, 16)
+            incl = struct.unpack("<I", rec[8:12])[0]
+            assert incl <= 262144, "record length %d" % incl
+            data += read_exact(reader, incl)
+        assert b"GET /1k?n=0 HTTP/1.1" in data, "request not seen on PCAP-over-IP"
+    reader.close()
+
+    up_path = up_cap.stop()
+    cl_path = cl_cap.stop()
+    with t.check("the proxy stops cleanly and closes its PCAP files", fatal=True):
+        assert proxy.stop() == 0
+
+    files = sorted(glob.glob(os.path.join(pcap_dir, "*")))
+    with t.check("PCAP-NG files, readable by their owner only", fatal=True):
+        assert files, "no files in %s" % pcap_dir
+        for f in files:
+            assert os.stat(f).st_mode & 0o077 == 0, "%s mode %o" % (f, os.stat(f).st_mode)
+            out = tshark(["-r", f, "-c", "1", "-T", "fields", "-e", "frame.number"])
+            assert out.strip() == "1", "tshark cannot read %s" % f
+
+    with t.check("tshark -Y http.request lists exactly the requests made"):
+        got = []
+        for f in files:
+            got += uris(f)
+        assert sorted(got) == sorted(wanted), "got %s, want %s" % (got, wanted)
+
+    with t.check("no malformed packets or bad checksums"):
+        for f in files:
+            out = tshark(["-r", f, "-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE",
+                          "-Y", "_ws.malformed || tcp.checksum.status == 0 || ip.checksum.status == 0 "
+                                "|| tcp.analysis.flags"])
+            assert not out.strip(), "problems in %s:\n%s" % (f, out[:800])
+
+    with t.check("following the streams gives the bodies byte-exact, both directions"):
+        found_big = found_1k = False
+        for f in files:
+            for c, s in follow_streams(f).values():
+                if b"GET /big?range" in c:
+                    assert s.endswith(big), "big response body differs (%d bytes)" % len(s)
+                    found_big = True
+                if b"GET /1k?n=1 " in c:
+                    assert s.endswith(one_k), "1k body differs"
+                    found_1k = True
+        assert found_big and found_1k, "streams not found (big=%s 1k=%s)" % (found_big, found_1k)
+
+    with t.check("key log files: 0600, TLS 1.3 secrets"):
+        for p in (klog_client, klog_upstream):
+            assert os.stat(p).st_mode & 0o777 == 0o600, "%s mode %o" % (p, os.stat(p).st_mode)
+            text = open(p).read()
+            for label in ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                          "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"):
+                assert label in text, "%s has no %s" % (p, label)
+            assert all(len(l.split()) == 3 for l in text.splitlines()), "malformed lines in %s" % p
+
+    with t.check("the upstream key log decrypts a capture of the upstream leg"):
+        got = uris(up_path, ["-o", "tls.keylog_file:" + klog_upstream, "-d", "tcp.port==%d,tls" % oport])
+        assert sorted(got) == sorted(wanted), "decrypted %s, want %s" % (got, wanted)
+        assert not uris(up_path, ["-d", "tcp.port==%d,tls" % oport]), "decrypted without keys?"
+
+    with t.check("the client key log decrypts a capture of the client leg"):
+        got = uris(cl_path, ["-o", "tls.keylog_file:" + klog_client, "-d", "tcp.port==%d,tls" % static_port])
+        assert got == ["/1k?static"], "decrypted %s" % got
+
+
+h.run_test("92_hooks", main)
