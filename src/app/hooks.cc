@@ -1,6 +1,7 @@
 #include "app/hooks.h"
 
 #include "core/log.h"
+#include "hooks/pcap_sink.h"
 
 namespace sightline::app {
 
@@ -32,6 +33,34 @@ bool build_hooks(const Config& cfg, proxy::ProxyContext& ctx, std::string* error
       !open_keylog(cfg.keylog.upstream_file, ctx.tls.upstream.get(), "upstream", ctx.keylog_upstream))
     return false;
   ctx.keylog_rules = cfg.keylog.rules;
+
+  if (cfg.pcap.enabled()) {
+    hooks::PcapOptions po;
+    po.dir = cfg.pcap.dir;
+    po.format = cfg.pcap.format == "pcap" ? hooks::pcap::Format::pcap : hooks::pcap::Format::pcapng;
+    po.max_file_bytes = cfg.pcap.max_file_bytes;
+    po.max_file_age = std::chrono::duration_cast<std::chrono::seconds>(cfg.pcap.max_file_age);
+    po.max_files = static_cast<std::size_t>(cfg.pcap.max_files);
+    for (auto [from, to] : cfg.pcap.port_map) po.port_map[from] = to;
+    po.over_ip_listen = cfg.pcap.over_ip;
+    auto sink = hooks::PcapSink::create(po, error);
+    if (!sink) {
+      if (error) *error = "pcap: " + *error;
+      return false;
+    }
+    hooks::ChannelOptions co;
+    co.max_queue_bytes = static_cast<std::size_t>(cfg.pcap.queue_bytes);
+    co.on_overflow = cfg.pcap.on_overflow == "block" ? hooks::Overflow::block : hooks::Overflow::drop;
+    hooks::PcapSink* raw = sink.get();
+    ctx.hooks.add(std::move(sink), co);
+    ctx.pcap = raw;
+    log::emit(log::Line(log::Level::warn, "pcap_enabled")
+                  .str("dir", cfg.pcap.dir)
+                  .str("format", cfg.pcap.format)
+                  .str("over_ip", cfg.pcap.over_ip)
+                  .str("on_overflow", cfg.pcap.on_overflow)
+                  .str("msg", "decrypted traffic is being written as PCAP"));
+  }
   return true;
 }
 
@@ -53,6 +82,20 @@ void register_hook_metrics(proxy::ProxyContext& ctx, metrics::ProxyMetrics* m) {
       r.callback_gauge("sightline_hook_queue_bytes", "Bytes waiting in the consumer's queue.",
                        {{"consumer", name}}, [ch] { return static_cast<double>(ch->queued_bytes()); });
     }
+  }
+  if (m && ctx.pcap) {
+    auto* p = ctx.pcap;
+    auto& r = m->registry;
+    r.callback_counter("sightline_pcap_packets_total", "Synthetic packets written (files and PCAP-over-IP).", {},
+                       [p] { return static_cast<double>(p->packets()); });
+    r.callback_counter("sightline_pcap_bytes_total", "Bytes written to PCAP files.", {},
+                       [p] { return static_cast<double>(p->bytes_written()); });
+    r.callback_counter("sightline_pcap_files_total", "PCAP files opened.", {},
+                       [p] { return static_cast<double>(p->files_opened()); });
+    r.callback_counter("sightline_pcap_write_errors_total", "Failed PCAP file opens or writes.", {},
+                       [p] { return static_cast<double>(p->write_errors()); });
+    r.callback_counter("sightline_pcap_readers_dropped_total", "PCAP-over-IP readers dropped for being slow.", {},
+                       [p] { return static_cast<double>(p->readers_dropped()); });
   }
   if (m) {
     if (ctx.keylog_client || ctx.keylog_upstream) {

@@ -6,6 +6,7 @@
 #include "exchange/exchange.h"
 #include "hooks/bus.h"
 #include "hooks/keylog.h"
+#include "hooks/pcap_sink.h"
 #include "http/h1_parser.h"
 #include "http/h2_relay.h"
 #include "tls/cert_cache.h"
@@ -87,6 +88,7 @@ struct ProxyContext {
   std::vector<std::string> keylog_rules;  // rule names; empty: all inspected traffic
   // Per-consumer handling latency, indexed like hooks.channels().
   std::vector<metrics::HistogramId> hook_latency;
+  hooks::PcapSink* pcap = nullptr;  // owned by `hooks`; for its metrics
 };
 
 // The worker a session lives on. Everything except post() is called on the
