@@ -96,6 +96,8 @@ class Bus {
  public:
   void add(std::unique_ptr<Sink> sink, ChannelOptions opts);
   std::vector<std::unique_ptr<Channel>>& channels() { return channels_; }
+  // Channels are thread-safe to publish to, hence usable from a const Bus.
+  const std::vector<std::unique_ptr<Channel>>& channels() const { return channels_; }
   bool empty() const { return channels_.empty(); }
   // Index of the consumer called `name`, or -1.
   int find(std::string_view name) const;

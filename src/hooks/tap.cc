@@ -73,7 +73,7 @@ void StreamTap::when_drained(std::function<void()> fn) {
   (*chain)(0);
 }
 
-std::vector<Channel*> select_channels(Bus& bus, const std::vector<std::string>* names) {
+std::vector<Channel*> select_channels(const Bus& bus, const std::vector<std::string>* names) {
   std::vector<Channel*> out;
   for (auto& c : bus.channels())
     if (!names || std::find(names->begin(), names->end(), c->name()) != names->end())

@@ -40,6 +40,6 @@ class StreamTap {
 
 // The channels a policy rule's `hooks` option selects: every stream
 // consumer when the option is absent, none for an empty list.
-std::vector<Channel*> select_channels(Bus& bus, const std::vector<std::string>* names);
+std::vector<Channel*> select_channels(const Bus& bus, const std::vector<std::string>* names);
 
 }  // namespace sightline::hooks

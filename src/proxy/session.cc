@@ -105,6 +105,7 @@ void Session::start(uv_stream_t* server, const ListenerInfo& listener) {
   sockaddr_storage peer{};
   int len = sizeof peer;
   if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    client_sa_ = peer;
     client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&peer));
     char ip[INET6_ADDRSTRLEN] = {0};
     if (peer.ss_family == AF_INET)
@@ -139,6 +140,7 @@ void Session::on_proxy_header_data(const char* data, std::size_t n) {
   if (!hdr.local) {
     // The load balancer's word replaces the socket's addresses for policy,
     // logs and metrics (and, in transparent mode, the original destination).
+    client_sa_ = hdr.source;
     client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&hdr.source));
     char ip[INET6_ADDRSTRLEN] = {0};
     if (hdr.source.ss_family == AF_INET)
@@ -538,6 +540,7 @@ policy::Decision Session::decide(bool with_sni) {
   q.client_ip = policy::IpAddress::parse(client_ip_);
   policy::Decision d = policy_->decide(q);
   policy_rule_ = describe(d);
+  rule_ = d.rule;
   if (d.rule) {
     rule_on_invalid_ = d.rule->options.on_invalid;
     rule_auto_bypass_ = d.rule->options.auto_bypass.value_or(true);
@@ -598,6 +601,7 @@ void Session::start_client_tls() {
   client_.wbio = BIO_new(BIO_s_mem());
   SSL_set_bio(client_.ssl.get(), client_.rbio, client_.wbio);
   SSL_set_app_data(client_.ssl.get(), static_cast<tls::ClientHandshakeHandler*>(this));
+  if (ctx_.keylog_client && keylog_selected()) hooks::set_keylog(client_.ssl.get(), ctx_.keylog_client.get());
   SSL_set_accept_state(client_.ssl.get());
   BIO_write(client_.rbio, inbuf_.data(), static_cast<int>(inbuf_.size()));
   std::string().swap(inbuf_);
@@ -618,6 +622,7 @@ void Session::start_upstream_tls() {
   upstream_.rbio = BIO_new(BIO_s_mem());
   upstream_.wbio = BIO_new(BIO_s_mem());
   SSL_set_bio(ssl, upstream_.rbio, upstream_.wbio);
+  if (ctx_.keylog_upstream && keylog_selected()) hooks::set_keylog(ssl, ctx_.keylog_upstream.get());
   SSL_set_connect_state(ssl);
 
   const auto& target = request_.authority;
@@ -889,12 +894,69 @@ void Session::drive_client_handshake() {
 void Session::start_relay() {
   state_ = State::relaying;
   relay_ = make_relay();
+  start_hooks();
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   start_reading(client_);
   start_reading(upstream_);
   // Either side may already hold decrypted data (early application data from
   // a server-speaks-first protocol, or the client's first request).
+  pump(upstream_);
+  if (state_ == State::relaying) pump(client_);
+}
+
+// Inspection hooks: key logs limited to chosen rules, and the stream tap
+// feeding the consumers this connection's rule selects.
+bool Session::keylog_selected() const {
+  if (ctx_.keylog_rules.empty()) return true;
+  return rule_ && std::find(ctx_.keylog_rules.begin(), ctx_.keylog_rules.end(), rule_->name) !=
+                      ctx_.keylog_rules.end();
+}
+
+void Session::start_hooks() {
+  if (ctx_.hooks.empty()) return;
+  const std::vector<std::string>* names = rule_ && rule_->options.hooks ? &*rule_->options.hooks : nullptr;
+  auto channels = hooks::select_channels(ctx_.hooks, names);
+  if (channels.empty()) return;
+  auto flow = std::make_shared<hooks::FlowInfo>();
+  flow->conn_id = id_;
+  flow->client = client_sa_;
+  // The server as the client meant it: the original destination in
+  // transparent mode, else the origin address connected to.
+  int len = sizeof flow->server;
+  if (have_original_dst_) {
+    flow->server = original_dst_;
+  } else if (uv_tcp_getpeername(&upstream_.tcp, reinterpret_cast<sockaddr*>(&flow->server), &len) != 0) {
+    return;
+  }
+  flow->sni = hello_.sni;
+  if (rule_) flow->rule = rule_->name;
+  tap_ = std::make_unique<hooks::StreamTap>(std::move(channels), std::move(flow));
+  if (tap_->open()) pause_for_hooks();
+}
+
+// A consumer with on_overflow = "block" is full: stop reading both legs
+// until it has drained; the relay's own back-pressure is left as it was.
+void Session::pause_for_hooks() {
+  if (hooks_paused_) return;
+  hooks_paused_ = true;
+  stop_reading(client_);
+  stop_reading(upstream_);
+  tap_->when_drained([host = &host_, weak = std::weak_ptr<int>(alive_), this] {
+    // On a consumer thread: hop to this session's loop; it may be gone by then.
+    host->post([weak, this] {
+      if (weak.expired()) return;
+      resume_after_hooks();
+    });
+  });
+}
+
+void Session::resume_after_hooks() {
+  if (!hooks_paused_ || state_ != State::relaying) return;
+  hooks_paused_ = false;
+  for (Leg* leg : {&client_, &upstream_})
+    if (!leg->paused) start_reading(*leg);
+  // TLS records already received may hold plaintext not yet decrypted.
   pump(upstream_);
   if (state_ == State::relaying) pump(client_);
 }
@@ -980,7 +1042,7 @@ std::size_t Session::pending_out(const Leg& leg) const {
 void Session::pump(Leg& from) {
   Leg& to = opposite(from);
   std::span<char> buf = host_.plain_buffer();
-  while (!from.read_done && state_ == State::relaying) {
+  while (!from.read_done && state_ == State::relaying && !hooks_paused_) {
     if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
       // Back-pressure: stop taking bytes from `from` until `to` drains.
       if (!from.paused) {
@@ -993,7 +1055,10 @@ void Session::pump(Leg& from) {
     int n = SSL_read(from.ssl.get(), buf.data(), static_cast<int>(buf.size()));
     if (n > 0) {
       from.plaintext_in += static_cast<std::uint64_t>(n);
-      relay_->on_data(side_of(from), std::span<const char>(buf.data(), static_cast<std::size_t>(n)));
+      std::span<const char> plain(buf.data(), static_cast<std::size_t>(n));
+      if (tap_ && tap_->data(&from == &client_ ? hooks::FlowDir::to_server : hooks::FlowDir::to_client, plain))
+        pause_for_hooks();
+      relay_->on_data(side_of(from), plain);
       continue;
     }
     int err = SSL_get_error(from.ssl.get(), n);
@@ -1195,7 +1260,8 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Session::start_reading(Leg& leg) {
-  if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing)
+  if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing ||
+      hooks_paused_)
     return;
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(&leg.tcp), alloc_cb, read_cb) == 0)
     leg.reading = true;
@@ -1354,6 +1420,7 @@ void Session::close(std::string reason) {
   if (upstream_.ssl && !upstream_tls_error_ && SSL_is_init_finished(upstream_.ssl.get()))
     SSL_set_shutdown(upstream_.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
+  if (tap_) tap_->close(client_.read_done && upstream_.read_done && !fatal_);
   log_connection();
   record_metrics();
   stop_reading(client_);

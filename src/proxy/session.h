@@ -12,6 +12,7 @@
 #include "tls/client_hello.h"
 #include "tls/contexts.h"
 #include "tls/ossl.h"
+#include "hooks/tap.h"
 
 #include <uv.h>
 
@@ -147,6 +148,11 @@ class Session final : public tls::ClientHandshakeHandler,
   void record_metrics();
   void set_action(const char* action);
 
+  bool keylog_selected() const;
+  void start_hooks();
+  void pause_for_hooks();
+  void resume_after_hooks();
+
   static void alloc_cb(uv_handle_t* h, std::size_t suggested, uv_buf_t* buf);
   static void read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void close_cb(uv_handle_t* h);
@@ -183,6 +189,11 @@ class Session final : public tls::ClientHandshakeHandler,
   bool rule_auto_bypass_ = true;
   bool auto_bypassed_ = false;
   std::string upstream_addr_;
+  sockaddr_storage client_sa_{};              // the client as logged (PROXY header's word included)
+  const policy::Rule* rule_ = nullptr;        // the rule that decided; lives as long as policy_
+  std::unique_ptr<hooks::StreamTap> tap_;     // inspected connections with stream consumers
+  bool hooks_paused_ = false;                 // a blocking hook consumer is over its limit
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak-checked by hook callbacks
 
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
   addrinfo* next_addr_ = nullptr;

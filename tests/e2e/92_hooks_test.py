@@ -11,6 +11,7 @@ log of that leg.
 
 import glob
 import os
+import re
 import signal
 import socket
 import struct
@@ -44,9 +45,9 @@ def follow_streams(path):
     for s in streams:
         text = tshark(["-r", path, "-q", "-z", "follow,tcp,raw,%d" % s])
         c, srv = bytearray(), bytearray()
-        body = text.split("=" * 10)[-2] if text.count("=" * 10) >= 2 else text
-        for line in body.splitlines():
-            if not line.strip() or ":" in line:
+        for line in text.splitlines():
+            # Data lines are bare hex: client's at the margin, server's indented.
+            if not re.fullmatch(r"\t?[0-9a-f]+", line):
                 continue
             if line.startswith("\t"):
                 srv += bytes.fromhex(line.strip())
@@ -65,16 +66,41 @@ class Capture:
                                       "-w", self.path], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
+        self.port = port
+        self.probe_ports = []
         t.nginxes.append(self)  # stopped with the test's other processes
-        # tshark says "Capturing on 'Loopback: lo'" once the capture runs.
-        deadline = time.monotonic() + 20
-        seen = b""
-        while b"Capturing on" not in seen and time.monotonic() < deadline:
-            chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") else b""
-            if not chunk:
-                break
-            seen += chunk
-        assert b"Capturing on" in seen, "tshark capture did not start: %r" % seen[-300:]
+        # "Capturing on ..." comes before the capture really runs: probe with
+        # TCP connections until one shows up in the file.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+                self.probe_ports.append(probe.getsockname()[1])
+            cp = h.run([TSHARK, "-n", "-r", self.path, "-Y", "tcp.flags.syn == 1"], timeout=60)
+            if cp.stdout.strip():
+                return
+            time.sleep(0.1)
+        raise AssertionError("capture on port %d never started" % port)
+
+    def wait_connections(self, count, timeout=30):
+        """Until `count` connections (besides the probes) ended with a FIN
+        from the captured port: tshark stops without draining what the
+        kernel still holds."""
+        probes = ",".join(str(p) for p in self.probe_ports)
+        self.wait_for("tcp.flags.fin == 1 && tcp.srcport == %d && !(tcp.dstport in {%s})"
+                      % (self.port, probes), count, timeout)
+
+    def wait_for(self, display_filter, count, timeout=30):
+        """Until the file being written holds `count` packets matching the
+        filter: tshark stops without draining what the kernel still holds."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < deadline:
+            cp = h.run([TSHARK, "-n", "-r", self.path, "-Y", display_filter], timeout=60)
+            n = len([l for l in cp.stdout.decode(errors="replace").splitlines() if l.strip()])
+            if n >= count:
+                return
+            time.sleep(0.2)
+        raise AssertionError("capture %s: %d of %d packets matching %r" % (self.path, n, count, display_filter))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -88,6 +114,9 @@ class Capture:
 
     def kill(self):
         self.stop()
+
+    def log_tail(self, n=20):
+        return ""
 
 
 def read_exact(s, n):
@@ -104,7 +133,7 @@ def main(t):
     if not os.access(TSHARK, os.X_OK):
         raise h.Fatal("tshark is required (Debian package tshark)")
     pki = t.pki()
-    origin = t.start_nginx(pki, certs=["valid-ec"], big=True)
+    origin = t.start_nginx(pki, certs=["valid-ec", "valid-rsa", "manynames"], big=True)
     oport = origin.port("valid-ec")
     one_k = open(origin.files["/1k"], "rb").read()
     big = open(origin.files["/big"], "rb").read(200000)
@@ -130,7 +159,12 @@ def main(t):
 
     wanted = ["/1k?n=%d" % i for i in range(3)]
     with t.check("requests through the proxy (CONNECT and static listener)", fatal=True):
-        for u in wanted:
+        cp = h.curl(["--cacert", pki.root, "--http1.1", "--resolve",
+                     "localhost:%d:127.0.0.1" % static_port,
+                     "https://localhost:%d/1k?static" % static_port])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        wanted.append("/1k?static")
+        for u in wanted[:3]:
             cp = h.curl_via(proxy.port, "https://localhost:%d%s" % (oport, u), cafile=pki.root,
                             extra=["--http1.1"])
             assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
@@ -138,11 +172,10 @@ def main(t):
                         extra=["--http1.1", "-r", "0-199999"])
         assert cp.returncode == 0 and cp.stdout == big, h.curl_err(cp)
         wanted.append("/big?range")
-        cp = h.curl(["--cacert", pki.root, "--http1.1", "--resolve",
-                     "localhost:%d:127.0.0.1" % static_port,
-                     "https://localhost:%d/1k?static" % static_port])
+        cp = h.curl_via(proxy.port, "https://[::1]:%d/1k?v6" % origin.port("valid-ec", "v6"),
+                        cafile=pki.root, extra=["--http1.1"])
         assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
-        wanted.append("/1k?static")
+        wanted.append("/1k?v6")
 
     with t.check("PCAP-over-IP: a live pcap stream with the plaintext"):
         hdr = read_exact(reader, 24)
@@ -159,6 +192,10 @@ def main(t):
         assert b"GET /1k?n=0 HTTP/1.1" in data, "request not seen on PCAP-over-IP"
     reader.close()
 
+    with t.check("the loopback captures hold every connection's end", fatal=True):
+        # 5 upstream connections, 1 client-leg connection: a FIN each way.
+        up_cap.wait_connections(5)
+        cl_cap.wait_connections(1)
     up_path = up_cap.stop()
     cl_path = cl_cap.stop()
     with t.check("the proxy stops cleanly and closes its PCAP files", fatal=True):
@@ -177,6 +214,14 @@ def main(t):
         for f in files:
             got += uris(f)
         assert sorted(got) == sorted(wanted), "got %s, want %s" % (got, wanted)
+
+    with t.check("an IPv6 origin is shown with its IPv6 address (IPv4 client as ::ffff:127.0.0.1)"):
+        got = []
+        for f in files:
+            out = tshark(["-r", f, "-Y", "http.request && ipv6.src == ::ffff:127.0.0.1 && ipv6.dst == ::1",
+                          "-T", "fields", "-e", "http.request.uri"])
+            got += [l.strip() for l in out.splitlines() if l.strip()]
+        assert got == ["/1k?v6"], "IPv6 requests: %s" % got
 
     with t.check("no malformed packets or bad checksums"):
         for f in files:
@@ -208,12 +253,57 @@ def main(t):
 
     with t.check("the upstream key log decrypts a capture of the upstream leg"):
         got = uris(up_path, ["-o", "tls.keylog_file:" + klog_upstream, "-d", "tcp.port==%d,tls" % oport])
-        assert sorted(got) == sorted(wanted), "decrypted %s, want %s" % (got, wanted)
+        v4 = [u for u in wanted if u != "/1k?v6"]  # the capture has the IPv4 port only
+        assert sorted(got) == sorted(v4), "decrypted %s, want %s" % (got, v4)
         assert not uris(up_path, ["-d", "tcp.port==%d,tls" % oport]), "decrypted without keys?"
 
     with t.check("the client key log decrypts a capture of the client leg"):
         got = uris(cl_path, ["-o", "tls.keylog_file:" + klog_client, "-d", "tcp.port==%d,tls" % static_port])
         assert got == ["/1k?static"], "decrypted %s" % got
+
+    policy_phase(t, pki, origin, one_k)
+
+
+def policy_phase(t, pki, origin, one_k):
+    """Policy rules choose which traffic hooks see: only inspected traffic,
+    `hooks = []` opts a rule out, key logs limited to named rules."""
+    ec, rsa, many = origin.port("valid-ec"), origin.port("valid-rsa"), origin.port("manynames")
+    pol = os.path.join(t.dir, "hooks-policy.toml")
+    with open(pol, "w") as f:
+        f.write('[[rule]]\nname = "debug"\naction = "inspect"\nports = [%d]\n\n'
+                '[[rule]]\nname = "quiet"\naction = "inspect"\nports = [%d]\nhooks = []\n\n'
+                '[[rule]]\nname = "pass"\naction = "bypass"\nports = [%d]\n' % (ec, rsa, many))
+    pcap_dir = os.path.join(t.dir, "pcap2")
+    keys = os.path.join(t.dir, "debug-only.keys")
+    extra = '[keylog]\nupstream_file = "%s"\nrules = ["debug"]\n' % keys
+    proxy = t.start_proxy(pki, name="policy", extra=extra, args=["--pcap-dir", pcap_dir, "--policy", pol])
+    with t.check("requests under three rules (h2 under 'debug')", fatal=True):
+        cp = h.curl_via(proxy.port, "https://localhost:%d/1k?debug-h2" % ec, cafile=pki.root,
+                        extra=["--http2"])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        cp = h.curl_via(proxy.port, "https://localhost:%d/1k?quiet" % rsa, cafile=pki.root,
+                        extra=["--http1.1"])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        cp = h.curl_via(proxy.port, "https://localhost:%d/1k?bypass" % many, cafile=pki.origin_ca,
+                        extra=["--http1.1"])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        assert proxy.stop() == 0
+    files = sorted(glob.glob(os.path.join(pcap_dir, "*")))
+    with t.check("only the 'debug' rule's connection is in the PCAP, and its HTTP/2 is dissected"):
+        assert files, "no PCAP written"
+        ports = set()
+        paths = []
+        for f in files:
+            ports |= {int(p) for p in tshark(["-r", f, "-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                                              "-T", "fields", "-e", "tcp.dstport"]).split()}
+            out = tshark(["-r", f, "-d", "tcp.port==%d,http2" % ec, "-Y", "http2.headers.path",
+                          "-T", "fields", "-e", "http2.headers.path"])
+            paths += [l.strip() for l in out.splitlines() if l.strip()]
+        assert ports == {ec}, "connections to ports %s in the PCAP, want only %d" % (ports, ec)
+        assert "/1k?debug-h2" in paths, "HTTP/2 paths seen: %s" % paths
+    with t.check("the key log holds only the 'debug' rule's connection"):
+        text = open(keys).read()
+        assert text.count("CLIENT_TRAFFIC_SECRET_0") == 1, "key log:\n%s" % text
 
 
 h.run_test("92_hooks", main)
