@@ -37,6 +37,23 @@ nlohmann::json tls_info(SSL* ssl) {
           {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""}};
 }
 
+// A fatal alert from the client that rejects our certificate (OpenSSL
+// reports a received alert as reason SSL_AD_REASON_OFFSET + its code): its
+// RFC 8446 name, or null for any other error.
+const char* certificate_alert(unsigned long err) {
+  if (err == 0 || ERR_GET_LIB(err) != ERR_LIB_SSL) return nullptr;
+  switch (ERR_GET_REASON(err) - SSL_AD_REASON_OFFSET) {
+    case SSL_AD_BAD_CERTIFICATE: return "bad_certificate";
+    case SSL_AD_UNSUPPORTED_CERTIFICATE: return "unsupported_certificate";
+    case SSL_AD_CERTIFICATE_REVOKED: return "certificate_revoked";
+    case SSL_AD_CERTIFICATE_EXPIRED: return "certificate_expired";
+    case SSL_AD_CERTIFICATE_UNKNOWN: return "certificate_unknown";
+    case SSL_AD_UNKNOWN_CA: return "unknown_ca";
+    case SSL_AD_ACCESS_DENIED: return "access_denied";
+    default: return nullptr;
+  }
+}
+
 // Wire encoding of an ALPN list.
 std::string encode_alpn(const std::vector<std::string>& protos) {
   std::string out;
@@ -574,17 +591,25 @@ void Session::start_bypass() {
   start_reading(upstream_);
 }
 
-// The client gave up right after seeing a forged certificate: remember the
-// pair so its next connection is bypassed (a pinned application).
-void Session::note_pinned_client(const char* why) {
-  if (!ctx_.auto_bypass || !policy_ || !policy_->auto_bypass_enabled() || !rule_auto_bypass_ ||
-      untrusted_ || refusal_ || !leaf_)
+// The client gave up right after seeing a forged certificate: count it
+// against the pair; at the threshold its next connections are bypassed (a
+// pinned application). Only while our certificate was out and the
+// handshake not complete (state client_handshake with a leaf), and never
+// for error-page certificates or the untrusted CA.
+void Session::note_pinned_client(const char* why, const char* alert) {
+  if (state_ != State::client_handshake || !ctx_.auto_bypass || !policy_ ||
+      !policy_->auto_bypass_enabled() || !rule_auto_bypass_ || untrusted_ || refusal_ || !leaf_ ||
+      pinned_failures_ != 0)
     return;
   std::string name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
-  if (ctx_.auto_bypass->add(client_ip_, name)) {
+  auto f = ctx_.auto_bypass->record_failure(client_ip_, name);
+  pinned_failures_ = f.count;
+  pinned_alert_ = alert;
+  if (f.bypassed) {
     if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->auto_bypass_activations);
     log::emit(log::Level::warn, {{"event", "auto_bypass"}, {"client", client_ip_}, {"sni", name},
-                                 {"reason", why}});
+                                 {"reason", why}, {"alert", alert ? alert : "none"},
+                                 {"failures", f.count}});
   }
 }
 
@@ -869,15 +894,13 @@ void Session::drive_client_handshake() {
   if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB) return;  // suspended until upstream is ready
   if (err == SSL_ERROR_WANT_READ) {
     if (client_.eof) {
-      note_pinned_client("closed the connection after the forged certificate");
+      note_pinned_client("closed the connection after the forged certificate", nullptr);
       close("client closed during TLS handshake");
     }
     return;
   }
-  int reason = ERR_GET_REASON(ERR_peek_error());
-  if (reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA || reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
-      reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN)
-    note_pinned_client("rejected the forged certificate with an alert");
+  if (const char* alert = certificate_alert(ERR_peek_error()))
+    note_pinned_client("rejected the forged certificate with an alert", alert);
   std::string why = tls::drain_errors();
   // A client that rejects the forged certificate says so with an alert.
   close("client TLS handshake failed: " + why);
@@ -1158,6 +1181,9 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread < 0) {
+    // A reset during the client's handshake is an abort like a close.
+    if (&leg == &self->client_)
+      self->note_pinned_client("reset the connection after the forged certificate", nullptr);
     self->fatal_ = true;
     self->close(std::string(leg.name) + " read error: " + uv_strerror(static_cast<int>(nread)));
     return;
@@ -1450,6 +1476,10 @@ void Session::log_connection() {
   if (refusal_) j["error_page"] = true;
   if (!policy_rule_.empty()) j["policy"] = policy_rule_;
   if (auto_bypassed_) j["auto_bypass"] = true;
+  if (pinned_failures_ != 0) {
+    j["auto_bypass_failures"] = pinned_failures_;
+    if (pinned_alert_) j["client_alert"] = pinned_alert_;
+  }
   if (upstream_resumed_) j["upstream_resumed"] = true;
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));

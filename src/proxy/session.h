@@ -105,7 +105,7 @@ class Session final : public tls::ClientHandshakeHandler,
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
   void start_bypass();
-  void note_pinned_client(const char* why);
+  void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
   void start_upstream_tls();
   void drive_upstream_handshake();
@@ -182,6 +182,8 @@ class Session final : public tls::ClientHandshakeHandler,
   std::optional<tls::OnInvalid> rule_on_invalid_;
   bool rule_auto_bypass_ = true;
   bool auto_bypassed_ = false;
+  unsigned pinned_failures_ = 0;        // this connection's count toward auto-bypass (0: none)
+  const char* pinned_alert_ = nullptr;  // the certificate alert the client sent, if any
   std::string upstream_addr_;
 
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
