@@ -1003,6 +1003,7 @@ std::size_t Session::pending_out(const Leg& leg) const {
 void Session::pump(Leg& from) {
   Leg& to = opposite(from);
   std::span<char> buf = host_.plain_buffer();
+  bool idle = false;  // stopped because `from` has nothing more buffered
   while (!from.read_done && state_ == State::relaying) {
     if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
       // Back-pressure: stop taking bytes from `from` until `to` drains.
@@ -1012,16 +1013,26 @@ void Session::pump(Leg& from) {
       }
       break;
     }
+    SSL* ssl = from.ssl.get();
+    // Nothing buffered anywhere (no plaintext, no record bytes inside
+    // OpenSSL, no ciphertext in the BIO): SSL_read would only allocate a
+    // fresh 16.7 KiB record buffer, find the BIO empty and return WANT_READ.
+    if (SSL_pending(ssl) == 0 && !SSL_has_pending(ssl) && BIO_ctrl_pending(from.rbio) == 0) {
+      if (from.eof) end_of_input(from, false);
+      else idle = true;
+      break;
+    }
     ERR_clear_error();
-    int n = SSL_read(from.ssl.get(), buf.data(), static_cast<int>(buf.size()));
+    int n = SSL_read(ssl, buf.data(), static_cast<int>(buf.size()));
     if (n > 0) {
       from.plaintext_in += static_cast<std::uint64_t>(n);
       relay_->on_data(side_of(from), std::span<const char>(buf.data(), static_cast<std::size_t>(n)));
       continue;
     }
-    int err = SSL_get_error(from.ssl.get(), n);
+    int err = SSL_get_error(ssl, n);
     if (err == SSL_ERROR_WANT_READ) {
       if (from.eof) end_of_input(from, false);
+      else idle = true;
       break;
     }
     if (err == SSL_ERROR_ZERO_RETURN) {
@@ -1035,6 +1046,43 @@ void Session::pump(Leg& from) {
   if (state_ == State::closing) return;
   flush(to);
   flush(from);  // reading may produce records (alerts, key updates)
+  if (idle && state_ == State::relaying) {
+    // `from` waits for the network: give back what an idle connection
+    // would otherwise keep. Both write BIOs were just flushed.
+    release_tls_buffers(from);
+    drop_bio_capacity(from, true);
+    drop_bio_capacity(from, false);
+    drop_bio_capacity(to, false);
+  }
+}
+
+// SSL_MODE_RELEASE_BUFFERS does not cover every path: after a post-handshake
+// message (an origin's session tickets) OpenSSL 3.0 reads on into the empty
+// BIO and keeps the 16.7 KiB record buffer it allocated for that, for the
+// life of the connection. Once the leg waits for the network, nothing is
+// buffered, so the buffers go (SSL_free_buffers refuses while any record
+// data is held, and costs nothing when none is allocated).
+void Session::release_tls_buffers(Leg& leg) {
+  if (leg.ssl && SSL_pending(leg.ssl.get()) == 0 && !SSL_has_pending(leg.ssl.get()))
+    (void)SSL_free_buffers(leg.ssl.get());
+}
+
+// A memory BIO keeps the capacity of its largest write for good (BIO_reset
+// only clears it). An empty one with a small capacity (requests,
+// responses, the handshake flight) gets a fresh, empty BUF_MEM, which
+// allocates again only when bytes come. Large ones (the 64 KiB reads and
+// batches of a bulk transfer) stay: the transfer reuses them on its next
+// read, and replacing them on every read would cost an 87 KiB allocation
+// each time.
+void Session::drop_bio_capacity(Leg& leg, bool read) {
+  constexpr std::size_t kLargeCapacity = 16 * 1024;
+  BIO* bio = read ? leg.rbio : leg.wbio;
+  if (!leg.ssl || !bio || BIO_ctrl_pending(bio) != 0) return;
+  BUF_MEM* mem = nullptr;
+  if (BIO_get_mem_ptr(bio, &mem) != 1 || !mem || mem->max == 0 || mem->max > kLargeCapacity) return;
+  BUF_MEM* fresh = BUF_MEM_new();
+  if (!fresh) return;  // keep the old one: only memory is at stake
+  BIO_set_mem_buf(bio, fresh, BIO_CLOSE);
 }
 
 void Session::end_of_input(Leg& from, bool clean) {

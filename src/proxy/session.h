@@ -123,6 +123,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void pump(Leg& from);
   void on_leg_eof(Leg& from);
   void end_of_input(Leg& from, bool clean);
+  void release_tls_buffers(Leg& leg);
+  void drop_bio_capacity(Leg& leg, bool read);
   void maybe_finish();
   Leg& leg_of(Side s) { return s == Side::client ? client_ : upstream_; }
   Leg& opposite(Leg& l) { return &l == &client_ ? upstream_ : client_; }
