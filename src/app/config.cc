@@ -2,6 +2,7 @@
 
 #include "core/duration.h"
 #include "net/address.h"
+#include "policy/auto_bypass.h"
 
 #include <toml++/toml.h>
 
@@ -297,10 +298,15 @@ class Parser {
     if (auto* t = section(root, "policy")) {
       std::vector<std::string> files;
       std::uint64_t entries = cfg.auto_bypass_entries;
-      if (!check_keys(*t, "policy", {"files", "auto_bypass_ttl", "auto_bypass_entries"}) ||
+      std::uint64_t threshold = cfg.auto_bypass_threshold;
+      if (!check_keys(*t, "policy", {"files", "auto_bypass_ttl", "auto_bypass_entries",
+                                     "auto_bypass_threshold", "auto_bypass_window"}) ||
           !get_string_list(*t, "policy", "files", files) ||
           !get_duration(*t, "policy", "auto_bypass_ttl", cfg.auto_bypass_ttl) ||
-          !get_uint(*t, "policy", "auto_bypass_entries", 16, 100'000'000, entries))
+          !get_uint(*t, "policy", "auto_bypass_entries", 16, 100'000'000, entries) ||
+          !get_uint(*t, "policy", "auto_bypass_threshold", 1, policy::AutoBypass::kMaxThreshold,
+                    threshold) ||
+          !get_duration(*t, "policy", "auto_bypass_window", cfg.auto_bypass_window))
         return false;
       if (t->get("files")) {
         cfg.policy_files_configured = true;
@@ -311,6 +317,7 @@ class Parser {
         }
       }
       cfg.auto_bypass_entries = entries;
+      cfg.auto_bypass_threshold = static_cast<unsigned>(threshold);
     }
     if (bad_section_) return false;
 

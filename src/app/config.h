@@ -103,6 +103,9 @@ struct Config {
   bool policy_files_configured = false;
   milliseconds auto_bypass_ttl = std::chrono::hours(1);
   std::size_t auto_bypass_entries = 100000;
+  // A pair is bypassed after this many failed handshakes within the window.
+  unsigned auto_bypass_threshold = 3;
+  milliseconds auto_bypass_window = std::chrono::minutes(5);
 
   // Admin listener (/metrics, /healthz, /readyz, /status); empty: off.
   std::string admin_listen = "127.0.0.1:9464";

@@ -87,7 +87,8 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   } else {
     log::warn("policy", "no policy files configured: every connection is inspected");
   }
-  ctx.auto_bypass = std::make_unique<policy::AutoBypass>(cfg.auto_bypass_ttl, cfg.auto_bypass_entries);
+  ctx.auto_bypass = std::make_unique<policy::AutoBypass>(cfg.auto_bypass_ttl, cfg.auto_bypass_entries,
+                                                        cfg.auto_bypass_threshold, cfg.auto_bypass_window);
 
   ctx.leaf_keys = std::make_unique<tls::LeafKeyPool>(cfg.leaf_key_lifetime);
   if (!ctx.leaf_keys->start(error)) return false;

@@ -37,6 +37,23 @@ nlohmann::json tls_info(SSL* ssl) {
           {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""}};
 }
 
+// A fatal alert from the client that rejects our certificate (OpenSSL
+// reports a received alert as reason SSL_AD_REASON_OFFSET + its code): its
+// RFC 8446 name, or null for any other error.
+const char* certificate_alert(unsigned long err) {
+  if (err == 0 || ERR_GET_LIB(err) != ERR_LIB_SSL) return nullptr;
+  switch (ERR_GET_REASON(err) - SSL_AD_REASON_OFFSET) {
+    case SSL_AD_BAD_CERTIFICATE: return "bad_certificate";
+    case SSL_AD_UNSUPPORTED_CERTIFICATE: return "unsupported_certificate";
+    case SSL_AD_CERTIFICATE_REVOKED: return "certificate_revoked";
+    case SSL_AD_CERTIFICATE_EXPIRED: return "certificate_expired";
+    case SSL_AD_CERTIFICATE_UNKNOWN: return "certificate_unknown";
+    case SSL_AD_UNKNOWN_CA: return "unknown_ca";
+    case SSL_AD_ACCESS_DENIED: return "access_denied";
+    default: return nullptr;
+  }
+}
+
 // Wire encoding of an ALPN list.
 std::string encode_alpn(const std::vector<std::string>& protos) {
   std::string out;
@@ -577,17 +594,25 @@ void Session::start_bypass() {
   start_reading(upstream_);
 }
 
-// The client gave up right after seeing a forged certificate: remember the
-// pair so its next connection is bypassed (a pinned application).
-void Session::note_pinned_client(const char* why) {
-  if (!ctx_.auto_bypass || !policy_ || !policy_->auto_bypass_enabled() || !rule_auto_bypass_ ||
-      untrusted_ || refusal_ || !leaf_)
+// The client gave up right after seeing a forged certificate: count it
+// against the pair; at the threshold its next connections are bypassed (a
+// pinned application). Only while our certificate was out and the
+// handshake not complete (state client_handshake with a leaf), and never
+// for error-page certificates or the untrusted CA.
+void Session::note_pinned_client(const char* why, const char* alert) {
+  if (state_ != State::client_handshake || !ctx_.auto_bypass || !policy_ ||
+      !policy_->auto_bypass_enabled() || !rule_auto_bypass_ || untrusted_ || refusal_ || !leaf_ ||
+      pinned_failures_ != 0)
     return;
   std::string name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
-  if (ctx_.auto_bypass->add(client_ip_, name)) {
+  auto f = ctx_.auto_bypass->record_failure(client_ip_, name);
+  pinned_failures_ = f.count;
+  pinned_alert_ = alert;
+  if (f.bypassed) {
     if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->auto_bypass_activations);
     log::emit(log::Level::warn, {{"event", "auto_bypass"}, {"client", client_ip_}, {"sni", name},
-                                 {"reason", why}});
+                                 {"reason", why}, {"alert", alert ? alert : "none"},
+                                 {"failures", f.count}});
   }
 }
 
@@ -874,15 +899,13 @@ void Session::drive_client_handshake() {
   if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB) return;  // suspended until upstream is ready
   if (err == SSL_ERROR_WANT_READ) {
     if (client_.eof) {
-      note_pinned_client("closed the connection after the forged certificate");
+      note_pinned_client("closed the connection after the forged certificate", nullptr);
       close("client closed during TLS handshake");
     }
     return;
   }
-  int reason = ERR_GET_REASON(ERR_peek_error());
-  if (reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA || reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
-      reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN)
-    note_pinned_client("rejected the forged certificate with an alert");
+  if (const char* alert = certificate_alert(ERR_peek_error()))
+    note_pinned_client("rejected the forged certificate with an alert", alert);
   std::string why = tls::drain_errors();
   // A client that rejects the forged certificate says so with an alert.
   close("client TLS handshake failed: " + why);
@@ -1042,6 +1065,7 @@ std::size_t Session::pending_out(const Leg& leg) const {
 void Session::pump(Leg& from) {
   Leg& to = opposite(from);
   std::span<char> buf = host_.plain_buffer();
+  bool idle = false;  // stopped because `from` has nothing more buffered
   while (!from.read_done && state_ == State::relaying && !hooks_paused_) {
     if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
       // Back-pressure: stop taking bytes from `from` until `to` drains.
@@ -1051,8 +1075,17 @@ void Session::pump(Leg& from) {
       }
       break;
     }
+    SSL* ssl = from.ssl.get();
+    // Nothing buffered anywhere (no plaintext, no record bytes inside
+    // OpenSSL, no ciphertext in the BIO): SSL_read would only allocate a
+    // fresh 16.7 KiB record buffer, find the BIO empty and return WANT_READ.
+    if (SSL_pending(ssl) == 0 && !SSL_has_pending(ssl) && BIO_ctrl_pending(from.rbio) == 0) {
+      if (from.eof) end_of_input(from, false);
+      else idle = true;
+      break;
+    }
     ERR_clear_error();
-    int n = SSL_read(from.ssl.get(), buf.data(), static_cast<int>(buf.size()));
+    int n = SSL_read(ssl, buf.data(), static_cast<int>(buf.size()));
     if (n > 0) {
       from.plaintext_in += static_cast<std::uint64_t>(n);
       std::span<const char> plain(buf.data(), static_cast<std::size_t>(n));
@@ -1061,9 +1094,10 @@ void Session::pump(Leg& from) {
       relay_->on_data(side_of(from), plain);
       continue;
     }
-    int err = SSL_get_error(from.ssl.get(), n);
+    int err = SSL_get_error(ssl, n);
     if (err == SSL_ERROR_WANT_READ) {
       if (from.eof) end_of_input(from, false);
+      else idle = true;
       break;
     }
     if (err == SSL_ERROR_ZERO_RETURN) {
@@ -1077,6 +1111,43 @@ void Session::pump(Leg& from) {
   if (state_ == State::closing) return;
   flush(to);
   flush(from);  // reading may produce records (alerts, key updates)
+  if (idle && state_ == State::relaying) {
+    // `from` waits for the network: give back what an idle connection
+    // would otherwise keep. Both write BIOs were just flushed.
+    release_tls_buffers(from);
+    drop_bio_capacity(from, true);
+    drop_bio_capacity(from, false);
+    drop_bio_capacity(to, false);
+  }
+}
+
+// SSL_MODE_RELEASE_BUFFERS does not cover every path: after a post-handshake
+// message (an origin's session tickets) OpenSSL 3.0 reads on into the empty
+// BIO and keeps the 16.7 KiB record buffer it allocated for that, for the
+// life of the connection. Once the leg waits for the network, nothing is
+// buffered, so the buffers go (SSL_free_buffers refuses while any record
+// data is held, and costs nothing when none is allocated).
+void Session::release_tls_buffers(Leg& leg) {
+  if (leg.ssl && SSL_pending(leg.ssl.get()) == 0 && !SSL_has_pending(leg.ssl.get()))
+    (void)SSL_free_buffers(leg.ssl.get());
+}
+
+// A memory BIO keeps the capacity of its largest write for good (BIO_reset
+// only clears it). An empty one with a small capacity (requests,
+// responses, the handshake flight) gets a fresh, empty BUF_MEM, which
+// allocates again only when bytes come. Large ones (the 64 KiB reads and
+// batches of a bulk transfer) stay: the transfer reuses them on its next
+// read, and replacing them on every read would cost an 87 KiB allocation
+// each time.
+void Session::drop_bio_capacity(Leg& leg, bool read) {
+  constexpr std::size_t kLargeCapacity = 16 * 1024;
+  BIO* bio = read ? leg.rbio : leg.wbio;
+  if (!leg.ssl || !bio || BIO_ctrl_pending(bio) != 0) return;
+  BUF_MEM* mem = nullptr;
+  if (BIO_get_mem_ptr(bio, &mem) != 1 || !mem || mem->max == 0 || mem->max > kLargeCapacity) return;
+  BUF_MEM* fresh = BUF_MEM_new();
+  if (!fresh) return;  // keep the old one: only memory is at stake
+  BIO_set_mem_buf(bio, fresh, BIO_CLOSE);
 }
 
 void Session::end_of_input(Leg& from, bool clean) {
@@ -1223,6 +1294,9 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread < 0) {
+    // A reset during the client's handshake is an abort like a close.
+    if (&leg == &self->client_)
+      self->note_pinned_client("reset the connection after the forged certificate", nullptr);
     self->fatal_ = true;
     self->close(std::string(leg.name) + " read error: " + uv_strerror(static_cast<int>(nread)));
     return;
@@ -1517,6 +1591,10 @@ void Session::log_connection() {
   if (refusal_) j["error_page"] = true;
   if (!policy_rule_.empty()) j["policy"] = policy_rule_;
   if (auto_bypassed_) j["auto_bypass"] = true;
+  if (pinned_failures_ != 0) {
+    j["auto_bypass_failures"] = pinned_failures_;
+    if (pinned_alert_) j["client_alert"] = pinned_alert_;
+  }
   if (upstream_resumed_) j["upstream_resumed"] = true;
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));

@@ -106,7 +106,7 @@ class Session final : public tls::ClientHandshakeHandler,
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
   void start_bypass();
-  void note_pinned_client(const char* why);
+  void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
   void start_upstream_tls();
   void drive_upstream_handshake();
@@ -124,6 +124,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void pump(Leg& from);
   void on_leg_eof(Leg& from);
   void end_of_input(Leg& from, bool clean);
+  void release_tls_buffers(Leg& leg);
+  void drop_bio_capacity(Leg& leg, bool read);
   void maybe_finish();
   Leg& leg_of(Side s) { return s == Side::client ? client_ : upstream_; }
   Leg& opposite(Leg& l) { return &l == &client_ ? upstream_ : client_; }
@@ -188,6 +190,8 @@ class Session final : public tls::ClientHandshakeHandler,
   std::optional<tls::OnInvalid> rule_on_invalid_;
   bool rule_auto_bypass_ = true;
   bool auto_bypassed_ = false;
+  unsigned pinned_failures_ = 0;        // this connection's count toward auto-bypass (0: none)
+  const char* pinned_alert_ = nullptr;  // the certificate alert the client sent, if any
   std::string upstream_addr_;
   sockaddr_storage client_sa_{};              // the client as logged (PROXY header's word included)
   const policy::Rule* rule_ = nullptr;        // the rule that decided; lives as long as policy_

@@ -20,9 +20,13 @@ policy files this script writes:
                 right after a reload line is picked up too; a bad policy
                 or list file is rejected (FILE:LINE) and the old one stays;
                 a bad file at startup stops the proxy;
-  auto-bypass   a client that rejects the forged certificate is bypassed on
-                its next connection (per client address and name), unless
-                [policy] auto_bypass or the rule says false; the TTL expires;
+  auto-bypass   a client that rejects the forged certificate (an alert, or a
+                close or reset after receiving it) is bypassed once it did so
+                auto_bypass_threshold times (default 3) within
+                auto_bypass_window: one or two aborts are not enough; per
+                client address and name; unless [policy] auto_bypass or the
+                rule says false; failures older than the window do not count;
+                the TTL expires;
   CLI           `sightline policy check` and `sightline policy explain`.
 """
 
@@ -33,6 +37,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -249,6 +254,40 @@ def stop_check(t, proxy):
 
 def v6_listener(port):
     return '[[listener]]\naddress = "[::1]:%d"\nmode = "explicit"\n' % port
+
+
+def abort_after_certificate(proxy_port, target, server_name, reset=False):
+    """CONNECT, send a ClientHello, read the proxy's whole first flight (its
+    certificate included), then close without answering: a FIN, or a reset
+    with reset=True. Returns the client address as the proxy logs it."""
+    s, code, _, client = tunnel("127.0.0.1", proxy_port, target)
+    try:
+        assert code == 200, "CONNECT status %r" % code
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+        done = False
+        while not done:
+            try:
+                tls.do_handshake()
+                done = True  # the server's Finished arrived: we hold its certificate
+            except ssl.SSLWantReadError:
+                pass
+            pending = outgoing.read()
+            if done:
+                break  # our Finished stays unsent
+            if pending:
+                s.sendall(pending)
+            data = s.recv(65536)
+            assert data, "the proxy closed during the handshake"
+            incoming.write(data)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        s.close()
+    return client
 
 
 def policy_section(files, **kw):
@@ -817,19 +856,50 @@ def main(t):
         ev = ab.wait_event(lambda e: e.get("event") == "policy_loaded", 5)
         assert ev is not None and ev.get("files") == [ab_pol], "policy_loaded %r" % ev
 
+    def failures_line(proxy, since, what):
+        """The connection line of one counted failure (no auto_bypass line
+        may follow it)."""
+        ev = proxy.conn_event(lh_target, since=since)
+        assert ev is not None, "%s: no connection line" % what
+        assert ev.get("action") == "intercept", "%s: connection line %r" % (what, ev)
+        return ev
+
     ab_ok = False
-    with t.check("[auto-bypass] a client trusting only the origin CA fails once; auto_bypass logged"):
+    with t.check("[auto-bypass] one and two rejections (alert, close after the certificate) "
+                 "do not bypass; counted on the connection line"):
         m = ab.mark()
         cp = h.curl_via(ab.port, lh_url, pki.origin_ca)
         assert cp.returncode == 60, "curl rc=%d (expected 60): %s" % (cp.returncode, h.curl_err(cp))
+        ev = failures_line(ab, m, "first")
+        assert ev.get("auto_bypass_failures") == 1 and ev.get("client_alert") == "unknown_ca", \
+            "first: line %r" % ev
+        m2 = ab.mark()
+        abort_after_certificate(ab.port, lh_target, "localhost")
+        ev = failures_line(ab, m2, "second")
+        assert ev.get("auto_bypass_failures") == 2 and "client_alert" not in ev, "second: line %r" % ev
+        # Still intercepted: a client trusting the enterprise root gets the forged certificate.
+        m3 = ab.mark()
+        res = probe(ab.port, lh_target, "localhost", cafile=pki.root, path="/1k")
+        assert res["status"] == 200 and res["body"] == one_k, "status %r" % res["status"]
+        ev = expect_inspect(ab, pki, res, fp_ec, m3)
+        assert "auto_bypass" not in ev, "auto_bypass in log line"
+        abl = [e for e in ab.events[m:] if e.get("event") == "auto_bypass"]
+        assert not abl, "auto_bypass logged after %d failures: %r" % (2, abl)
+
+    with t.check("[auto-bypass] the third (a reset after the certificate) bypasses the pair; "
+                 "auto_bypass logged with the alert"):
+        m = ab.mark()
+        abort_after_certificate(ab.port, lh_target, "localhost", reset=True)
         ev = ab.wait_event(lambda e: e.get("event") == "auto_bypass", 10, m)
         assert ev is not None, "no auto_bypass line"
         assert ev.get("client") == "127.0.0.1" and ev.get("sni") == "localhost", "line %r" % ev
-        ev = ab.conn_event(lh_target, since=m)
-        assert ev is not None and ev.get("action") == "intercept", "connection line %r" % ev
+        assert ev.get("failures") == 3 and ev.get("alert") == "none", "line %r" % ev
+        assert "reset" in ev.get("reason", ""), "reason %r" % ev.get("reason")
+        ev = failures_line(ab, m, "third")
+        assert ev.get("auto_bypass_failures") == 3, "third: line %r" % ev
         ab_ok = True
 
-    with t.check("[auto-bypass] the second identical connection is bypassed: body ok, logged"):
+    with t.check("[auto-bypass] the next identical connection is bypassed: body ok, logged"):
         if not ab_ok:
             raise h.Skip("no auto-bypass entry")
         m = ab.mark()
@@ -851,7 +921,7 @@ def main(t):
 
     with t.check("[auto-bypass] rule with auto_bypass = false: still fails, no auto_bypass line"):
         conn_to = ["--connect-to", "origin.test:%d:127.0.0.1:%d" % (ec4, ec4)]
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3, 4):
             m = ab.mark()
             cp = h.curl_via(ab.port, "https://origin.test:%d/1k" % ec4, pki.origin_ca, conn_to)
             assert cp.returncode == 60, "attempt %d: curl rc=%d: %s" % (attempt, cp.returncode,
@@ -870,8 +940,8 @@ def main(t):
     noab_pol = os.path.join(adir, "no-auto.toml")
     write_file(noab_pol, policy_text([], auto_bypass=False))
     noab = t.start_proxy(pki, name="noab", extra=policy_section([noab_pol]))
-    with t.check("[auto-bypass] [policy] auto_bypass = false: the second connection still fails"):
-        for attempt in (1, 2):
+    with t.check("[auto-bypass] [policy] auto_bypass = false: the fourth connection still fails"):
+        for attempt in (1, 2, 3, 4):
             m = noab.mark()
             cp = h.curl_via(noab.port, lh_url, pki.origin_ca)
             assert cp.returncode == 60, "attempt %d: curl rc=%d: %s" % (attempt, cp.returncode,
@@ -886,13 +956,31 @@ def main(t):
     ttl_pol = os.path.join(adir, "ttl.toml")
     write_file(ttl_pol, policy_text([]))
     ttl = t.start_proxy(pki, name="ttl",
-                        extra=policy_section([ttl_pol], auto_bypass_ttl="1s"))
-    with t.check("[auto-bypass] auto_bypass_ttl = \"1s\": the pair expires and is learned again"):
-        m = ttl.mark()
+                        extra=policy_section([ttl_pol], auto_bypass_ttl="1s",
+                                             auto_bypass_threshold=2, auto_bypass_window="2s"))
+
+    def reject(what):
         cp = h.curl_via(ttl.port, lh_url, pki.origin_ca)
-        assert cp.returncode == 60, "curl rc=%d: %s" % (cp.returncode, h.curl_err(cp))
+        assert cp.returncode == 60, "%s: curl rc=%d: %s" % (what, cp.returncode, h.curl_err(cp))
+
+    with t.check("[auto-bypass] auto_bypass_window = \"2s\": failures further apart do not add up"):
+        m = ttl.mark()
+        reject("first")
+        time.sleep(2.5)
+        m2 = ttl.mark()
+        reject("second")
+        ev = ttl.conn_event(lh_target, since=m2)
+        assert ev is not None and ev.get("auto_bypass_failures") == 1, "second: line %r" % ev
+        abl = [e for e in ttl.events[m:] if e.get("event") == "auto_bypass"]
+        assert not abl, "auto_bypass logged: %r" % abl
+
+    with t.check("[auto-bypass] auto_bypass_threshold = 2, auto_bypass_ttl = \"1s\": "
+                 "bypassed at the second failure, expires, is learned again"):
+        m = ttl.mark()
+        reject("threshold")  # the second within the window (the one above)
         first = ttl.wait_event(lambda e: e.get("event") == "auto_bypass", 10, m)
         assert first is not None, "no auto_bypass line"
+        assert first.get("failures") == 2 and first.get("alert") == "unknown_ca", "line %r" % first
         t0 = time.monotonic()
         deadline, bypassed, failed_at = t0 + 10, 0, None
         while time.monotonic() < deadline:
@@ -905,6 +993,10 @@ def main(t):
             failed_at = time.monotonic() - t0
             break
         assert failed_at is not None, "still bypassed 10 s after a 1 s TTL"
+        # That failure counts 1 toward the threshold again: not yet bypassed.
+        abl = [e for e in ttl.events[ttl.events.index(first) + 1:] if e.get("event") == "auto_bypass"]
+        assert not abl, "learned again after one failure: %r" % abl
+        reject("again")
         again = ttl.wait_event(lambda e: e.get("event") == "auto_bypass", 10,
                                ttl.events.index(first) + 1)
         assert again is not None, "the expired pair was not learned again"

@@ -92,3 +92,35 @@ TEST_CASE("validation and listen overrides") {
   CHECK(cfg.listeners[2].mode == ListenerMode::redirect);
   CHECK_FALSE(set_listen_addresses(cfg, {"example.com:1"}, {}, {}, err));
 }
+
+TEST_CASE("[policy] auto-bypass threshold and window") {
+  ConfigError err;
+  auto def = parse("", err);
+  REQUIRE_MESSAGE(def, err.message);
+  CHECK(def->auto_bypass_threshold == 3);
+  CHECK(def->auto_bypass_window == std::chrono::minutes(5));
+
+  auto cfg = parse("[policy]\nauto_bypass_threshold = 5\nauto_bypass_window = \"30s\"\n", err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK(cfg->auto_bypass_threshold == 5);
+  CHECK(cfg->auto_bypass_window == std::chrono::seconds(30));
+
+  struct Case {
+    const char* text;
+    const char* expect;
+  };
+  for (auto c : {
+           Case{"[policy]\nauto_bypass_threshold = 0\n",
+                "test.toml:2:25: key 'policy.auto_bypass_threshold': expected an integer from 1 to 100"},
+           Case{"[policy]\nauto_bypass_threshold = 101\n", "key 'policy.auto_bypass_threshold'"},
+           Case{"[policy]\nauto_bypass_threshold = \"3\"\n", "key 'policy.auto_bypass_threshold'"},
+           Case{"[policy]\nauto_bypass_window = \"0s\"\n",
+                "key 'policy.auto_bypass_window': expected a positive duration"},
+           Case{"[policy]\nauto_bypass_window = 300\n", "key 'policy.auto_bypass_window'"},
+       }) {
+    CAPTURE(c.text);
+    ConfigError e;
+    CHECK_FALSE(parse(c.text, e));
+    CHECK_MESSAGE(e.message.find(c.expect) != std::string::npos, e.message);
+  }
+}
