@@ -327,8 +327,11 @@ def main(t):
                           extra='[policy]\nfiles = [%s]\n\n[shutdown]\ndrain_timeout = "30s"\n'
                                 % h.toml_value(pol_file))
     assert proxy.admin_port, "make_config gave no admin port"
-    # A second proxy for the double-signal case (no policy files).
-    proxy2 = t.start_proxy(pki, name="sightline2", workers=1, extra="[policy]\nfiles = []\n")
+    # A second proxy for the double-signal case (no policy files), with the
+    # inspection hooks on so that their metrics exist too.
+    proxy2 = t.start_proxy(pki, name="sightline2", workers=1, extra="[policy]\nfiles = []\n",
+                           args=["--pcap-dir", os.path.join(t.dir, "pcap"),
+                                 "--keylog-upstream", os.path.join(t.dir, "upstream.keys")])
     prom = h.Prometheus(t, ["127.0.0.1:%d" % proxy.admin_port], rule_files=RULE_FILES)
     # Prometheus scrapes its first target a few seconds after start (service
     # discovery settles first): check the shipped files meanwhile.
@@ -367,6 +370,9 @@ def run_checks(t, pki, origin, one_k, plain, pol_file, proxy, proxy2, prom, dash
         st, body = admin_get(proxy.admin_port, "/metrics")
         assert st == 200
         _, types = parse_metrics(body)
+        st, body2 = admin_get(proxy2.admin_port, "/metrics")
+        assert st == 200
+        types.update(parse_metrics(body2)[1])
         with open(METRICS_DOC) as f:
             doc = f.read()
         missing = []
