@@ -124,3 +124,49 @@ TEST_CASE("[policy] auto-bypass threshold and window") {
     CHECK_MESSAGE(e.message.find(c.expect) != std::string::npos, e.message);
   }
 }
+
+TEST_CASE("[pcap] and [keylog] sections") {
+  ConfigError err;
+  auto def = parse("", err);
+  REQUIRE_MESSAGE(def, err.message);
+  CHECK_FALSE(def->pcap.enabled());
+  CHECK(def->keylog.client_file.empty());
+
+  auto cfg = parse("[pcap]\ndir = \"pcap\"\nformat = \"pcap\"\nmax_file_size = 1048576\n"
+                   "max_file_age = \"10m\"\nmax_files = 4\nport_map = [\"443:80\", \"8443:8080\"]\n"
+                   "over_ip = \"127.0.0.1:57012\"\nqueue_size = 1048576\non_overflow = \"block\"\n"
+                   "[keylog]\nclient_file = \"/tmp/c.keys\"\nupstream_file = \"u.keys\"\nrules = [\"debug\"]\n",
+                   err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK(cfg->pcap.enabled());
+  CHECK(cfg->pcap.dir == "/etc/sightline/pcap");  // relative to the config file
+  CHECK(cfg->pcap.format == "pcap");
+  CHECK(cfg->pcap.max_file_bytes == 1048576);
+  CHECK(cfg->pcap.max_file_age == std::chrono::minutes(10));
+  CHECK(cfg->pcap.max_files == 4);
+  REQUIRE(cfg->pcap.port_map.size() == 2);
+  CHECK(cfg->pcap.port_map[0] == std::pair<std::uint16_t, std::uint16_t>{443, 80});
+  CHECK(cfg->pcap.over_ip == "127.0.0.1:57012");
+  CHECK(cfg->pcap.on_overflow == "block");
+  CHECK(cfg->keylog.client_file == "/tmp/c.keys");
+  CHECK(cfg->keylog.upstream_file == "/etc/sightline/u.keys");
+  CHECK(cfg->keylog.rules == std::vector<std::string>{"debug"});
+
+  for (const char* bad : {"[pcap]\nport_map = [\"443\"]\n", "[pcap]\nport_map = [\"0:80\"]\n",
+                          "[pcap]\nport_map = [\"443:70000\"]\n", "[pcap]\nover_ip = \"localhost\"\n",
+                          "[pcap]\nformat = \"json\"\n", "[pcap]\non_overflow = \"wait\"\n",
+                          "[pcap]\nmax_file_size = 10\n", "[pcap]\nfile = \"x\"\n",
+                          "[keylog]\nrules = \"debug\"\n"}) {
+    CAPTURE(bad);
+    ConfigError e;
+    CHECK_FALSE(parse(bad, e));
+    CHECK(e.message.find("key '") != std::string::npos);
+  }
+}
+
+TEST_CASE("the shipped example configuration parses") {
+  ConfigError err;
+  auto cfg = load_config_file(std::string(SIGHTLINE_TEST_DATA) + "/../../deploy/sightline.example.toml", err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK_FALSE(cfg->pcap.enabled());
+}
