@@ -365,6 +365,10 @@ int run_server(const Config& cfg) {
 
   uv_run(&main_loop, UV_RUN_DEFAULT);
   for (auto& w : workers) w->join();
+  // Workers no longer publish: consumers finish their queues (PCAP files
+  // closed whole). Before the workers are destroyed, because a blocking
+  // consumer's drained callback posts to a worker (dropped once it stopped).
+  ctx.hooks.stop();
   admin.close();
   workers.clear();
   signals.clear();
@@ -376,9 +380,6 @@ int run_server(const Config& cfg) {
   uv_run(&main_loop, UV_RUN_DEFAULT);  // close callbacks of the main loop's handles
   uv_loop_close(&main_loop);
   ctx.leaf_keys->stop();
-  // Workers are gone: nothing publishes any more. Consumers finish their
-  // queues (PCAP files closed whole), key logs flush.
-  ctx.hooks.stop();
   if (ctx.keylog_client) ctx.keylog_client->stop();
   if (ctx.keylog_upstream) ctx.keylog_upstream->stop();
   log::emit(log::Level::info, {{"event", "stopped"}});
