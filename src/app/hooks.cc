@@ -79,6 +79,10 @@ void register_hook_metrics(proxy::ProxyContext& ctx, metrics::ProxyMetrics* m) {
       r.callback_counter("sightline_hook_dropped_total",
                          "Hook events dropped because the consumer's queue was full.",
                          {{"consumer", name}}, [ch] { return static_cast<double>(ch->dropped()); });
+      r.callback_counter("sightline_hook_backpressure_total",
+                         "Times a connection was paused because this consumer's queue was full "
+                         "(on_overflow = \"block\").",
+                         {{"consumer", name}}, [ch] { return static_cast<double>(ch->over_limit()); });
       r.callback_gauge("sightline_hook_queue_bytes", "Bytes waiting in the consumer's queue.",
                        {{"consumer", name}}, [ch] { return static_cast<double>(ch->queued_bytes()); });
     }

@@ -40,6 +40,7 @@ Publish Channel::publish(StreamEvent ev) {
         dropped_.fetch_add(1, std::memory_order_relaxed);
         result = Publish::dropped;
       } else {
+        over_limit_.fetch_add(1, std::memory_order_relaxed);
         result = Publish::over_limit;
       }
     }

@@ -64,6 +64,8 @@ class Channel {
 
   std::uint64_t events() const { return events_.load(std::memory_order_relaxed); }
   std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // Publications that crossed the limit of a blocking consumer (each pauses a connection).
+  std::uint64_t over_limit() const { return over_limit_.load(std::memory_order_relaxed); }
   std::size_t queued_bytes() const { return queued_bytes_.load(std::memory_order_relaxed); }
 
  private:
@@ -83,7 +85,7 @@ class Channel {
   bool stopping_ = false;
   bool consumer_waiting_ = false;
   std::atomic<std::size_t> queued_bytes_{0};
-  std::atomic<std::uint64_t> events_{0}, dropped_{0};
+  std::atomic<std::uint64_t> events_{0}, dropped_{0}, over_limit_{0};
   std::atomic<std::int64_t> last_drop_log_{0};
   metrics::Registry* registry_ = nullptr;
   unsigned shard_ = 0;

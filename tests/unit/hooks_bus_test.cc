@@ -135,5 +135,6 @@ TEST_CASE("a full queue pauses the connection for block consumers until it drain
   resumed.get_future().wait();
   bus.stop();
   CHECK(ch.dropped() == 0);
+  CHECK(ch.over_limit() >= 1);
   CHECK(ps->log().size() == static_cast<std::size_t>(sent));  // nothing lost
 }
