@@ -30,6 +30,8 @@ ExchangeTap::ExchangeTap(const Bus& bus, ExchangeTapOptions opts)
     : bus_(bus), opts_(opts), body_cap_(bus.body_cap()) {}
 
 void ExchangeTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  // A rule whose `hooks` option leaves out every exchange consumer costs nothing more.
+  if (!ex.connection || selected(bus_, &ex.connection->hooks, Kind::exchanges).empty()) return;
   Shard& s = shard(ex.id);
   std::lock_guard lock(s.mu);
   if (s.open.size() >= opts_.max_open) {
