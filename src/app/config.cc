@@ -6,6 +6,7 @@
 
 #include <toml++/toml.h>
 
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -148,7 +149,7 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log", "pcap", "keylog"}))
+                               "shutdown", "log", "pcap", "keylog", "events"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -369,6 +370,31 @@ class Parser {
       }
       if (!pc.over_ip.empty() && !net::parse_listen_address(pc.over_ip))
         return fail(t->get("over_ip")->source(), "pcap.over_ip", "expected IP:PORT such as \"127.0.0.1:57012\"");
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "events")) {
+      EventsConfig& ec = cfg.events;
+      std::string mode;
+      if (!check_keys(*t, "events", {"socket", "mode", "include_bodies", "body_cap", "queue_size",
+                                     "on_overflow"}) ||
+          !get_path(*t, "events", "socket", ec.socket) ||
+          !get_string(*t, "events", "mode", mode) ||
+          !get_bool(*t, "events", "include_bodies", ec.include_bodies) ||
+          !get_uint(*t, "events", "body_cap", 1, 64ull << 20, ec.body_cap) ||
+          !get_uint(*t, "events", "queue_size", 1 << 16, 1ull << 34, ec.queue_bytes) ||
+          !get_choice(*t, "events", "on_overflow", {"drop", "block"}, ec.on_overflow))
+        return false;
+      if (!mode.empty()) {
+        // Octal as in chmod: "0660", "660".
+        unsigned m = 0;
+        auto [end, ec2] = std::from_chars(mode.data(), mode.data() + mode.size(), m, 8);
+        if (ec2 != std::errc{} || end != mode.data() + mode.size() || m > 0777)
+          return fail(t->get("mode")->source(), "events.mode", "expected octal permissions such as \"0660\"");
+        ec.mode = m;
+      }
+      if (ec.socket.size() >= 108)
+        return fail(t->get("socket")->source(), "events.socket", "path longer than 107 bytes");
     }
     if (bad_section_) return false;
 

@@ -49,6 +49,17 @@ struct PcapConfig {
   bool enabled() const { return !dir.empty() || !over_ip.empty(); }
 };
 
+// JSON event feed on a Unix socket (issue 8). Off unless `socket` is set.
+struct EventsConfig {
+  std::string socket;                 // Unix socket path; empty: off
+  unsigned mode = 0660;               // socket file permissions
+  bool include_bodies = false;        // base64 bodies in exchange records
+  std::uint64_t body_cap = 64 * 1024; // bytes of each body, when included
+  std::uint64_t queue_bytes = 64ull << 20;
+  std::string on_overflow = "drop";   // or "block"
+  bool enabled() const { return !socket.empty(); }
+};
+
 // NSS key logs per leg; diagnostics only, off by default.
 struct KeylogConfig {
   std::string client_file;
@@ -118,6 +129,7 @@ struct Config {
 
   PcapConfig pcap;
   KeylogConfig keylog;
+  EventsConfig events;
 };
 
 struct ConfigError {

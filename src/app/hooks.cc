@@ -1,6 +1,7 @@
 #include "app/hooks.h"
 
 #include "core/log.h"
+#include "hooks/event_feed.h"
 #include "hooks/pcap_sink.h"
 
 namespace sightline::app {
@@ -8,6 +9,7 @@ namespace sightline::app {
 unsigned hook_consumer_count(const Config& cfg) {
   unsigned n = 0;
   if (cfg.pcap.enabled()) ++n;
+  if (cfg.events.enabled()) ++n;
   return n;
 }
 
@@ -61,6 +63,34 @@ bool build_hooks(const Config& cfg, proxy::ProxyContext& ctx, std::string* error
                   .str("on_overflow", cfg.pcap.on_overflow)
                   .str("msg", "decrypted traffic is being written as PCAP"));
   }
+  if (cfg.events.enabled()) {
+    hooks::EventFeedOptions eo;
+    eo.socket_path = cfg.events.socket;
+    eo.mode = cfg.events.mode;
+    eo.include_bodies = cfg.events.include_bodies;
+    eo.body_cap = static_cast<std::size_t>(cfg.events.body_cap);
+    auto sink = hooks::EventFeedSink::create(eo, error);
+    if (!sink) {
+      if (error) *error = "events: " + *error;
+      return false;
+    }
+    hooks::ChannelOptions co;
+    co.max_queue_bytes = static_cast<std::size_t>(cfg.events.queue_bytes);
+    co.on_overflow = cfg.events.on_overflow == "block" ? hooks::Overflow::block : hooks::Overflow::drop;
+    ctx.events = sink.get();
+    ctx.hooks.add(std::move(sink), co);
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", cfg.events.mode & 07777u);
+    log::emit(log::Line(cfg.events.include_bodies ? log::Level::warn : log::Level::info, "events_enabled")
+                  .str("socket", cfg.events.socket)
+                  .str("mode", mode)
+                  .boolean("include_bodies", cfg.events.include_bodies)
+                  .num("body_cap", cfg.events.include_bodies ? cfg.events.body_cap : std::uint64_t{0})
+                  .str("on_overflow", cfg.events.on_overflow)
+                  .str("msg", cfg.events.include_bodies
+                                  ? "JSON event feed with decrypted bodies: protect the socket like the traffic"
+                                  : "JSON event feed of connection and exchange metadata"));
+  }
   return true;
 }
 
@@ -100,6 +130,19 @@ void register_hook_metrics(proxy::ProxyContext& ctx, metrics::ProxyMetrics* m) {
                        [p] { return static_cast<double>(p->write_errors()); });
     r.callback_counter("sightline_pcap_readers_dropped_total", "PCAP-over-IP readers dropped for being slow.", {},
                        [p] { return static_cast<double>(p->readers_dropped()); });
+  }
+  if (m && ctx.events) {
+    auto* e = ctx.events;
+    auto& r = m->registry;
+    r.callback_gauge("sightline_events_readers", "Readers connected to the JSON event feed.", {},
+                     [e] { return static_cast<double>(e->readers()); });
+    r.callback_counter("sightline_events_readers_dropped_total",
+                       "Event feed readers disconnected for being slow.", {},
+                       [e] { return static_cast<double>(e->readers_dropped()); });
+    r.callback_counter("sightline_events_records_total", "Records written to the event feed, by type.",
+                       {{"type", "exchange"}}, [e] { return static_cast<double>(e->exchange_records()); });
+    r.callback_counter("sightline_events_records_total", "Records written to the event feed, by type.",
+                       {{"type", "connection"}}, [e] { return static_cast<double>(e->connection_records()); });
   }
   if (m) {
     if (ctx.keylog_client || ctx.keylog_upstream) {

@@ -72,7 +72,7 @@ struct RunFlags {
   std::vector<std::string> listen, transparent, tproxy, policies;
   int workers = -1;
   std::optional<std::string> admin_listen;
-  std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream;
+  std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream, events_socket;
 };
 
 int do_run(const RunFlags& f) {
@@ -117,6 +117,7 @@ int do_run(const RunFlags& f) {
     }
     cfg->pcap.over_ip = f.pcap_over_ip;
   }
+  if (!f.events_socket.empty()) cfg->events.socket = f.events_socket;
   if (!f.keylog_client.empty()) cfg->keylog.client_file = f.keylog_client;
   if (!f.keylog_upstream.empty()) cfg->keylog.upstream_file = f.keylog_upstream;
   if (!app::validate(*cfg, err)) {
@@ -167,6 +168,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   run->add_option("--pcap-dir", rf.pcap_dir, "write decrypted PCAP-NG of all inspected traffic here");
   run->add_option("--pcap-over-ip", rf.pcap_over_ip, "stream a live decrypted pcap to readers on ADDR:PORT");
+  run->add_option("--events-socket", rf.events_socket,
+                  "stream connection and exchange records as JSON lines to readers of this Unix socket");
   run->add_option("--keylog-client", rf.keylog_client,
                   "append client-leg TLS secrets here (NSS key log; diagnostics only)");
   run->add_option("--keylog-upstream", rf.keylog_upstream,

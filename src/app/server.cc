@@ -1,6 +1,7 @@
 #include "app/server.h"
 
 #include "app/hooks.h"
+#include "hooks/exchange_tap.h"
 #include "app/worker.h"
 #include "core/log.h"
 #include "core/uv_handle.h"
@@ -93,7 +94,10 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   ctx.leaf_keys = std::make_unique<tls::LeafKeyPool>(cfg.leaf_key_lifetime);
   if (!ctx.leaf_keys->start(error)) return false;
   ctx.cert_cache = std::make_unique<tls::CertCache>(cfg.cert_cache_entries);
-  return build_hooks(cfg, ctx, error);
+  if (!build_hooks(cfg, ctx, error)) return false;
+  // Exchange records are assembled only when a hook consumer wants them.
+  if (ctx.hooks.wants_exchanges()) fanout->add(std::make_shared<hooks::ExchangeTap>(ctx.hooks));
+  return true;
 }
 
 struct StopState {

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -46,6 +47,10 @@ struct ConnectionInfo {
   std::string client_tls;   // "TLSv1.3 TLS_AES_128_GCM_SHA256", empty for plain HTTP
   std::string upstream_tls;
   std::string alpn;         // "h2", "http/1.1", empty
+  std::string rule;         // policy rule that matched, empty for the default
+  // That rule's `hooks` option (hook consumers for this connection's
+  // exchanges); absent: every consumer.
+  std::optional<std::vector<std::string>> hooks;
 };
 
 // A protocol-neutral request or response head. HTTP/2 pseudo-headers are

@@ -3,10 +3,12 @@
 #include "core/log.h"
 #include "metrics/registry.h"
 
+#include <algorithm>
+
 namespace sightline::hooks {
 
 Channel::Channel(std::unique_ptr<Sink> sink, ChannelOptions opts)
-    : sink_(std::move(sink)), opts_(opts) {}
+    : sink_(std::move(sink)), opts_(opts), wants_(sink_->wants()) {}
 
 Channel::~Channel() { stop(); }
 
@@ -27,8 +29,35 @@ void Channel::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::size_t Channel::cost(const ExchangeRecord& rec) {
+  std::size_t n = 512 + rec.request_body.size() + rec.response_body.size();
+  for (const auto* h : {&rec.request, &rec.response}) {
+    n += h->target.size() + h->authority.size();
+    for (const auto& f : h->headers) n += f.name.size() + f.value.size() + 32;
+  }
+  return n;
+}
+
+std::size_t Channel::cost(const ConnectionRecord& rec) {
+  return 512 + rec.close_reason.size() + rec.policy.size() + rec.upstream_reason.size();
+}
+
 Publish Channel::publish(StreamEvent ev) {
   const std::size_t c = cost(ev);
+  return enqueue(std::move(ev), c, true);
+}
+
+Publish Channel::publish(std::shared_ptr<const ExchangeRecord> rec) {
+  const std::size_t c = cost(*rec);
+  return enqueue(std::move(rec), c, false);
+}
+
+Publish Channel::publish(std::shared_ptr<const ConnectionRecord> rec) {
+  const std::size_t c = cost(*rec);
+  return enqueue(std::move(rec), c, false);
+}
+
+Publish Channel::enqueue(Payload ev, std::size_t c, bool may_pause) {
   bool wake = false;
   Publish result = Publish::queued;
   {
@@ -36,16 +65,20 @@ Publish Channel::publish(StreamEvent ev) {
     if (stopping_) return Publish::dropped;
     std::size_t now = queued_bytes_.load(std::memory_order_relaxed);
     if (now + c > opts_.max_queue_bytes) {
-      if (opts_.on_overflow == Overflow::drop) {
+      // Records cannot pause a connection: block mode lets them overshoot to
+      // twice the cap, which still bounds the queue.
+      bool drop = opts_.on_overflow == Overflow::drop ||
+                  (!may_pause && now + c > 2 * opts_.max_queue_bytes);
+      if (drop) {
         dropped_.fetch_add(1, std::memory_order_relaxed);
         result = Publish::dropped;
-      } else {
+      } else if (may_pause) {
         over_limit_.fetch_add(1, std::memory_order_relaxed);
         result = Publish::over_limit;
       }
     }
     if (result != Publish::dropped) {
-      queue_.push_back(Item{std::move(ev), std::chrono::steady_clock::now()});
+      queue_.push_back(Item{std::move(ev), std::chrono::steady_clock::now(), c});
       queued_bytes_.store(now + c, std::memory_order_relaxed);
       wake = consumer_waiting_;
       consumer_waiting_ = false;
@@ -96,8 +129,10 @@ void Channel::run() {
     }
     std::size_t done_bytes = 0;
     for (auto& item : batch) {
-      sink_->on_stream(item.ev);
-      done_bytes += cost(item.ev);
+      if (auto* ev = std::get_if<StreamEvent>(&item.ev)) sink_->on_stream(*ev);
+      else if (auto* ex = std::get_if<std::shared_ptr<const ExchangeRecord>>(&item.ev)) sink_->on_exchange(**ex);
+      else sink_->on_connection(*std::get<std::shared_ptr<const ConnectionRecord>>(item.ev));
+      done_bytes += item.cost;
       events_.fetch_add(1, std::memory_order_relaxed);
       if (registry_ && latency_)
         registry_->observe(shard_, *latency_,
@@ -129,6 +164,10 @@ void Channel::run() {
 
 void Bus::add(std::unique_ptr<Sink> sink, ChannelOptions opts) {
   channels_.push_back(std::make_unique<Channel>(std::move(sink), opts));
+  const Wants& w = channels_.back()->wants();
+  wants_exchanges_ = wants_exchanges_ || w.exchanges;
+  wants_connections_ = wants_connections_ || w.connections;
+  if (w.exchanges) body_cap_ = std::max(body_cap_, w.body_cap);
 }
 
 int Bus::find(std::string_view name) const {

@@ -8,6 +8,10 @@
 // queue has drained below half: back-pressure instead of loss. The queue can
 // then exceed its cap by what connections had already read (bounded by one
 // read per connection).
+//
+// Exchange and connection records cannot pause anything (they are published
+// when an exchange or connection ends): in block mode they are still queued
+// up to twice the cap, then dropped like in drop mode.
 #pragma once
 
 #include "hooks/events.h"
@@ -21,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace sightline::metrics {
@@ -48,6 +53,7 @@ class Channel {
 
   std::string_view name() const { return sink_->name(); }
   const ChannelOptions& options() const { return opts_; }
+  const Wants& wants() const { return wants_; }
 
   // Starts the consumer thread. `latency` (optional) receives each event's
   // time from publish to handled, recorded from `shard` of `registry`.
@@ -58,6 +64,9 @@ class Channel {
   // Any thread. over_limit: queued, but the publisher should pause the
   // connection and call when_drained() (block mode only).
   Publish publish(StreamEvent ev);
+  // Records are shared by every consumer they go to; never over_limit.
+  Publish publish(std::shared_ptr<const ExchangeRecord> rec);
+  Publish publish(std::shared_ptr<const ConnectionRecord> rec);
   // Runs `fn` (on the consumer thread) once the queue is below half its cap;
   // at once if it already is.
   void when_drained(std::function<void()> fn);
@@ -69,15 +78,22 @@ class Channel {
   std::size_t queued_bytes() const { return queued_bytes_.load(std::memory_order_relaxed); }
 
  private:
+  using Payload = std::variant<StreamEvent, std::shared_ptr<const ExchangeRecord>,
+                               std::shared_ptr<const ConnectionRecord>>;
   struct Item {
-    StreamEvent ev;
+    Payload ev;
     std::chrono::steady_clock::time_point queued_at;
+    std::size_t cost = 0;
   };
   void run();
+  Publish enqueue(Payload ev, std::size_t cost, bool may_pause);
   static std::size_t cost(const StreamEvent& ev) { return ev.bytes.size() + 128; }
+  static std::size_t cost(const ExchangeRecord& rec);
+  static std::size_t cost(const ConnectionRecord& rec);
 
   std::unique_ptr<Sink> sink_;
   ChannelOptions opts_;
+  Wants wants_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;
@@ -101,12 +117,20 @@ class Bus {
   // Channels are thread-safe to publish to, hence usable from a const Bus.
   const std::vector<std::unique_ptr<Channel>>& channels() const { return channels_; }
   bool empty() const { return channels_.empty(); }
+  // Whether any consumer wants exchange / connection records, and the
+  // largest body capture any of them asked for.
+  bool wants_exchanges() const { return wants_exchanges_; }
+  bool wants_connections() const { return wants_connections_; }
+  std::size_t body_cap() const { return body_cap_; }
   // Index of the consumer called `name`, or -1.
   int find(std::string_view name) const;
   void stop();
 
  private:
   std::vector<std::unique_ptr<Channel>> channels_;
+  bool wants_exchanges_ = false;
+  bool wants_connections_ = false;
+  std::size_t body_cap_ = 0;
 };
 
 }  // namespace sightline::hooks

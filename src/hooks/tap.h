@@ -5,8 +5,13 @@
 
 #include "hooks/bus.h"
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <span>
 #include <vector>
 
@@ -38,8 +43,21 @@ class StreamTap {
   bool closed_ = false;
 };
 
-// The channels a policy rule's `hooks` option selects: every stream
-// consumer when the option is absent, none for an empty list.
-std::vector<Channel*> select_channels(const Bus& bus, const std::vector<std::string>* names);
+enum class Kind : std::uint8_t { streams, exchanges, connections };
+
+// The channels a policy rule's `hooks` option selects among the consumers
+// that want `kind`: all of them when the option is absent, none for an empty
+// list.
+std::vector<Channel*> select_channels(const Bus& bus, const std::vector<std::string>* names,
+                                      Kind kind = Kind::streams);
+
+// Builds a connection record from the session's "connection" log line
+// fields (proxy/session.cc log_connection()) and publishes it to the
+// consumers that want connection records and that `rule_hooks` (the matched
+// rule's `hooks` option, null or empty optional: all) selects. Cheap when
+// nobody wants connection records.
+void publish_connection(const Bus& bus, const std::optional<std::vector<std::string>>* rule_hooks,
+                        std::string_view rule_name, const nlohmann::json& log_fields);
+ConnectionRecord connection_record_from_log(const nlohmann::json& log_fields);
 
 }  // namespace sightline::hooks

@@ -5,6 +5,7 @@
 
 #include "exchange/exchange.h"
 #include "hooks/bus.h"
+#include "hooks/event_feed.h"
 #include "hooks/keylog.h"
 #include "hooks/pcap_sink.h"
 #include "http/h1_parser.h"
@@ -89,6 +90,7 @@ struct ProxyContext {
   // Per-consumer handling latency, indexed like hooks.channels().
   std::vector<metrics::HistogramId> hook_latency;
   hooks::PcapSink* pcap = nullptr;  // owned by `hooks`; for its metrics
+  hooks::EventFeedSink* events = nullptr;  // owned by `hooks`; for its metrics
 };
 
 // The worker a session lives on. Everything except post() is called on the

@@ -329,6 +329,7 @@ bool Session::start_plain_http() {
   info->id = id_;
   info->worker = worker_;
   info->client = client_addr_;
+  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
   PlainHttpSettings ps;
   ps.limits = ctx_.settings.h1;
   ps.connect_timeout = ctx_.settings.connect_timeout;
@@ -994,6 +995,7 @@ std::unique_ptr<Relay> Session::make_plain_h1_relay() {
   info->client = client_addr_;
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
+  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
   return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1);
 }
 
@@ -1011,6 +1013,7 @@ std::unique_ptr<Relay> Session::make_relay() {
     info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
                          SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
+  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
   if (upstream_alpn_ == "h2") {
     codec_ = "h2";
     auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
@@ -1596,6 +1599,9 @@ void Session::log_connection() {
     if (pinned_alert_) j["client_alert"] = pinned_alert_;
   }
   if (upstream_resumed_) j["upstream_resumed"] = true;
+  // The same facts as a connection record for hook consumers that want them (JSON event feed).
+  hooks::publish_connection(ctx_.hooks, rule_ ? &rule_->options.hooks : nullptr,
+                            rule_ ? std::string_view(rule_->name) : std::string_view(), j);
   bool failed = action_ == "refuse" || action_ == "reject";
   log::emit(failed ? log::Level::warn : log::Level::info, std::move(j));
 }

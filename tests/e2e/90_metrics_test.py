@@ -331,7 +331,8 @@ def main(t):
     # inspection hooks on so that their metrics exist too.
     proxy2 = t.start_proxy(pki, name="sightline2", workers=1, extra="[policy]\nfiles = []\n",
                            args=["--pcap-dir", os.path.join(t.dir, "pcap"),
-                                 "--keylog-upstream", os.path.join(t.dir, "upstream.keys")])
+                                 "--keylog-upstream", os.path.join(t.dir, "upstream.keys"),
+                                 "--events-socket", os.path.join(t.dir, "events.sock")])
     prom = h.Prometheus(t, ["127.0.0.1:%d" % proxy.admin_port], rule_files=RULE_FILES)
     # Prometheus scrapes its first target a few seconds after start (service
     # discovery settles first): check the shipped files meanwhile.
@@ -383,7 +384,7 @@ def run_checks(t, pki, origin, one_k, plain, pol_file, proxy, proxy2, prom, dash
         assert not missing, "not documented (or wrong type) in docs/metrics.md: " + ", ".join(missing)
         documented = set(re.findall(r"^\|\s*`(sightline_[a-z0-9_]+)`\s*\|", doc, re.M))
         stale = sorted(documented - set(types) - {"sightline_archive_failures_total",
-                                                  "sightline_archive_queue_depth"})
+                                                             "sightline_archive_queue_depth"})
         assert not stale, "documented but not exported: %s" % ", ".join(stale)
         referenced = set()
         for path in RULE_FILES:

@@ -1,0 +1,134 @@
+#include "hooks/exchange_tap.h"
+
+#include "hooks/tap.h"
+
+#include <algorithm>
+
+namespace sightline::hooks {
+namespace {
+
+// Microseconds between two points, or -1 when either did not happen.
+double micros(exchange::Clock::time_point from, exchange::Clock::time_point to) {
+  if (from == exchange::Clock::time_point{} || to == exchange::Clock::time_point{} || to < from) return -1;
+  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count()) / 1e3;
+}
+
+// The consumers that want `kind` and that the connection's rule selects.
+std::vector<Channel*> selected(const Bus& bus, const std::optional<std::vector<std::string>>* hooks,
+                               Kind kind) {
+  return select_channels(bus, hooks && *hooks ? &**hooks : nullptr, kind);
+}
+
+template <typename Record>
+void publish_to(const std::vector<Channel*>& channels, std::shared_ptr<const Record> rec) {
+  for (Channel* c : channels) (void)c->publish(rec);
+}
+
+}  // namespace
+
+ExchangeTap::ExchangeTap(const Bus& bus, ExchangeTapOptions opts)
+    : bus_(bus), opts_(opts), body_cap_(bus.body_cap()) {}
+
+void ExchangeTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  // A rule whose `hooks` option leaves out every exchange consumer costs nothing more.
+  if (!ex.connection || selected(bus_, &ex.connection->hooks, Kind::exchanges).empty()) return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  if (s.open.size() >= opts_.max_open) {
+    untracked_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  State& st = s.open[ex.id];
+  st.request = head;
+  st.start = WallClock::now();
+}
+
+void ExchangeTap::on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) {
+  if (body_cap_ == 0 || data.empty()) return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  auto it = s.open.find(ex.id);
+  if (it == s.open.end()) return;
+  std::string& body = dir == exchange::Direction::request ? it->second.request_body : it->second.response_body;
+  if (body.size() >= body_cap_) return;
+  std::size_t room = std::min(body_cap_ - body.size(), opts_.body_budget - std::min(opts_.body_budget, s.body_bytes));
+  std::size_t n = std::min(room, data.size());
+  body.append(data.data(), n);
+  s.body_bytes += n;
+}
+
+void ExchangeTap::on_response_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  // Interim (1xx) heads are not kept; 101 (protocol switch) is final.
+  if (head.status >= 100 && head.status < 200 && head.status != 101) return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  auto it = s.open.find(ex.id);
+  if (it == s.open.end()) return;
+  it->second.has_response = true;
+  it->second.response = head;
+}
+
+void ExchangeTap::on_response_end(const exchange::Exchange& ex, const exchange::Headers&) {
+  finish(ex, true, {});
+}
+
+void ExchangeTap::on_abort(const exchange::Exchange& ex, std::string_view reason) {
+  finish(ex, false, reason);
+}
+
+void ExchangeTap::finish(const exchange::Exchange& ex, bool complete, std::string_view reason) {
+  std::optional<State> st;
+  {
+    Shard& s = shard(ex.id);
+    std::lock_guard lock(s.mu);
+    auto it = s.open.find(ex.id);
+    if (it != s.open.end()) {
+      st = std::move(it->second);
+      s.body_bytes -= std::min(s.body_bytes, st->request_body.size() + st->response_body.size());
+      s.open.erase(it);
+    }
+  }
+  if (!ex.connection) return;
+  auto channels = selected(bus_, &ex.connection->hooks, Kind::exchanges);
+  if (channels.empty()) return;
+
+  auto rec = std::make_shared<ExchangeRecord>();
+  rec->id = ex.id;
+  rec->connection = ex.connection;
+  rec->stream = ex.stream;
+  rec->protocol = ex.protocol;
+  rec->end = WallClock::now();
+  if (st) {
+    rec->request = std::move(st->request);
+    rec->has_response = st->has_response;
+    rec->response = std::move(st->response);
+    rec->bodies_captured = body_cap_ > 0;
+    rec->request_body = std::move(st->request_body);
+    rec->response_body = std::move(st->response_body);
+    rec->start = st->start;
+  } else {
+    // Not tracked: what the exchange summary knows.
+    rec->request.method = ex.method;
+    rec->request.authority = ex.authority;
+    rec->request.target = ex.target;
+    rec->request.version = ex.protocol;
+    if (ex.status) {
+      rec->has_response = true;
+      rec->response.status = ex.status;
+      rec->response.version = ex.protocol;
+    }
+    rec->start = rec->end;
+    if (ex.timing.request_head_in != exchange::Clock::time_point{})
+      rec->start -= std::chrono::duration_cast<WallClock::duration>(exchange::Clock::now() -
+                                                                    ex.timing.request_head_in);
+  }
+  rec->request_body_bytes = ex.request_body_bytes;
+  rec->response_body_bytes = ex.response_body_bytes;
+  rec->request_held_us = micros(ex.timing.request_head_in, ex.timing.request_head_out);
+  rec->response_held_us = micros(ex.timing.response_head_in, ex.timing.response_head_out);
+  rec->complete = complete;
+  rec->abort_reason = std::string(reason);
+  publish_to<ExchangeRecord>(channels, std::move(rec));
+}
+
+}  // namespace sightline::hooks

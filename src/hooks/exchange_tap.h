@@ -1,0 +1,79 @@
+// Exchange and connection records for the hook bus (the JSON event feed).
+//
+// ExchangeTap is an exchange::Consumer in the server's Fanout, present only
+// when some consumer wants exchange records. It keeps what the exchange
+// feed streams past (heads, the first bytes of each body if a consumer asked
+// for bodies) until the exchange ends, then publishes one ExchangeRecord to
+// the consumers the connection's policy rule selects.
+//
+// Thread safety: every event of one exchange comes from the worker owning its
+// connection, and exchange ids carry that worker's index in their top byte,
+// so state lives in one shard per worker; the shard's mutex is never
+// contended in practice and only keeps the type honest.
+//
+// Bounds: at most `max_open` exchanges tracked per worker (beyond that an
+// exchange's record is built from its summary alone: no headers, no bodies)
+// and at most `body_budget` captured body bytes per worker (beyond that
+// bodies are captured no further, flagged truncated).
+#pragma once
+
+#include "exchange/exchange.h"
+#include "hooks/bus.h"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace sightline::hooks {
+
+struct ExchangeTapOptions {
+  std::size_t max_open = 16384;           // per worker
+  std::size_t body_budget = 64ull << 20;  // captured bytes per worker
+};
+
+class ExchangeTap final : public exchange::Consumer {
+ public:
+  // `bus` must outlive the tap and be fully built (its channels are read to
+  // select consumers).
+  ExchangeTap(const Bus& bus, ExchangeTapOptions opts = {});
+
+  void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override;
+  void on_request_end(const exchange::Exchange&, const exchange::Headers&) override {}
+  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_response_end(const exchange::Exchange& ex, const exchange::Headers& trailers) override;
+  void on_abort(const exchange::Exchange& ex, std::string_view reason) override;
+
+  // Exchanges whose record lacks headers and bodies (tracking table full).
+  std::uint64_t untracked() const { return untracked_.load(std::memory_order_relaxed); }
+
+ private:
+  struct State {
+    exchange::Head request;
+    bool has_response = false;
+    exchange::Head response;
+    std::string request_body, response_body;
+    WallClock::time_point start{};
+  };
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, State> open;
+    std::size_t body_bytes = 0;
+  };
+  Shard& shard(std::uint64_t id) { return shards_[(id >> 56) & 0xff]; }
+  void finish(const exchange::Exchange& ex, bool complete, std::string_view reason);
+
+  const Bus& bus_;
+  ExchangeTapOptions opts_;
+  std::size_t body_cap_;
+  std::array<Shard, 256> shards_;
+  std::atomic<std::uint64_t> untracked_{0};
+};
+
+}  // namespace sightline::hooks
