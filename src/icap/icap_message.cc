@@ -449,7 +449,9 @@ ResponseParser::Status ResponseParser::feed(std::span<const char> data, std::siz
         const std::string_view term = head ? "\r\n\r\n" : kCRLF;
         const std::size_t cap = head ? limits_.max_icap_head : limits_.max_chunk_line;
         const std::size_t old = buf_.size();
-        const std::size_t take = std::min(in.size(), cap + term.size() - old);
+        // The limit counts the terminator, so where the input is cut never
+        // changes the outcome.
+        const std::size_t take = std::min(in.size(), cap - old);
         buf_.append(in.substr(0, take));
         const std::size_t from = old >= term.size() - 1 ? old - (term.size() - 1) : 0;
         const auto end = buf_.find(term, from);
@@ -459,7 +461,7 @@ ResponseParser::Status ResponseParser::feed(std::span<const char> data, std::siz
             return done(fail("not an ICAP response"));
         }
         if (end == std::string::npos) {
-          if (buf_.size() > cap) return done(fail(head ? "ICAP head exceeds the limit" : "chunk-size line too long"));
+          if (buf_.size() >= cap) return done(fail(head ? "ICAP head exceeds the limit" : "chunk-size line too long"));
           pos += take;
           break;
         }
