@@ -125,6 +125,7 @@ class CIcapServer {
          << "url_check.Profile default block denyhosts\n"
          << "url_check.Profile default pass ALL\n";
     conf.close();  // written before the server reads it
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGTERM, on_fatal_signal);
     signal(SIGINT, on_fatal_signal);
     start();
@@ -181,7 +182,10 @@ class CIcapServer {
   void stop() {
     if (pid_ <= 0) return;
     kill(-pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
+    // As a subreaper we inherit the server's worker processes: reap the
+    // whole group, so none lingers (or stays a zombie) after a stop.
+    while (waitpid(-pid_, nullptr, 0) > 0) {
+    }
     pid_ = -1;
     g_server_pgid = 0;
     // Its worker processes may take a moment to go; wait until the port is free.
