@@ -18,7 +18,7 @@ fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
-targets="${FUZZ_TARGETS:-h1_parser client_hello connect_request proxy_protocol}"
+targets="${FUZZ_TARGETS:-h1_parser client_hello connect_request proxy_protocol icap_response}"
 
 if [ ! -f "$build/build.ninja" ]; then
   CXX="${FUZZ_CXX:-clang++}" meson setup "$build" "$root" \
