@@ -123,6 +123,14 @@ void Channel::run() {
         consumer_waiting_ = true;
         cv_.wait_until(lock, next_tick, [this] { return !queue_.empty() || stopping_; });
         consumer_waiting_ = false;
+        // Woken by a publisher: let a batch gather (publishers do not wake
+        // us meanwhile), unless stopping or a blocking queue is filling up.
+        if (!queue_.empty() && !stopping_ && opts_.batch_delay.count() > 0 &&
+            queued_bytes_.load(std::memory_order_relaxed) < opts_.max_queue_bytes / 2) {
+          lock.unlock();
+          std::this_thread::sleep_for(opts_.batch_delay);
+          lock.lock();
+        }
       }
       batch.swap(queue_);
       stop_now = stopping_ && batch.empty();

@@ -17,6 +17,7 @@
 #include "hooks/events.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -40,6 +41,11 @@ enum class Overflow { drop, block };
 struct ChannelOptions {
   std::size_t max_queue_bytes = 64u << 20;
   Overflow on_overflow = Overflow::drop;
+  // After a wake-up the consumer waits this long before taking the queue, so
+  // one wake-up (a futex call and two context switches) serves a batch of
+  // events instead of one: at 20,000 requests/s, per-event wake-ups cost
+  // more CPU than writing the PCAP. Zero: take events as they come.
+  std::chrono::microseconds batch_delay{2000};
 };
 
 enum class Publish { queued, dropped, over_limit };
