@@ -261,21 +261,26 @@ Line& Line::str(std::string_view k, std::string_view value) {
   return *this;
 }
 
+namespace {
+template <typename Int>
+void append_int(std::string& out, Int value) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, value);
+  out.append(buf, r.ptr);
+}
+}  // namespace
+
 Line& Line::num(std::string_view k, std::uint64_t value) {
   if (text_.empty()) return *this;
   key(k);
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, value);
-  text_.append(buf, r.ptr);
+  append_int(text_, value);
   return *this;
 }
 
 Line& Line::num(std::string_view k, std::int64_t value) {
   if (text_.empty()) return *this;
   key(k);
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, value);
-  text_.append(buf, r.ptr);
+  append_int(text_, value);
   return *this;
 }
 

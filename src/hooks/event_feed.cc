@@ -2,6 +2,7 @@
 
 #include "core/log.h"
 #include "hooks/event_json.h"
+#include "hooks/send_pending.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -21,7 +22,6 @@ namespace {
 // at most this much per wake-up so one chatty reader cannot hog the thread.
 constexpr std::size_t kDiscardPerPoll = 64 * 1024;
 // Consumed backlog bytes are dropped from the front once they pass this.
-constexpr std::size_t kCompactAt = 1 << 20;
 constexpr int kAcceptsPerPoll = 16;
 
 std::optional<sockaddr_un> unix_address(const std::string& path) {
@@ -121,29 +121,7 @@ void EventFeedSink::on_connection(const ConnectionRecord& rec) {
   broadcast(line_);
 }
 
-bool EventFeedSink::push(Reader& r) {
-  while (r.sent < r.pending.size()) {
-    ssize_t n = ::send(r.fd.get(), r.pending.data() + r.sent, r.pending.size() - r.sent,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      r.sent += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      break;
-    } else {
-      return false;  // reset, hung up
-    }
-  }
-  if (r.sent == r.pending.size()) {
-    r.pending.clear();
-    r.sent = 0;
-  } else if (r.sent >= kCompactAt) {
-    r.pending.erase(0, r.sent);
-    r.sent = 0;
-  }
-  return true;
-}
+bool EventFeedSink::push(Reader& r) { return send_pending(r.fd.get(), r.pending, r.sent); }
 
 void EventFeedSink::broadcast(const std::string& line) {
   bool need_wake = false;

@@ -1,6 +1,7 @@
 #include "hooks/pcap_over_ip.h"
 
 #include "core/log.h"
+#include "hooks/send_pending.h"
 #include "net/address.h"
 
 #include <netinet/in.h>
@@ -31,7 +32,6 @@ std::optional<sockaddr_storage> parse_address(std::string_view text) {
 // at most this much per poll.
 constexpr std::size_t kDiscardPerPoll = 64 * 1024;
 // Consumed backlog bytes are dropped from the front once they pass this.
-constexpr std::size_t kCompactAt = 1 << 20;
 constexpr int kAcceptsPerPoll = 16;
 
 }  // namespace
@@ -74,29 +74,7 @@ void PcapOverIp::close() {
   listen_fd_.reset();
 }
 
-bool PcapOverIp::push(Reader& r) {
-  while (r.sent < r.pending.size()) {
-    ssize_t n = ::send(r.fd.get(), r.pending.data() + r.sent, r.pending.size() - r.sent,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      r.sent += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      break;
-    } else {
-      return false;  // reset, hung up
-    }
-  }
-  if (r.sent == r.pending.size()) {
-    r.pending.clear();
-    r.sent = 0;
-  } else if (r.sent >= kCompactAt) {
-    r.pending.erase(0, r.sent);
-    r.sent = 0;
-  }
-  return true;
-}
+bool PcapOverIp::push(Reader& r) { return send_pending(r.fd.get(), r.pending, r.sent); }
 
 void PcapOverIp::poll() {
   if (!listen_fd_) return;

@@ -1,5 +1,7 @@
 #include "http/h1_parser.h"
 
+#include "http/syntax.h"
+
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -18,28 +20,15 @@ constexpr std::uint64_t kMaxContentLength =
 // 16 hex digits already cover 2^64 - 1; more can only be padding or overflow.
 constexpr std::size_t kMaxChunkSizeDigits = 16;
 
-constexpr std::array<bool, 256> make_tchar_table() {
-  std::array<bool, 256> t{};
-  for (int c = '0'; c <= '9'; ++c) t[static_cast<std::size_t>(c)] = true;
-  for (int c = 'a'; c <= 'z'; ++c) t[static_cast<std::size_t>(c)] = true;
-  for (int c = 'A'; c <= 'Z'; ++c) t[static_cast<std::size_t>(c)] = true;
-  for (char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<unsigned char>(c)] = true;
-  return t;
-}
-constexpr std::array<bool, 256> kTchar = make_tchar_table();
-
-bool is_tchar(char c) { return kTchar[static_cast<unsigned char>(c)]; }
-bool is_ws(char c) { return c == ' ' || c == '\t'; }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+using syntax::is_digit;
+using syntax::is_tchar;
+using syntax::is_token;
+using syntax::is_ws;
 
 // field-vchar / SP / HTAB: what may appear in a field value or reason phrase.
 bool is_field_char(char c) {
   auto u = static_cast<unsigned char>(c);
   return u == '\t' || (u >= 0x20 && u != 0x7f);
-}
-
-bool is_token(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
 }
 
 char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c; }
