@@ -172,6 +172,11 @@ def main(t):
                         extra=["--http1.1", "-r", "0-199999"])
         assert cp.returncode == 0 and cp.stdout == big, h.curl_err(cp)
         wanted.append("/big?range")
+        # TLS 1.2 on the client leg: its key log line is CLIENT_RANDOM.
+        cp = h.curl_via(proxy.port, "https://localhost:%d/1k?tls12" % oport, cafile=pki.root,
+                        extra=["--http1.1", "--tlsv1.2", "--tls-max", "1.2"])
+        assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
+        wanted.append("/1k?tls12")
         cp = h.curl_via(proxy.port, "https://[::1]:%d/1k?v6" % origin.port("valid-ec", "v6"),
                         cafile=pki.root, extra=["--http1.1"])
         assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
@@ -194,7 +199,7 @@ def main(t):
 
     with t.check("the loopback captures hold every connection's end", fatal=True):
         # 5 upstream connections, 1 client-leg connection: a FIN each way.
-        up_cap.wait_connections(5)
+        up_cap.wait_connections(6)
         cl_cap.wait_connections(1)
     up_path = up_cap.stop()
     cl_path = cl_cap.stop()
@@ -250,6 +255,7 @@ def main(t):
                           "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"):
                 assert label in text, "%s has no %s" % (p, label)
             assert all(len(l.split()) == 3 for l in text.splitlines()), "malformed lines in %s" % p
+        assert "CLIENT_RANDOM " in open(klog_client).read(), "no TLS 1.2 CLIENT_RANDOM line in the client key log"
 
     with t.check("the upstream key log decrypts a capture of the upstream leg"):
         got = uris(up_path, ["-o", "tls.keylog_file:" + klog_upstream, "-d", "tcp.port==%d,tls" % oport])
