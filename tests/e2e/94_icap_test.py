@@ -158,7 +158,7 @@ def main(t):
 
     def respond(conn, head, body):
         seen.append(head.target)
-        conn.send(h.http_response(200, b"origin\n"))
+        conn.send(h.http_response(200, b"origin %s\n" % head.target.encode()))
     recorder = h.TlsOrigin(pki, lambda conn: h.serve_http1(conn, respond))
 
     icap = CIcap(t)
@@ -200,8 +200,20 @@ def main(t):
         assert code == "403", "status %s, body %r" % (code, text[:300])
         assert "blocked.example" in text, "no block page: %r" % text[:300]
         cp = get(proxy, "https://localhost:%d/fine" % recorder.port)
-        assert cp.returncode == 0 and cp.stdout == b"origin\n", h.curl_err(cp)
+        assert cp.returncode == 0 and cp.stdout == b"origin /fine\n", h.curl_err(cp)
         assert seen == ["/fine"], "origin saw %s" % seen
+
+    with t.check("pipelined requests keep their order through REQMOD and RESPMOD"):
+        w = h.tls_tunnel(proxy.port, "localhost:%d" % recorder.port, pki.root, alpn=["http/1.1"])
+        try:
+            w.send(b"".join(b"GET /p%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i for i in range(3)))
+            for i in range(3):
+                head = w.read_head()
+                _, body, _ = w.read_body(head, "GET")
+                assert head.status == 200 and bytes(body) == b"origin /p%d\n" % i, \
+                    "response %d: %s %r" % (i, head.status, bytes(body))
+        finally:
+            w.sock.close()
 
     with t.check("a rule with hooks = [] skips ICAP"):
         time.sleep(0.3)
