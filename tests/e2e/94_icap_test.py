@@ -67,7 +67,14 @@ class CIcap:
         with open(self.conf, "w") as f:
             f.write("\n".join(conf) + "\n")
         self.proc = None
-        t.nginxes.append(self)  # stopped with the test's other processes
+        # As a subreaper this test inherits c-icap's worker processes when
+        # their parent is killed, and reaps them (no zombies left behind).
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            pass
+        h._register(self)  # killed by the harness in every path (failures, signals)
 
     def start(self):
         for f in ("c-icap.pid", "c-icap.ctl"):
@@ -101,6 +108,13 @@ class CIcap:
             except (ProcessLookupError, PermissionError):
                 pass
             self.proc.wait(10)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(-self.proc.pid, os.WNOHANG) == (0, 0):
+                        time.sleep(0.02)  # a worker not yet dead
+                except ChildProcessError:
+                    break  # the whole group is reaped
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -109,6 +123,7 @@ class CIcap:
             time.sleep(0.05)
 
     def kill(self):
+        h._unregister(self)
         self.stop()
 
     def log_tail(self, n=20):
