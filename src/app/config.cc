@@ -1,6 +1,7 @@
 #include "app/config.h"
 
 #include "core/duration.h"
+#include "icap/icap_client.h"
 #include "net/address.h"
 #include "policy/auto_bypass.h"
 
@@ -149,7 +150,7 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log", "pcap", "keylog", "events"}))
+                               "shutdown", "log", "pcap", "keylog", "events", "icap"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -395,6 +396,26 @@ class Parser {
       }
       if (ec.socket.size() >= 108)
         return fail(t->get("socket")->source(), "events.socket", "path longer than 107 bytes");
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "icap")) {
+      IcapConfig& ic = cfg.icap;
+      if (!check_keys(*t, "icap", {"reqmod", "respmod", "fail", "max_body", "connect_timeout",
+                                   "response_timeout"}) ||
+          !get_string(*t, "icap", "reqmod", ic.reqmod) ||
+          !get_string(*t, "icap", "respmod", ic.respmod) ||
+          !get_choice(*t, "icap", "fail", {"open", "closed"}, ic.fail) ||
+          !get_uint(*t, "icap", "max_body", 0, 1ull << 30, ic.max_body) ||
+          !get_duration(*t, "icap", "connect_timeout", ic.connect_timeout) ||
+          !get_duration(*t, "icap", "response_timeout", ic.response_timeout))
+        return false;
+      for (const char* key : {"reqmod", "respmod"}) {
+        const std::string& url = std::string_view(key) == "reqmod" ? ic.reqmod : ic.respmod;
+        std::string why;
+        if (!url.empty() && !icap::parse_service_url(url, &why))
+          return fail(t->get(key)->source(), std::string("icap.") + key, why);
+      }
     }
     if (bad_section_) return false;
 

@@ -67,6 +67,20 @@ struct KeylogConfig {
   std::vector<std::string> rules;  // policy rule names; empty: all inspected traffic
 };
 
+// ICAP services (issue 8). Off unless `reqmod` or `respmod` is set.
+struct IcapConfig {
+  std::string reqmod;    // "icap://host:port/service"; empty: no REQMOD
+  std::string respmod;   // likewise for RESPMOD
+  // "closed": an ICAP failure answers the client with an error page, so
+  // nothing uninspected passes (what a DLP deployment wants); "open": the
+  // message is relayed as it is.
+  std::string fail = "closed";
+  std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
+  milliseconds connect_timeout = std::chrono::seconds(2);
+  milliseconds response_timeout = std::chrono::seconds(10);
+  bool enabled() const { return !reqmod.empty() || !respmod.empty(); }
+};
+
 struct Config {
   std::string source;  // config file path, empty when none
 
@@ -130,6 +144,7 @@ struct Config {
   PcapConfig pcap;
   KeylogConfig keylog;
   EventsConfig events;
+  IcapConfig icap;
 };
 
 struct ConfigError {

@@ -3,6 +3,7 @@
 #include "app/config.h"
 #include "app/server.h"
 #include "core/log.h"
+#include "icap/icap_client.h"
 #include "net/address.h"
 #include "policy/policy.h"
 #include "sightline_build.h"
@@ -11,6 +12,7 @@
 
 #include <csignal>
 #include <iostream>
+#include <tuple>
 #include <sys/prctl.h>
 
 namespace {
@@ -73,6 +75,7 @@ struct RunFlags {
   int workers = -1;
   std::optional<std::string> admin_listen;
   std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream, events_socket;
+  std::string icap_reqmod, icap_respmod, icap_fail;
 };
 
 int do_run(const RunFlags& f) {
@@ -120,6 +123,17 @@ int do_run(const RunFlags& f) {
   if (!f.events_socket.empty()) cfg->events.socket = f.events_socket;
   if (!f.keylog_client.empty()) cfg->keylog.client_file = f.keylog_client;
   if (!f.keylog_upstream.empty()) cfg->keylog.upstream_file = f.keylog_upstream;
+  for (auto [flag, value, key] : {std::tuple{"--icap-reqmod", &f.icap_reqmod, &cfg->icap.reqmod},
+                                  std::tuple{"--icap-respmod", &f.icap_respmod, &cfg->icap.respmod}}) {
+    if (value->empty()) continue;
+    std::string why;
+    if (!icap::parse_service_url(*value, &why)) {
+      std::cerr << "sightline: " << flag << " " << *value << ": " << why << "\n";
+      return 2;
+    }
+    *key = *value;
+  }
+  if (!f.icap_fail.empty()) cfg->icap.fail = f.icap_fail;
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
@@ -172,6 +186,10 @@ int main(int argc, char** argv) {
                   "stream connection and exchange records as JSON lines to readers of this Unix socket");
   run->add_option("--keylog-client", rf.keylog_client,
                   "append client-leg TLS secrets here (NSS key log; diagnostics only)");
+  run->add_option("--icap-reqmod", rf.icap_reqmod, "send requests to this ICAP service (icap://host:port/service)");
+  run->add_option("--icap-respmod", rf.icap_respmod, "send responses to this ICAP service (icap://host:port/service)");
+  run->add_option("--icap-fail", rf.icap_fail, "when ICAP fails: open (relay as is) or closed (error page)")
+      ->check(CLI::IsMember({"open", "closed"}));
   run->add_option("--keylog-upstream", rf.keylog_upstream,
                   "append upstream-leg TLS secrets here (NSS key log; diagnostics only)");
 

@@ -95,6 +95,28 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   if (!ctx.leaf_keys->start(error)) return false;
   ctx.cert_cache = std::make_unique<tls::CertCache>(cfg.cert_cache_entries);
   if (!build_hooks(cfg, ctx, error)) return false;
+  if (cfg.icap.enabled()) {
+    auto service = [&](const std::string& url) -> std::optional<icap::ServiceConfig> {
+      if (url.empty()) return std::nullopt;
+      icap::ServiceConfig sc;
+      sc.url = *icap::parse_service_url(url, nullptr);  // checked when parsed
+      sc.connect_timeout = cfg.icap.connect_timeout;
+      sc.response_timeout = cfg.icap.response_timeout;
+      sc.max_body = static_cast<std::size_t>(cfg.icap.max_body);
+      // An adapted body may be somewhat larger than what was sent.
+      sc.limits.max_body = std::max<std::size_t>(sc.limits.max_body, sc.max_body + (1u << 20));
+      return sc;
+    };
+    ctx.icap.reqmod = service(cfg.icap.reqmod);
+    ctx.icap.respmod = service(cfg.icap.respmod);
+    ctx.icap.fail_closed = cfg.icap.fail == "closed";
+    ctx.icap.max_body = cfg.icap.max_body;
+    log::emit(log::Line(log::Level::info, "icap_enabled")
+                  .str("reqmod", cfg.icap.reqmod)
+                  .str("respmod", cfg.icap.respmod)
+                  .str("fail", cfg.icap.fail)
+                  .num("max_body", cfg.icap.max_body));
+  }
   // Exchange records are assembled only when a hook consumer wants them.
   if (ctx.hooks.wants_exchanges()) fanout->add(std::make_shared<hooks::ExchangeTap>(ctx.hooks));
   return true;

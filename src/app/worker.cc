@@ -19,6 +19,7 @@ Worker::~Worker() {
     listeners_.clear();
     async_.reset();
     pool_.reset();
+    close_icap();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
   }
@@ -134,6 +135,7 @@ void Worker::finish_on_loop() {
   }
   listeners_.clear();
   pool_->clear();
+  close_icap();
   async_.reset();
 }
 
@@ -145,7 +147,26 @@ void Worker::shutdown_on_loop() {
   live.reserve(sessions_.size());
   for (auto& [id, s] : sessions_) live.push_back(s);
   for (auto& s : live) s->abort("proxy shutting down");
+  close_icap();
   async_.reset();
+}
+
+icap::IcapService* Worker::icap_service(icap::Method m) {
+  if (icap_closed_) return nullptr;
+  const auto& conf = m == icap::Method::reqmod ? ctx_.icap.reqmod : ctx_.icap.respmod;
+  auto& svc = m == icap::Method::reqmod ? icap_reqmod_ : icap_respmod_;
+  if (!conf) return nullptr;
+  if (!svc) svc = std::make_unique<icap::IcapService>(&loop_, *conf);
+  return svc.get();
+}
+
+void Worker::close_icap() {
+  icap_closed_ = true;
+  for (auto* svc : {&icap_reqmod_, &icap_respmod_}) {
+    if (!*svc) continue;
+    (*svc)->shutdown();  // callbacks of sessions still open get an error
+    svc->reset();
+  }
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {

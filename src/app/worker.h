@@ -49,6 +49,7 @@ class Worker final : public proxy::SessionHost {
   void session_closed(std::uint64_t id) override;
   net::UpstreamPool& upstream_pool() override { return *pool_; }
   tls::UpstreamSessionCache& upstream_sessions() override { return tls_sessions_; }
+  icap::IcapService* icap_service(icap::Method m) override;
 
  private:
   static constexpr std::size_t kReadBuffer = 64 * 1024;
@@ -58,6 +59,7 @@ class Worker final : public proxy::SessionHost {
   void on_async();
   void shutdown_on_loop();
   void finish_on_loop();
+  void close_icap();
 
   unsigned index_;
   const proxy::ProxyContext& ctx_;
@@ -76,6 +78,10 @@ class Worker final : public proxy::SessionHost {
   std::unique_ptr<char[]> plain_buf_;
   std::unique_ptr<net::UpstreamPool> pool_;
   tls::UpstreamSessionCache tls_sessions_{4096};
+  // Created lazily on this loop; shut down and released before the loop
+  // closes (their pooled connections and timers would keep it running).
+  std::unique_ptr<icap::IcapService> icap_reqmod_, icap_respmod_;
+  bool icap_closed_ = false;
 
   std::mutex post_mu_;  // this worker's inbox only
   std::vector<std::function<void()>> inbox_;

@@ -9,18 +9,35 @@
 #include "exchange/exchange.h"
 #include "http/h1_parser.h"
 #include "http/relay.h"
+#include "icap/icap_client.h"
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 
 namespace sightline::http {
 
+// ICAP adaptation of this connection's exchanges (docs/icap.md). A message
+// that goes to ICAP is held (head and body, up to max_body) and forwarded,
+// replaced or answered once the ICAP verdict arrives; what follows it in the
+// same direction waits behind it, so pipelined messages keep their order.
+struct H1Icap {
+  bool reqmod = false, respmod = false;  // which adaptations apply here
+  // The worker's service for a method, looked up per call (null: fail).
+  std::function<icap::IcapService*(icap::Method)> service;
+  bool fail_closed = true;
+  std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
+  // For metrics; both optional.
+  std::function<void(icap::Method, const icap::Result&)> on_result;
+  std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
+};
+
 class H1Relay final : public Relay {
  public:
   H1Relay(RelayIo& io, exchange::Consumer& consumer,
           std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
-          std::optional<Refusal> refusal = std::nullopt);
+          std::optional<Refusal> refusal = std::nullopt, H1Icap icap = {});
   ~H1Relay() override;
 
   void on_data(Side from, std::span<const char> data) override;
@@ -31,6 +48,44 @@ class H1Relay final : public Relay {
   class RequestHandler;
   class ResponseHandler;
 
+  // Output toward one side: ready bytes and messages held for ICAP, in order.
+  struct Segment {
+    std::string data;
+    bool ready = true;
+    bool end_after = false;  // end that side once this is sent
+    bool end_clean = true;
+    bool dropped = false;    // the queue was discarded: a late verdict is ignored
+  };
+  struct OutQueue {
+    std::deque<std::shared_ptr<Segment>> segs;
+    std::size_t bytes = 0;
+    bool paused_source = false;
+  };
+  // A message being received while it is held for ICAP.
+  struct Hold {
+    std::shared_ptr<Segment> seg;
+    std::shared_ptr<State> st;
+    MessageHead head;
+    std::string body;
+    bool active = false;
+  };
+
+  OutQueue& out(Side to) { return out_[to == Side::client ? 0 : 1]; }
+  void emit(Side to, std::span<const char> data);
+  void end_side(Side to, bool clean);
+  void flush(Side to);
+  void drop_queues();
+  void start_hold(Side to, const std::shared_ptr<State>& st, const MessageHead& head);
+  void hold_body(Side to, std::span<const char> data);
+  void give_up_hold(Side to, const char* why);
+  void send_reqmod();
+  void send_respmod();
+  void reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
+                   const MessageHead& orig, icap::Result r);
+  void respmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
+                    icap::Result r);
+  void respond_instead(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
+                       const exchange::Head& head, std::string response);
   void request_failed(const H1Parser::Error& err);
   void response_failed(std::string reason);
   void abort_all(std::string_view reason);
@@ -51,7 +106,16 @@ class H1Relay final : public Relay {
   // A request error that must wait for earlier responses (pipelining order).
   int deferred_status_ = 0;
   std::string deferred_reason_;
+  // An ICAP answer (block page) that must wait for earlier responses.
+  std::string deferred_answer_;
+  H1Icap icap_;
+  OutQueue out_[2];  // [0] toward the client, [1] toward the origin
+  Hold req_hold_, resp_hold_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for ICAP callbacks
 };
+
+// "HTTP/1.1 <status> <phrase>" error page with Connection: close.
+std::string error_response(int status, std::string_view reason);
 
 // Converts a parsed HTTP/1 head into the protocol-neutral event head.
 exchange::Head to_event_head(const MessageHead& head, bool request);

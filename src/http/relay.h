@@ -39,6 +39,10 @@ class RelayIo {
   // Temporarily stop (or resume) reading from `from`: back-pressure from a
   // destination the session does not know about (plain-HTTP origins).
   virtual void pause_reading(Side from, bool paused) = 0;
+  // Writes out what send() batched. Sends made from the session's own
+  // callbacks are flushed by it; a relay sending from elsewhere (an ICAP
+  // answer) calls this afterwards.
+  virtual void flush_sends() {}
   // Tear the connection down now with `reason` (protocol error, abort).
   virtual void fail(std::string reason) = 0;
   // Records why the connection ends, for the connection log line.

@@ -60,6 +60,13 @@ struct ProxyMetrics {
   PerValue<PolicyAction, CounterId> policy_decisions;
   CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;
 
+  // ICAP (issue 8), indexed [0] reqmod, [1] respmod; results by
+  // icap::Result::Kind (unchanged, modified, respond, error). Registered
+  // always, so dashboards see zeros rather than missing series.
+  std::array<HistogramId, 2> icap_duration;
+  std::array<std::array<CounterId, 4>, 2> icap_results;
+  CounterId icap_bypass_too_large, icap_bypass_fail_open;
+
  private:
   unsigned workers_;
 };

@@ -10,6 +10,7 @@
 #include "hooks/pcap_sink.h"
 #include "http/h1_parser.h"
 #include "http/h2_relay.h"
+#include "icap/icap_client.h"
 #include "tls/cert_cache.h"
 #include "tls/contexts.h"
 #include "tls/enterprise_ca.h"
@@ -28,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -65,6 +67,15 @@ struct ListenerInfo {
   int proxy_protocol = 0;       // 0 off, 1 or 2: a PROXY header precedes everything
 };
 
+// ICAP adaptation of HTTP/1.1 exchanges (issue 8); off when neither service
+// is set. Each worker makes its own IcapService from these on its loop.
+struct IcapSettings {
+  std::optional<icap::ServiceConfig> reqmod, respmod;
+  bool fail_closed = true;
+  std::uint64_t max_body = 8ull << 20;  // larger bodies pass unadapted
+  bool enabled() const { return reqmod || respmod; }
+};
+
 struct ProxyContext {
   SessionSettings settings;
   // The proxy's own listening addresses (loop protection for transparent mode).
@@ -91,6 +102,7 @@ struct ProxyContext {
   std::vector<metrics::HistogramId> hook_latency;
   hooks::PcapSink* pcap = nullptr;  // owned by `hooks`; for its metrics
   hooks::EventFeedSink* events = nullptr;  // owned by `hooks`; for its metrics
+  IcapSettings icap;
 };
 
 // The worker a session lives on. Everything except post() is called on the
@@ -111,6 +123,10 @@ class SessionHost {
   virtual net::UpstreamPool& upstream_pool() = 0;
   // TLS sessions toward origins, for resumption.
   virtual tls::UpstreamSessionCache& upstream_sessions() = 0;
+  // This worker's client of the configured ICAP service for `m` (reqmod or
+  // respmod), created on first use; null when none is configured or the
+  // worker is shutting down.
+  virtual icap::IcapService* icap_service(icap::Method /*m*/) { return nullptr; }
 };
 
 }  // namespace sightline::proxy

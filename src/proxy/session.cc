@@ -996,7 +996,34 @@ std::unique_ptr<Relay> Session::make_plain_h1_relay() {
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
   if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
-  return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1);
+  return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1,
+                                         std::nullopt, icap_options());
+}
+
+// ICAP for this session's HTTP/1.1 exchanges: the worker's services, looked
+// up per call so a worker shutting down simply yields none.
+http::H1Icap Session::icap_options() {
+  http::H1Icap o;
+  const auto& ic = ctx_.icap;
+  if (!ic.enabled()) return o;
+  o.reqmod = ic.reqmod.has_value();
+  o.respmod = ic.respmod.has_value();
+  o.fail_closed = ic.fail_closed;
+  o.max_body = ic.max_body;
+  SessionHost* host = &host_;
+  o.service = [host](icap::Method m) { return host->icap_service(m); };
+  if (metrics::ProxyMetrics* m = ctx_.metrics) {
+    unsigned shard = worker_;
+    o.on_result = [m, shard](icap::Method method, const icap::Result& r) {
+      std::size_t i = method == icap::Method::reqmod ? 0 : 1;
+      m->registry.observe(shard, m->icap_duration[i], std::chrono::duration<double>(r.latency).count());
+      m->registry.inc(shard, m->icap_results[i][static_cast<std::size_t>(r.kind)]);
+    };
+    o.on_bypass = [m, shard](icap::Method, bool too_large) {
+      m->registry.inc(shard, too_large ? m->icap_bypass_too_large : m->icap_bypass_fail_open);
+    };
+  }
+  return o;
 }
 
 std::unique_ptr<Relay> Session::make_relay() {
@@ -1024,7 +1051,7 @@ std::unique_ptr<Relay> Session::make_relay() {
   }
   auto make_h1 = [this, info = std::move(info)]() -> std::unique_ptr<Relay> {
     return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1,
-                                           refusal_);
+                                           refusal_, icap_options());
   };
   if (upstream_alpn_ == "http/1.1" || refusal_) {
     codec_ = "http/1.1";
@@ -1203,6 +1230,12 @@ void Session::stop_reading(Side from) {
   Leg& leg = leg_of(from);
   leg.read_done = true;
   stop_reading(leg);
+}
+
+void Session::flush_sends() {
+  if (state_ != State::relaying) return;
+  flush(client_);
+  flush(upstream_);
 }
 
 void Session::pause_reading(Side from, bool paused) {

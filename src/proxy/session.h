@@ -8,6 +8,7 @@
 
 #include "net/connect_request.h"
 #include "proxy/context.h"
+#include "http/h1_relay.h"
 #include "http/relay.h"
 #include "tls/client_hello.h"
 #include "tls/contexts.h"
@@ -54,6 +55,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void end(Side to, bool clean) override;
   void stop_reading(Side from) override;
   void pause_reading(Side from, bool paused) override;
+  void flush_sends() override;
   void fail(std::string reason) override;
   void set_close_reason(std::string reason) override;
 
@@ -118,6 +120,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void start_relay();
   std::unique_ptr<Relay> make_relay();
   std::unique_ptr<Relay> make_plain_h1_relay();
+  http::H1Icap icap_options();
 
   // Relay.
   void on_leg_data(Leg& from, const char* data, std::size_t n);

@@ -164,6 +164,34 @@ TEST_CASE("[pcap] and [keylog] sections") {
   }
 }
 
+TEST_CASE("[icap] section") {
+  ConfigError err;
+  auto d = parse("", err);
+  REQUIRE(d);
+  CHECK_FALSE(d->icap.enabled());
+  CHECK(d->icap.fail == "closed");  // the DLP-safe default
+  auto cfg = parse(
+      "[icap]\nreqmod = \"icap://127.0.0.1:1344/url_check\"\nrespmod = \"icap://[::1]/av\"\n"
+      "fail = \"open\"\nmax_body = 1048576\nconnect_timeout = \"500ms\"\nresponse_timeout = \"3s\"\n",
+      err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK(cfg->icap.enabled());
+  CHECK(cfg->icap.reqmod == "icap://127.0.0.1:1344/url_check");
+  CHECK(cfg->icap.respmod == "icap://[::1]/av");
+  CHECK(cfg->icap.fail == "open");
+  CHECK(cfg->icap.max_body == 1048576);
+  CHECK(cfg->icap.connect_timeout == std::chrono::milliseconds(500));
+  CHECK(cfg->icap.response_timeout == std::chrono::seconds(3));
+  for (const char* bad : {"[icap]\nreqmod = \"http://x/y\"\n", "[icap]\nrespmod = \"icap://host\"\n",
+                          "[icap]\nfail = \"maybe\"\n", "[icap]\nmax_body = -1\n",
+                          "[icap]\nservice = \"x\"\n"}) {
+    CAPTURE(bad);
+    ConfigError e;
+    CHECK_FALSE(parse(bad, e));
+    CHECK(e.message.find("key 'icap.") != std::string::npos);
+  }
+}
+
 TEST_CASE("the shipped example configuration parses") {
   ConfigError err;
   auto cfg = load_config_file(std::string(SIGHTLINE_TEST_DATA) + "/../../deploy/sightline.example.toml", err);
