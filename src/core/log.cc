@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <memory>
@@ -26,7 +27,11 @@ struct ThreadQueue {
 struct State {
   std::mutex registry_mu;  // taken once per thread, at its first line
   std::vector<std::shared_ptr<ThreadQueue>> queues;
-  std::atomic<std::uint64_t> wake_seq{0};  // futex-backed wake-up, no shared mutex
+  // Wake-ups: taken by a thread only when its queue goes from empty to
+  // non-empty (once per batch), so workers rarely meet here.
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  bool wake_pending = false;
   std::atomic<bool> running{false};
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> dropped{0};
@@ -92,15 +97,32 @@ void drain_once() {
   }
 }
 
+void wake_writer() {
+  State& s = state();
+  {
+    std::lock_guard lock(s.wake_mu);
+    s.wake_pending = true;
+  }
+  s.wake_cv.notify_one();
+}
+
 void writer_main() {
   State& s = state();
-  std::uint64_t seen = s.wake_seq.load(std::memory_order_acquire);
-  while (!s.stopping.load(std::memory_order_acquire)) {
-    s.wake_seq.wait(seen, std::memory_order_acquire);
-    if (!s.stopping.load(std::memory_order_acquire)) std::this_thread::sleep_for(kBatchDelay);
-    // Read the sequence before draining: a line queued during the drain bumps
-    // it, and the next wait returns at once instead of missing that line.
-    seen = s.wake_seq.load(std::memory_order_acquire);
+  // The timeout is a safety net only: a wake-up is never needed for
+  // correctness, so no line can wait longer than this.
+  constexpr auto kMaxWait = std::chrono::milliseconds(250);
+  for (;;) {
+    bool stopping;
+    {
+      std::unique_lock lock(s.wake_mu);
+      s.wake_cv.wait_for(lock, kMaxWait, [&] {
+        return s.wake_pending || s.stopping.load(std::memory_order_acquire);
+      });
+      s.wake_pending = false;
+      stopping = s.stopping.load(std::memory_order_acquire);
+    }
+    if (stopping) break;
+    std::this_thread::sleep_for(kBatchDelay);
     drain_once();
   }
   drain_once();
@@ -169,10 +191,7 @@ void queue_line(std::string& text) {
     ++q.lines;
   }
   // Only the first line of a batch wakes the writer; it takes the rest along.
-  if (was_empty) {
-    s.wake_seq.fetch_add(1, std::memory_order_release);
-    s.wake_seq.notify_one();
-  }
+  if (was_empty) wake_writer();
 }
 
 // Length of the valid UTF-8 sequence starting at p (1–4), or 0 if invalid.
@@ -333,8 +352,7 @@ void stop() {
   State& s = state();
   if (!s.running.exchange(false)) return;
   s.stopping.store(true, std::memory_order_release);
-  s.wake_seq.fetch_add(1, std::memory_order_release);
-  s.wake_seq.notify_one();
+  wake_writer();
   s.writer.join();
   if (s.fd != STDERR_FILENO) {
     ::close(s.fd);

@@ -97,3 +97,29 @@ TEST_CASE("lines from many threads reach the file whole and parse as JSON") {
   CHECK(trees == kThreads);
   std::remove(path);
 }
+
+TEST_CASE("a line reaches the file while the logger runs, batch after batch") {
+  char path[] = "/tmp/sightline-log-live-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  log::Options opts;
+  opts.file = path;
+  std::string error;
+  REQUIRE(log::start(opts, &error));
+  // Each line must show up without stop() flushing it: a writer that missed
+  // a wake-up would leave it queued.
+  for (int i = 0; i < 20; ++i) {
+    log::emit(log::Line(log::Level::info, "live").num("i", i));
+    bool seen = false;
+    for (int tries = 0; tries < 1000 && !seen; ++tries) {
+      std::ifstream in(path);
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      seen = text.find("\"i\":" + std::to_string(i) + "}") != std::string::npos;
+      if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK_MESSAGE(seen, "line " << i << " not written within 10 s");
+  }
+  log::stop();
+  std::remove(path);
+}
