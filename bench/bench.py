@@ -14,6 +14,7 @@ sightline and then execs this with --build/--build-nometrics.
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import random
@@ -521,6 +522,34 @@ class Env:
         self.start_service(svc)
         return svc
 
+    def start_c_icap(self):
+        """c-icap with its echo service on loopback (ICAP's added latency);
+        None when it is not installed."""
+        mods = next((d for d in glob.glob("/usr/lib/*/c_icap") + ["/usr/lib/c_icap"]
+                     if os.path.exists(os.path.join(d, "srv_echo.so"))), None)
+        if not shutil.which("c-icap") or not mods:
+            return None
+        d = self.dir + "/c-icap"
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        conf = ["PidFile %s/c-icap.pid" % d, "CommandsSocket %s/c-icap.ctl" % d,
+                "Port 127.0.0.1:%d" % port, "Timeout 60", "MaxKeepAliveRequests 0",
+                "KeepAliveTimeout 600", "StartServers 1", "MaxServers 1", "ThreadsPerChild 16",
+                "MinSpareThreads 4", "MaxSpareThreads 16", "TmpDir %s" % d, "MaxMemObject 1048576",
+                "DebugLevel 0", "ModulesDir %s" % mods, "ServicesDir %s" % mods,
+                "TemplateDir /usr/share/c_icap/templates/", "LoadMagicFile /etc/c-icap/c-icap.magic",
+                "ServerLog %s/server.log" % d, "AccessLog /dev/null", "Service echo srv_echo.so"]
+        write(d + "/c-icap.conf", "\n".join(conf) + "\n")
+
+        def start():
+            p = self.procs.start("c-icap", ["c-icap", "-N", "-D", "-f", d + "/c-icap.conf"],
+                                 "%s/logs/c-icap.stderr" % self.dir)
+            if not wait_port(port, p):
+                raise BenchError("c-icap did not start:\n" + tail("%s/logs/c-icap.stderr" % self.dir))
+            return p
+        self.start_service(Service("c-icap", start))
+        return port
+
     def start_all(self):
         a = self.args
         d = self.dir
@@ -590,6 +619,18 @@ class Env:
                                          extra='[pcap]\ndir = "%s/pcap"\nmax_files = 8\n' % d)
             add(System("sightline-pcap", "static", p, self.root, workloads=["W1", "W2h1"],
                        h1_h2load=True, note="W5: decrypted PCAP-NG of all traffic to files"), svc)
+        if wanted("sightline-icap") and not a.no_w5:
+            icap_port = self.start_c_icap()
+            if icap_port:
+                p = free_port()
+                echo = "icap://127.0.0.1:%d/echo" % icap_port
+                svc = self.sightline_service("sightline-icap", self.sightline,
+                                             [(p, "static", "127.0.0.1:%d" % O)], workers=a.w5_workers,
+                                             extra='[icap]\nreqmod = "%s"\nrespmod = "%s"\n' % (echo, echo))
+                add(System("sightline-icap", "static", p, self.root, workloads=["W1", "W2h1"],
+                           h1_h2load=True, note="W5: ICAP REQMOD and RESPMOD to c-icap's echo service"), svc)
+            else:
+                log("c-icap not installed; W5 ICAP row skipped")
         nm = os.path.abspath(a.sightline_nometrics) if a.sightline_nometrics else None
         if wanted("sightline-nometrics") and not a.no_w5:
             if nm and os.access(nm, os.X_OK):
@@ -1079,6 +1120,7 @@ def w5_lines(summ):
         ("default logging (a JSON line per connection and per exchange) vs level warn",
          "sightline-base", "sightline-nolog"),
         ("PCAP on (PCAP-NG files of all inspected traffic) vs off", "sightline-pcap", "sightline-base"),
+        ("ICAP REQMOD + RESPMOD to c-icap echo on every exchange vs off", "sightline-icap", "sightline-base"),
     ]
     for label, on_name, off_name in pairs:
         parts = []
@@ -1092,6 +1134,13 @@ def w5_lines(summ):
                     txt += ", CPU per unit %+.1f%%" % ((on[cf] - off[cf]) / off[cf] * 100)
                 parts.append(txt)
         out.append("- %s: %s" % (label, "; ".join(parts) if parts else "n/a"))
+    on = summ.get("W2h1", {}).get("sightline-icap", {})
+    off = summ.get("W2h1", {}).get("sightline-base", {})
+    if on.get("p50_ms") is not None and off.get("p50_ms") is not None:
+        out.append("- ICAP added latency per exchange (W2h1, c-icap echo, REQMOD + RESPMOD): p50 %+.3f ms, "
+                   "p99 %+.3f ms (%s vs %s ms p50)" % (on["p50_ms"] - off["p50_ms"],
+                                                    on.get("p99_ms", 0) - off.get("p99_ms", 0),
+                                                    fmt(on["p50_ms"]), fmt(off["p50_ms"])))
     out.append("- compliance archive on: n/a (not implemented yet)")
     return out
 
