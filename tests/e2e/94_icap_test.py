@@ -269,4 +269,5 @@ def main(t):
         assert open_proxy.stop() == 0
 
 
-h.run_test("94_icap", main)
+if __name__ == "__main__":  # 95_icap_h2_test imports CIcap from here
+    h.run_test("94_icap", main)
