@@ -83,8 +83,8 @@ void append_fields(HeaderPairs& out, const exchange::Headers& in, std::size_t le
   for (const auto& f : in) {
     std::string n = lower(f.name);
     if (n == "connection" || n == "keep-alive" || n == "proxy-connection" ||
-        n == "transfer-encoding" || n == "upgrade" || n == "te" || n == "host" ||
-        n == "content-length" || n.empty() || n[0] == ':')
+        n == "transfer-encoding" || n == "upgrade" || n == "host" || n == "content-length" ||
+        n.empty() || n[0] == ':' || (n == "te" && lower(f.value) != "trailers"))
       continue;
     out.emplace_back(std::move(n), f.value);
   }
@@ -200,7 +200,16 @@ struct H2Relay::Callbacks {
               st->req_held = true;
             }
           }
-          if (!st->req_held) r.submit_request(*st);
+          if (!st->req_held) {
+            r.submit_request(*st);
+          } else if (!end_stream && lower(field(st->req_head, "expect")) == "100-continue") {
+            // The client may wait for 100 before sending the body ICAP
+            // needs, and no origin stream exists yet to send one.
+            nghttp2_nv nv{const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(":status")),
+                          const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>("100")), 7, 3,
+                          NGHTTP2_NV_FLAG_NONE};
+            nghttp2_submit_headers(r.down_, NGHTTP2_FLAG_NONE, st->down_id, nullptr, &nv, 1, nullptr);
+          }
           if (end_stream) {
             r.consumer_.on_request_end(st->ex, {});
             if (st->req_held) r.send_reqmod(*st);

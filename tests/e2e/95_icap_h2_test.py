@@ -103,6 +103,20 @@ def main(t):
         got = json.loads(body)
         assert got == {"sha256": sha, "length": 2_000_000}, "origin saw %s" % got
 
+    with t.check("an h2 POST with Expect: 100-continue gets 100 from the proxy while held"):
+        small = os.path.join(t.dir, "small.bin")
+        h.write_pseudorandom(small, 100_000, seed=10)
+        sha = h.sha256_file(small)
+        # curl would send the body anyway after --expect100-timeout: a long
+        # timeout and a short total show that the 100 came from the proxy.
+        cp = curl_h2(proxy, pki, base + "/upload",
+                     ["--data-binary", "@" + small, "-H", "Expect: 100-continue",
+                      "--expect100-timeout", "20", "--max-time", "10", "-v"])
+        body, code, ver = split_w(cp)
+        assert cp.returncode == 0 and code == "200" and ver == "2", h.curl_err(cp) + " %s/%s" % (code, ver)
+        assert b"< HTTP/2 100" in cp.stderr, "no 100 Continue seen by curl"
+        assert json.loads(body) == {"sha256": sha, "length": 100_000}, "origin saw %s" % body[:200]
+
     with t.check("a blocked stream gets the block page; a parallel stream on the same connection "
                  "completes"):
         rows = parallel(proxy, pki, os.path.join(t.dir, "blk"), [
