@@ -137,6 +137,24 @@ def main(t):
         assert cp.returncode == 0 and cp.stdout == b"200 %d" % h.BIG_SIZE, h.curl_err(cp)
         assert metric(proxy, "sightline_icap_bypassed_total", reason="too_large") >= 1
 
+    with t.check("an h2 request body without content-length that outgrows max_body: what was "
+                 "held goes on, the rest streams, the origin gets it byte-exact"):
+        small_cap = t.start_proxy(pki, name="small-cap", extra=(
+            '[icap]\nreqmod = "%s"\nrespmod = "%s"\nmax_body = 65536\n'
+            % (icap.url("url_check"), icap.url("echo"))))
+        before = metric(small_cap, "sightline_icap_bypassed_total", reason="too_large")
+        # Transfer-Encoding: chunked makes curl send HTTP/2 DATA without a
+        # content-length, so the cap is only found while holding (either
+        # way the body must arrive whole and be counted as too large).
+        cp = curl_h2(small_cap, pki, base + "/upload",
+                     ["--data-binary", "@" + body_path, "-H", "Transfer-Encoding: chunked"], timeout=120)
+        body, code, ver = split_w(cp)
+        assert cp.returncode == 0 and code == "200" and ver == "2", h.curl_err(cp) + " %s/%s" % (code, ver)
+        got = json.loads(body)
+        assert got == {"sha256": h.sha256_file(body_path), "length": 2_000_000}, "origin saw %s" % got
+        assert metric(small_cap, "sightline_icap_bypassed_total", reason="too_large") > before
+        assert small_cap.stop() == 0
+
     open_proxy = t.start_proxy(pki, name="fail-open", args=icap_args + ["--icap-fail", "open"])
     icap.stop()
 
