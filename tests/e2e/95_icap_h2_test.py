@@ -42,7 +42,7 @@ def parallel(proxy, pki, outdir, transfers):
     (multiplex) the one connection. Returns rows of
     (code, version, num_connects, body)."""
     os.makedirs(outdir, exist_ok=True)
-    args = ["--parallel", "--parallel-max", "10"]
+    args = ["--parallel", "--parallel-max", "50"]
     for i, (url, extra) in enumerate(transfers):
         if i:
             args.append("--next")
@@ -130,6 +130,13 @@ def main(t):
             "parallel stream: %s HTTP/%s, %d bytes" % (fcode, fver, len(fbody))
         assert bn + fn == 1, "%d connections, want one multiplexed" % (bn + fn)
         assert metric(proxy, "sightline_icap_results_total", method="reqmod", result="respond") >= 1
+
+    with t.check("50 concurrent h2 streams on one connection, each held for ICAP: all exact"):
+        rows = parallel(proxy, pki, os.path.join(t.dir, "many"),
+                        [(base + "/1k?many=%d" % i, []) for i in range(50)])
+        bad = [i for i, r in enumerate(rows) if r[0] != "200" or r[1] != "2" or r[3] != one_k]
+        assert not bad, "%d transfers wrong, e.g. #%d: %s" % (len(bad), bad[0], rows[bad[0]][:3])
+        assert sum(r[2] for r in rows) == 1, "%d connections" % sum(r[2] for r in rows)
 
     with t.check("a body over max_body streams through unadapted over h2 and is counted"):
         cp = h.curl_via(proxy.port, base + "/big", pki.root,
