@@ -123,6 +123,10 @@ struct H2Relay::Stream {
   // Held body bytes whose window was already handed back to the sender while
   // holding: not credited again when they are sent on.
   std::size_t req_prepaid = 0, resp_prepaid = 0;
+  // Held bytes whose connection window went back but whose stream window is
+  // withheld: the connection's held bytes were over budget (back-pressure on
+  // this stream only, the others keep their windows).
+  std::size_t req_unpaid = 0, resp_unpaid = 0;
   exchange::Head req_event;  // the request, as RESPMOD context
 };
 
@@ -583,6 +587,7 @@ void H2Relay::answer_error(Stream& st, int status, const std::string& reason) {
 // n body bytes left our buffer (sent on, or dropped): the sender gets window
 // for those not already handed back while they were held.
 void H2Relay::credit(Side sender, Stream& st, std::size_t n) {
+  settle(sender, st);
   std::size_t& pre = sender == Side::client ? st.req_prepaid : st.resp_prepaid;
   std::size_t k = std::min(pre, n);
   pre -= k;
@@ -599,8 +604,70 @@ void H2Relay::hold_data(Side sender, Stream& st, std::size_t n) {
     give_up_hold(sender, st);
     return;
   }
-  give_back(sender, st, n);
-  (sender == Side::client ? st.req_prepaid : st.resp_prepaid) += n;
+  // All streams together hold at most a budget of credited bytes; beyond
+  // it a stream's own window stays closed until others' verdicts free room.
+  // The oldest stream still receiving is always credited, so some stream
+  // can always finish its body and reach a verdict (no cross-stream stall).
+  if (held_paid(sender) <= held_budget() || oldest_receiving(sender) == &st) {
+    give_back(sender, st, n);
+    (sender == Side::client ? st.req_prepaid : st.resp_prepaid) += n;
+  } else {
+    nghttp2_session_consume_connection(session(sender), n);
+    (sender == Side::client ? st.req_unpaid : st.resp_unpaid) += n;
+  }
+}
+
+std::size_t H2Relay::held_budget() const {
+  return static_cast<std::size_t>(2 * icap_.max_body);
+}
+
+// Bytes held for ICAP in `sender`'s direction whose window went back.
+std::size_t H2Relay::held_paid(Side sender) const {
+  std::size_t sum = 0;
+  for (const auto& [id, st] : streams_) {
+    if (sender == Side::client && st->req_held)
+      sum += st->req_body.size() - st->req_off - st->req_unpaid;
+    else if (sender == Side::upstream && st->resp_held)
+      sum += st->resp_body.size() - st->resp_off - st->resp_unpaid;
+  }
+  return sum;
+}
+
+H2Relay::Stream* H2Relay::oldest_receiving(Side sender) const {
+  Stream* best = nullptr;
+  for (const auto& [id, st] : streams_) {
+    bool receiving = sender == Side::client ? st->req_held && !st->req_end
+                                            : st->resp_held && !st->resp_end;
+    if (receiving && (!best || st->down_id < best->down_id)) best = st.get();
+  }
+  return best;
+}
+
+// Withheld stream window goes back: the bytes now count as credited.
+void H2Relay::settle(Side sender, Stream& st) {
+  std::size_t& un = sender == Side::client ? st.req_unpaid : st.resp_unpaid;
+  if (un == 0) return;
+  bool closed = sender == Side::client ? st.down_closed : st.up_closed;
+  std::int32_t id = sender == Side::client ? st.down_id : st.up_id;
+  if (!closed && id > 0) nghttp2_session_consume_stream(session(sender), id, un);
+  (sender == Side::client ? st.req_prepaid : st.resp_prepaid) += un;
+  un = 0;
+}
+
+// Streams whose window was withheld get it back while the budget allows
+// (after verdicts freed room); outside nghttp2 callbacks, before sending.
+void H2Relay::wake_held() {
+  for (Side sender : {Side::client, Side::upstream}) {
+    std::size_t paid = held_paid(sender);
+    Stream* oldest = oldest_receiving(sender);
+    for (auto& [id, st] : streams_) {
+      std::size_t un = sender == Side::client ? st->req_unpaid : st->resp_unpaid;
+      if (un == 0) continue;
+      if (paid + un > held_budget() && st.get() != oldest) continue;
+      settle(sender, *st);
+      paid += un;
+    }
+  }
 }
 
 void H2Relay::bypass_too_large(Stream& st, icap::Method m) {
@@ -853,6 +920,7 @@ void H2Relay::on_writable(Side) {
 // leg's queue is below the watermark: the rest stays in stream buffers (and
 // in the sender's window) until the leg drains.
 void H2Relay::flush() {
+  if (icap_.reqmod || icap_.respmod) wake_held();
   // Sending on one session can open windows on the other (consumed request
   // bytes become WINDOW_UPDATEs for the client), so go round until neither
   // has anything more to say.

@@ -13,7 +13,8 @@
 // ICAP (IcapOptions) holds per stream: a request or response that goes to
 // ICAP is kept (head, body up to max_body, trailers) until its verdict, while
 // the other streams of the connection go on. Held DATA is credited back to the
-// sender (window) only up to max_body, so the hold is bounded per stream.
+// sender (window) only up to max_body per stream and 2 x max_body per
+// connection and direction, so holds are bounded (docs/icap.md).
 #pragma once
 
 #include "exchange/exchange.h"
@@ -69,6 +70,11 @@ class H2Relay final : public Relay {
   void hold_data(Side sender, Stream& st, std::size_t n);
   void give_up_hold(Side sender, Stream& st);
   void bypass_too_large(Stream& st, icap::Method m);
+  std::size_t held_budget() const;
+  std::size_t held_paid(Side sender) const;
+  Stream* oldest_receiving(Side sender) const;
+  void settle(Side sender, Stream& st);
+  void wake_held();
   void send_reqmod(Stream& st);
   void send_respmod(Stream& st);
   void reqmod_done(std::int32_t down_id, icap::Result r);

@@ -162,6 +162,27 @@ def main(t):
         assert metric(small_cap, "sightline_icap_bypassed_total", reason="too_large") > before
         assert small_cap.stop() == 0
 
+    with t.check("held h2 request bodies over the connection's budget (2 x max_body): windows "
+                 "withheld, then given back as verdicts free room; all bodies arrive byte-exact"):
+        budget = t.start_proxy(pki, name="budget", extra=(
+            '[icap]\nreqmod = "%s"\nrespmod = "%s"\nmax_body = 400000\n'
+            % (icap.url("url_check"), icap.url("echo"))))
+        transfers, want = [], []
+        for i in range(5):
+            path = os.path.join(t.dir, "b%d.bin" % i)
+            h.write_pseudorandom(path, 390_000, seed=20 + i)
+            want.append({"sha256": h.sha256_file(path), "length": 390_000})
+            transfers.append((base + "/upload?b=%d" % i, ["--data-binary", "@" + path]))
+        before = metric(budget, "sightline_icap_bypassed_total", reason="too_large")
+        rows = parallel(budget, pki, os.path.join(t.dir, "budget"), transfers)
+        for i, (code, ver, _, body) in enumerate(rows):
+            assert code == "200" and ver == "2", "#%d: %s HTTP/%s %r" % (i, code, ver, body[:200])
+            assert json.loads(body) == want[i], "#%d: origin saw %s" % (i, body[:200])
+        assert sum(r[2] for r in rows) == 1, "%d connections" % sum(r[2] for r in rows)
+        assert metric(budget, "sightline_icap_bypassed_total", reason="too_large") == before, \
+            "a body under max_body was bypassed"
+        assert budget.stop() == 0
+
     open_proxy = t.start_proxy(pki, name="fail-open", args=icap_args + ["--icap-fail", "open"])
     icap.stop()
 
