@@ -217,7 +217,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
 
 H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
                  std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
-                 std::optional<Refusal> refusal, H1Icap icap)
+                 std::optional<Refusal> refusal, IcapOptions icap)
     : io_(io),
       consumer_(consumer),
       connection_(std::move(connection)),

@@ -9,7 +9,6 @@
 #include "exchange/exchange.h"
 #include "http/h1_parser.h"
 #include "http/relay.h"
-#include "icap/icap_client.h"
 
 #include <deque>
 #include <functional>
@@ -18,26 +17,11 @@
 
 namespace sightline::http {
 
-// ICAP adaptation of this connection's exchanges (docs/icap.md). A message
-// that goes to ICAP is held (head and body, up to max_body) and forwarded,
-// replaced or answered once the ICAP verdict arrives; what follows it in the
-// same direction waits behind it, so pipelined messages keep their order.
-struct H1Icap {
-  bool reqmod = false, respmod = false;  // which adaptations apply here
-  // The worker's service for a method, looked up per call (null: fail).
-  std::function<icap::IcapService*(icap::Method)> service;
-  bool fail_closed = true;
-  std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
-  // For metrics; both optional.
-  std::function<void(icap::Method, const icap::Result&)> on_result;
-  std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
-};
-
 class H1Relay final : public Relay {
  public:
   H1Relay(RelayIo& io, exchange::Consumer& consumer,
           std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
-          std::optional<Refusal> refusal = std::nullopt, H1Icap icap = {});
+          std::optional<Refusal> refusal = std::nullopt, IcapOptions icap = {});
   ~H1Relay() override;
 
   void on_data(Side from, std::span<const char> data) override;
@@ -108,7 +92,7 @@ class H1Relay final : public Relay {
   std::string deferred_reason_;
   // An ICAP answer (block page) that must wait for earlier responses.
   std::string deferred_answer_;
-  H1Icap icap_;
+  IcapOptions icap_;
   OutQueue out_[2];  // [0] toward the client, [1] toward the origin
   Hold req_hold_, resp_hold_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for ICAP callbacks

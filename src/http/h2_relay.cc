@@ -1,6 +1,10 @@
 #include "http/h2_relay.h"
 
+#include "core/log.h"
+
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -51,6 +55,48 @@ exchange::Headers to_event_headers(const HeaderPairs& h) {
   return out;
 }
 
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// The declared body length, to decide before holding anything whether a
+// body is over icap.max_body (nullopt: unknown or malformed).
+std::optional<std::uint64_t> content_length(const HeaderPairs& h) {
+  for (const auto& [n, v] : h) {
+    if (n != "content-length") continue;
+    std::uint64_t len = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
+    if (ec != std::errc{} || p != v.data() + v.size()) return std::nullopt;
+    return len;
+  }
+  return std::nullopt;
+}
+
+// An ICAP answer's HTTP/1.1 fields as HTTP/2 regular fields: lower-case,
+// without what HTTP/2 forbids (connection-specific fields, RFC 9113 8.2.2)
+// or replaces (Host by :authority), and without its framing: the body we
+// send is `length` bytes, declared when `with_length`.
+void append_fields(HeaderPairs& out, const exchange::Headers& in, std::size_t length,
+                   bool with_length) {
+  for (const auto& f : in) {
+    std::string n = lower(f.name);
+    if (n == "connection" || n == "keep-alive" || n == "proxy-connection" ||
+        n == "transfer-encoding" || n == "upgrade" || n == "host" || n == "content-length" ||
+        n.empty() || n[0] == ':' || (n == "te" && lower(f.value) != "trailers"))
+      continue;
+    out.emplace_back(std::move(n), f.value);
+  }
+  if (with_length) out.emplace_back("content-length", std::to_string(length));
+}
+
+std::string field(const HeaderPairs& h, std::string_view name) {
+  for (const auto& [n, v] : h)
+    if (n == name) return v;
+  return {};
+}
+
 }  // namespace
 
 // One client stream and the origin stream it maps to. Body bytes wait here
@@ -60,6 +106,7 @@ struct H2Relay::Stream {
   std::int32_t up_id = -1;  // -1 until submitted
   exchange::Exchange ex;
   HeaderPairs collecting;  // header block being received
+  HeaderPairs req_head, resp_head;  // fields to submit (kept while held for ICAP)
   HeaderPairs req_trailers, resp_trailers;
   std::string req_body, resp_body;  // not yet taken by the other session
   std::size_t req_off = 0, resp_off = 0;
@@ -68,6 +115,19 @@ struct H2Relay::Stream {
   bool down_closed = false, up_closed = false;
   bool done_reported = false;
   bool synthetic = false;  // response made by the proxy (error page)
+  bool head_request = false;
+  // ICAP: the message is held (not submitted) until its body ended and the
+  // verdict came; `*_icap` once the call is out.
+  bool req_held = false, resp_held = false;
+  bool req_icap = false, resp_icap = false;
+  // Held body bytes whose window was already handed back to the sender while
+  // holding: not credited again when they are sent on.
+  std::size_t req_prepaid = 0, resp_prepaid = 0;
+  // Held bytes whose connection window went back but whose stream window is
+  // withheld: the connection's held bytes were over budget (back-pressure on
+  // this stream only, the others keep their windows).
+  std::size_t req_unpaid = 0, resp_unpaid = 0;
+  exchange::Head req_event;  // the request, as RESPMOD context
 };
 
 struct H2Relay::Callbacks {
@@ -130,10 +190,33 @@ struct H2Relay::Callbacks {
           st->ex.target = head.target;
           st->ex.timing.request_head_in = Clock::now();
           r.consumer_.on_request_head(st->ex, head);
-          r.submit_request(*st, end_stream);
+          st->req_head = std::move(st->collecting);
+          st->collecting.clear();
+          st->head_request = head.method == "HEAD";
+          if (end_stream) st->req_end = true;
+          if (r.icap_.respmod) st->req_event = head;
+          if (r.icap_.reqmod && head.method != "CONNECT") {
+            auto cl = content_length(st->req_head);
+            if (cl && *cl > r.icap_.max_body) {
+              // Decided before holding anything: the body streams through unadapted.
+              r.bypass_too_large(*st, icap::Method::reqmod);
+            } else {
+              st->req_held = true;
+            }
+          }
+          if (!st->req_held) {
+            r.submit_request(*st);
+          } else if (!end_stream && lower(field(st->req_head, "expect")) == "100-continue") {
+            // The client may wait for 100 before sending the body ICAP
+            // needs, and no origin stream exists yet to send one.
+            nghttp2_nv nv{const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(":status")),
+                          const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>("100")), 7, 3,
+                          NGHTTP2_NV_FLAG_NONE};
+            nghttp2_submit_headers(r.down_, NGHTTP2_FLAG_NONE, st->down_id, nullptr, &nv, 1, nullptr);
+          }
           if (end_stream) {
-            st->req_end = true;
             r.consumer_.on_request_end(st->ex, {});
+            if (st->req_held) r.send_reqmod(*st);
           }
           return 0;
         }
@@ -142,7 +225,8 @@ struct H2Relay::Callbacks {
       if (end_stream && !st->req_end) {
         st->req_end = true;
         r.consumer_.on_request_end(st->ex, to_event_headers(st->req_trailers));
-        if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
+        if (st->req_held) r.send_reqmod(*st);
+        else if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
       }
       return 0;
     }
@@ -162,15 +246,24 @@ struct H2Relay::Callbacks {
         st->ex.status = head.status;
         st->ex.timing.response_head_in = Clock::now();
         r.consumer_.on_response_head(st->ex, head);
-        r.submit_response(*st, end_stream);
+        st->resp_head = std::move(st->collecting);
+        st->collecting.clear();
         if (end_stream) st->resp_end = true;
+        bool has_body = !end_stream && head.status != 204 && head.status != 304 && !st->head_request;
+        if (r.icap_.respmod && has_body && !st->synthetic) {
+          auto cl = content_length(st->resp_head);
+          if (cl && *cl > r.icap_.max_body) r.bypass_too_large(*st, icap::Method::respmod);
+          else st->resp_held = true;
+        }
+        if (!st->resp_held) r.submit_response(*st);
       } else {
         st->resp_trailers = std::move(st->collecting);
       }
     }
     if (end_stream) {
       st->resp_end = true;
-      if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
+      if (st->resp_held) r.send_respmod(*st);
+      else if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
     }
     return 0;
   }
@@ -189,7 +282,8 @@ struct H2Relay::Callbacks {
       st->req_body.append(bytes.data(), bytes.size());
       st->ex.request_body_bytes += len;
       r.consumer_.on_body(st->ex, exchange::Direction::request, bytes);
-      if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
+      if (st->req_held) r.hold_data(Side::client, *st, len);
+      else if (st->up_id > 0) nghttp2_session_resume_data(r.up_, st->up_id);
     } else {
       Stream* st = r.by_up(id);
       if (!st || st->down_closed) {
@@ -199,7 +293,8 @@ struct H2Relay::Callbacks {
       st->resp_body.append(bytes.data(), bytes.size());
       st->ex.response_body_bytes += len;
       r.consumer_.on_body(st->ex, exchange::Direction::response, bytes);
-      if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
+      if (st->resp_held) r.hold_data(Side::upstream, *st, len);
+      else if (st->resp_head_sent) nghttp2_session_resume_data(r.down_, st->down_id);
     }
     return 0;
   }
@@ -242,7 +337,7 @@ struct H2Relay::Callbacks {
                                   error_code == NGHTTP2_NO_ERROR ? static_cast<uint32_t>(NGHTTP2_CANCEL) : error_code);
       // Window for bytes that will never be sent on.
       std::size_t unsent = st->resp_body.size() - st->resp_off;
-      if (unsent && st->up_id > 0 && !st->synthetic) r.give_back(Side::upstream, *st, unsent);
+      if (unsent && st->up_id > 0 && !st->synthetic) r.credit(Side::upstream, *st, unsent);
       r.release_if_closed(st);
       return 0;
     }
@@ -250,7 +345,7 @@ struct H2Relay::Callbacks {
     if (!st) return 0;
     st->up_closed = true;
     std::size_t unsent = st->req_body.size() - st->req_off;
-    if (unsent) r.give_back(Side::client, *st, unsent);
+    if (unsent) r.credit(Side::client, *st, unsent);
     if (error_code != NGHTTP2_NO_ERROR && !st->down_closed) {
       if (!st->resp_head_sent) {
         r.answer_error(*st, 502, std::string("origin reset the stream: ") +
@@ -274,7 +369,7 @@ struct H2Relay::Callbacks {
     if (n > 0) {
       std::memcpy(buf, st->req_body.data() + st->req_off, n);
       st->req_off += n;
-      r.give_back(Side::client, *st, n);
+      r.credit(Side::client, *st, n);
       if (st->req_off == st->req_body.size()) {
         st->req_body.clear();
         st->req_off = 0;
@@ -300,7 +395,7 @@ struct H2Relay::Callbacks {
     if (n > 0) {
       std::memcpy(buf, st->resp_body.data() + st->resp_off, n);
       st->resp_off += n;
-      if (st->up_id > 0 && !st->synthetic) r.give_back(Side::upstream, *st, n);
+      if (st->up_id > 0 && !st->synthetic) r.credit(Side::upstream, *st, n);
       if (st->resp_off == st->resp_body.size()) {
         st->resp_body.clear();
         st->resp_off = 0;
@@ -321,14 +416,22 @@ struct H2Relay::Callbacks {
 
 H2Relay::H2Relay(RelayIo& io, exchange::Consumer& consumer,
                  std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
-                 std::size_t output_high_watermark, std::optional<Refusal> refusal)
+                 std::size_t output_high_watermark, std::optional<Refusal> refusal,
+                 IcapOptions icap)
     : io_(io),
       consumer_(consumer),
       connection_(std::move(connection)),
       settings_(settings),
       high_watermark_(output_high_watermark),
       refusal_(std::move(refusal)),
-      upstream_ended_(refusal_.has_value()) {}
+      upstream_ended_(refusal_.has_value()),
+      icap_(std::move(icap)) {
+  // A rule's `hooks` list selects ICAP like any hook (absent: all traffic).
+  const auto& hooks = connection_->hooks;
+  if (refusal_ || !icap_.service ||
+      (hooks && std::find(hooks->begin(), hooks->end(), "icap") == hooks->end()))
+    icap_.reqmod = icap_.respmod = false;
+}
 
 H2Relay::~H2Relay() {
   // Exchanges still open when the connection goes are aborted, so every
@@ -416,20 +519,21 @@ H2Relay::Stream* H2Relay::by_up(std::int32_t id) {
   return it == up_index_.end() ? nullptr : it->second;
 }
 
-void H2Relay::submit_request(Stream& st, bool end_stream) {
+void H2Relay::submit_request(Stream& st) {
   if (refusal_) {
-    st.collecting.clear();
+    st.req_head.clear();
     st.up_closed = true;
     answer_error(st, refusal_->status, refusal_->reason);
     return;
   }
-  auto nv = to_nv(st.collecting);
+  bool end_stream = st.req_end && st.req_body.size() == st.req_off && st.req_trailers.empty();
+  auto nv = to_nv(st.req_head);
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
   prd.read_callback = Callbacks::read_request_body;
   std::int32_t id = nghttp2_submit_request(up_, nullptr, nv.data(), nv.size(),
                                            end_stream ? nullptr : &prd, nullptr);
-  st.collecting.clear();
+  st.req_head.clear();
   if (id < 0) {
     st.up_closed = true;
     answer_error(st, 502, std::string("cannot forward request: ") + nghttp2_strerror(id));
@@ -439,15 +543,16 @@ void H2Relay::submit_request(Stream& st, bool end_stream) {
   up_index_[id] = &st;
 }
 
-void H2Relay::submit_response(Stream& st, bool end_stream) {
+void H2Relay::submit_response(Stream& st) {
   if (st.down_closed) return;
-  auto nv = to_nv(st.collecting);
+  bool end_stream = st.resp_end && st.resp_body.size() == st.resp_off && st.resp_trailers.empty();
+  auto nv = to_nv(st.resp_head);
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
   prd.read_callback = Callbacks::read_response_body;
   int rc = nghttp2_submit_response(down_, st.down_id, nv.data(), nv.size(),
                                    end_stream ? nullptr : &prd);
-  st.collecting.clear();
+  st.resp_head.clear();
   if (rc == 0) st.resp_head_sent = true;
 }
 
@@ -455,6 +560,11 @@ void H2Relay::submit_response(Stream& st, bool end_stream) {
 // response head was relayed.
 void H2Relay::answer_error(Stream& st, int status, const std::string& reason) {
   if (st.down_closed || st.resp_head_sent) return;
+  // A held message is dropped: its verdict, if one comes, is ignored.
+  st.req_held = st.resp_held = false;
+  std::size_t unsent = st.resp_body.size() - st.resp_off;
+  if (unsent && st.up_id > 0 && !st.synthetic) credit(Side::upstream, st, unsent);
+  st.resp_prepaid = 0;
   st.synthetic = true;
   st.ex.status = status;
   st.resp_body = "sightline: " + reason + "\n";
@@ -463,7 +573,7 @@ void H2Relay::answer_error(Stream& st, int status, const std::string& reason) {
   st.resp_trailers.clear();
   std::string status_text = std::to_string(status);
   std::string length = std::to_string(st.resp_body.size());
-  st.collecting = {{":status", status_text},
+  st.resp_head = {{":status", status_text},
                    {"content-type", "text/plain; charset=utf-8"},
                    {"content-length", length},
                    {"cache-control", "no-store"}};
@@ -471,7 +581,267 @@ void H2Relay::answer_error(Stream& st, int status, const std::string& reason) {
     st.done_reported = true;
     consumer_.on_abort(st.ex, reason);
   }
-  submit_response(st, false);
+  submit_response(st);
+}
+
+// n body bytes left our buffer (sent on, or dropped): the sender gets window
+// for those not already handed back while they were held.
+void H2Relay::credit(Side sender, Stream& st, std::size_t n) {
+  settle(sender, st);
+  std::size_t& pre = sender == Side::client ? st.req_prepaid : st.resp_prepaid;
+  std::size_t k = std::min(pre, n);
+  pre -= k;
+  if (n > k) give_back(sender, st, n - k);
+}
+
+// n more bytes of a held body arrived. Up to icap.max_body their window goes
+// back at once (the sender could not finish a body larger than its window
+// otherwise); past it the hold ends: what is held goes on as it is and the
+// rest streams unadapted, under the usual end-to-end flow control.
+void H2Relay::hold_data(Side sender, Stream& st, std::size_t n) {
+  const std::string& body = sender == Side::client ? st.req_body : st.resp_body;
+  if (body.size() > icap_.max_body) {
+    give_up_hold(sender, st);
+    return;
+  }
+  // All streams together hold at most a budget of credited bytes; beyond
+  // it a stream's own window stays closed until others' verdicts free room.
+  // The oldest stream still receiving is always credited, so some stream
+  // can always finish its body and reach a verdict (no cross-stream stall).
+  if (held_paid(sender) <= held_budget() || oldest_receiving(sender) == &st) {
+    give_back(sender, st, n);
+    (sender == Side::client ? st.req_prepaid : st.resp_prepaid) += n;
+  } else {
+    nghttp2_session_consume_connection(session(sender), n);
+    (sender == Side::client ? st.req_unpaid : st.resp_unpaid) += n;
+  }
+}
+
+std::size_t H2Relay::held_budget() const {
+  return static_cast<std::size_t>(2 * icap_.max_body);
+}
+
+// Bytes held for ICAP in `sender`'s direction whose window went back.
+std::size_t H2Relay::held_paid(Side sender) const {
+  std::size_t sum = 0;
+  for (const auto& [id, st] : streams_) {
+    if (sender == Side::client && st->req_held)
+      sum += st->req_body.size() - st->req_off - st->req_unpaid;
+    else if (sender == Side::upstream && st->resp_held)
+      sum += st->resp_body.size() - st->resp_off - st->resp_unpaid;
+  }
+  return sum;
+}
+
+H2Relay::Stream* H2Relay::oldest_receiving(Side sender) const {
+  Stream* best = nullptr;
+  for (const auto& [id, st] : streams_) {
+    bool receiving = sender == Side::client ? st->req_held && !st->req_end
+                                            : st->resp_held && !st->resp_end;
+    if (receiving && (!best || st->down_id < best->down_id)) best = st.get();
+  }
+  return best;
+}
+
+// Withheld stream window goes back: the bytes now count as credited.
+void H2Relay::settle(Side sender, Stream& st) {
+  std::size_t& un = sender == Side::client ? st.req_unpaid : st.resp_unpaid;
+  if (un == 0) return;
+  bool closed = sender == Side::client ? st.down_closed : st.up_closed;
+  std::int32_t id = sender == Side::client ? st.down_id : st.up_id;
+  if (!closed && id > 0) nghttp2_session_consume_stream(session(sender), id, un);
+  (sender == Side::client ? st.req_prepaid : st.resp_prepaid) += un;
+  un = 0;
+}
+
+// Streams whose window was withheld get it back while the budget allows
+// (after verdicts freed room); outside nghttp2 callbacks, before sending.
+void H2Relay::wake_held() {
+  for (Side sender : {Side::client, Side::upstream}) {
+    std::size_t paid = held_paid(sender);
+    Stream* oldest = oldest_receiving(sender);
+    for (auto& [id, st] : streams_) {
+      std::size_t un = sender == Side::client ? st->req_unpaid : st->resp_unpaid;
+      if (un == 0) continue;
+      if (paid + un > held_budget() && st.get() != oldest) continue;
+      settle(sender, *st);
+      paid += un;
+    }
+  }
+}
+
+void H2Relay::bypass_too_large(Stream& st, icap::Method m) {
+  if (icap_.on_bypass) icap_.on_bypass(m, true);
+  log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st.ex.id)
+                .str("method", m == icap::Method::reqmod ? "REQMOD" : "RESPMOD")
+                .str("reason", "body over icap.max_body"));
+}
+
+void H2Relay::give_up_hold(Side sender, Stream& st) {
+  bool req = sender == Side::client;
+  bypass_too_large(st, req ? icap::Method::reqmod : icap::Method::respmod);
+  if (req) {
+    st.req_held = false;
+    submit_request(st);
+  } else {
+    st.resp_held = false;
+    submit_response(st);
+  }
+}
+
+void H2Relay::send_reqmod(Stream& st) {
+  if (st.req_icap) return;
+  st.req_icap = true;
+  icap::IcapService* svc = icap_.service ? icap_.service(icap::Method::reqmod) : nullptr;
+  if (!svc) {
+    // Inside an nghttp2 callback: decide now, the caller sends afterwards.
+    icap::Result r;
+    r.error = "ICAP service not available";
+    reqmod_done(st.down_id, std::move(r));
+    return;
+  }
+  std::weak_ptr<bool> alive = alive_;
+  svc->reqmod(to_event_head(st.req_head, true), st.req_body,
+              [this, alive, id = st.down_id](icap::Result r) {
+                if (alive.expired()) return;
+                reqmod_done(id, std::move(r));
+                after_callback();
+              });
+}
+
+void H2Relay::send_respmod(Stream& st) {
+  if (st.resp_icap) return;
+  st.resp_icap = true;
+  icap::IcapService* svc = icap_.service ? icap_.service(icap::Method::respmod) : nullptr;
+  if (!svc) {
+    icap::Result r;
+    r.error = "ICAP service not available";
+    respmod_done(st.down_id, std::move(r));
+    return;
+  }
+  std::weak_ptr<bool> alive = alive_;
+  svc->respmod(st.req_event, to_event_head(st.resp_head, false), st.resp_body,
+               [this, alive, id = st.down_id](icap::Result r) {
+                 if (alive.expired()) return;
+                 respmod_done(id, std::move(r));
+                 after_callback();
+               });
+}
+
+// Frames queued from an ICAP answer (outside any socket callback) go out now.
+void H2Relay::after_callback() {
+  if (failed_) return;
+  flush();
+  check_done();
+  io_.flush_sends();
+}
+
+void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
+  if (icap_.on_result) icap_.on_result(icap::Method::reqmod, r);
+  Stream* st = by_down(id);
+  // The stream may have been reset or answered meanwhile: nothing to do.
+  if (failed_ || !st || !st->req_held || st->down_closed) return;
+  st->req_held = false;
+  using K = icap::Result::Kind;
+  switch (r.kind) {
+    case K::unchanged:
+      break;
+    case K::modified: {
+      bool had_body = st->req_body.size() > st->req_off || !field(st->req_head, "content-length").empty();
+      HeaderPairs h;
+      h.emplace_back(":method", r.head.method.empty() ? field(st->req_head, ":method") : r.head.method);
+      h.emplace_back(":scheme", r.head.scheme.empty() ? field(st->req_head, ":scheme") : r.head.scheme);
+      h.emplace_back(":authority",
+                     r.head.authority.empty() ? field(st->req_head, ":authority") : r.head.authority);
+      h.emplace_back(":path", r.head.target.empty() ? field(st->req_head, ":path") : r.head.target);
+      append_fields(h, r.head.headers, r.body.size(), r.has_body || !r.body.empty() || had_body);
+      // The original body is replaced; its window went back while it was held.
+      credit(Side::client, *st, st->req_body.size() - st->req_off);
+      st->req_head = std::move(h);
+      st->req_body = std::move(r.body);
+      st->req_off = 0;
+      st->req_prepaid = st->req_body.size();  // not the client's bytes: never credited
+      st->req_trailers.clear();
+      break;
+    }
+    case K::respond: {
+      log::emit(log::Line(log::Level::info, "icap_respond").num("exchange", st->ex.id)
+                    .num("status", r.head.status));
+      st->up_closed = true;  // never opened
+      std::size_t unsent = st->req_body.size() - st->req_off;
+      if (unsent) credit(Side::client, *st, unsent);
+      st->req_body.clear();
+      st->req_off = 0;
+      bool no_body = st->head_request || r.head.status == 204 || r.head.status == 304;
+      st->synthetic = true;
+      st->ex.status = r.head.status;
+      st->ex.timing.response_head_in = Clock::now();
+      st->resp_head = {{":status", std::to_string(r.head.status)}};
+      append_fields(st->resp_head, r.head.headers, r.body.size(),
+                    r.head.status != 204 && r.head.status != 304);
+      st->resp_body = no_body ? std::string() : std::move(r.body);
+      st->resp_off = 0;
+      st->resp_end = true;
+      consumer_.on_response_head(st->ex, r.head);
+      submit_response(*st);
+      return;
+    }
+    case K::error:
+      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
+                    .str("method", "REQMOD").str("msg", r.error)
+                    .str("fail", icap_.fail_closed ? "closed" : "open"));
+      if (icap_.fail_closed) {
+        st->up_closed = true;
+        answer_error(*st, 502, "ICAP service failed: " + r.error);
+        std::size_t unsent = st->req_body.size() - st->req_off;
+        if (unsent) credit(Side::client, *st, unsent);
+        st->req_body.clear();
+        st->req_off = 0;
+        return;
+      }
+      if (icap_.on_bypass) icap_.on_bypass(icap::Method::reqmod, false);
+      break;
+  }
+  submit_request(*st);
+}
+
+void H2Relay::respmod_done(std::int32_t id, icap::Result r) {
+  if (icap_.on_result) icap_.on_result(icap::Method::respmod, r);
+  Stream* st = by_down(id);
+  if (failed_ || !st || !st->resp_held || st->down_closed) return;
+  st->resp_held = false;
+  using K = icap::Result::Kind;
+  switch (r.kind) {
+    case K::unchanged:
+      break;
+    case K::modified:
+    case K::respond: {
+      bool no_body = st->head_request || r.head.status == 204 || r.head.status == 304 ||
+                     r.head.status < 200;
+      HeaderPairs h{{":status", std::to_string(r.head.status >= 200 ? r.head.status : 502)}};
+      append_fields(h, r.head.headers, r.body.size(), r.head.status != 204 && r.head.status != 304);
+      credit(Side::upstream, *st, st->resp_body.size() - st->resp_off);
+      st->resp_head = std::move(h);
+      st->resp_body = no_body ? std::string() : std::move(r.body);
+      st->resp_off = 0;
+      st->resp_prepaid = st->resp_body.size();  // not the origin's bytes: never credited
+      st->resp_trailers.clear();
+      st->ex.status = r.head.status;
+      break;
+    }
+    case K::error:
+      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
+                    .str("method", "RESPMOD").str("msg", r.error)
+                    .str("fail", icap_.fail_closed ? "closed" : "open"));
+      if (icap_.fail_closed) {
+        // Only this stream: the origin's response is replaced by an error.
+        answer_error(*st, 502, "ICAP service failed: " + r.error);
+        return;
+      }
+      if (icap_.on_bypass) icap_.on_bypass(icap::Method::respmod, false);
+      break;
+  }
+  submit_response(*st);
 }
 
 void H2Relay::release_if_closed(Stream* st) {
@@ -550,6 +920,7 @@ void H2Relay::on_writable(Side) {
 // leg's queue is below the watermark: the rest stays in stream buffers (and
 // in the sender's window) until the leg drains.
 void H2Relay::flush() {
+  if (icap_.reqmod || icap_.respmod) wake_held();
   // Sending on one session can open windows on the other (consumed request
   // bytes become WINDOW_UPDATEs for the client), so go round until neither
   // has anything more to say.

@@ -9,6 +9,12 @@
 // RST_STREAM and GOAWAY are passed on; trailers are relayed; the origin is
 // told not to push (SETTINGS_ENABLE_PUSH = 0), so nothing is pushed to the
 // client.
+//
+// ICAP (IcapOptions) holds per stream: a request or response that goes to
+// ICAP is kept (head, body up to max_body, trailers) until its verdict, while
+// the other streams of the connection go on. Held DATA is credited back to the
+// sender (window) only up to max_body per stream and 2 x max_body per
+// connection and direction, so holds are bounded (docs/icap.md).
 #pragma once
 
 #include "exchange/exchange.h"
@@ -35,7 +41,8 @@ class H2Relay final : public Relay {
  public:
   H2Relay(RelayIo& io, exchange::Consumer& consumer,
           std::shared_ptr<const exchange::ConnectionInfo> connection, H2Settings settings,
-          std::size_t output_high_watermark, std::optional<Refusal> refusal = std::nullopt);
+          std::size_t output_high_watermark, std::optional<Refusal> refusal = std::nullopt,
+          IcapOptions icap = {});
   ~H2Relay() override;
   H2Relay(const H2Relay&) = delete;
   H2Relay& operator=(const H2Relay&) = delete;
@@ -59,11 +66,25 @@ class H2Relay final : public Relay {
   Stream* by_up(std::int32_t id);
 
   void give_back(Side sender, const Stream& st, std::size_t n);
+  void credit(Side sender, Stream& st, std::size_t n);
+  void hold_data(Side sender, Stream& st, std::size_t n);
+  void give_up_hold(Side sender, Stream& st);
+  void bypass_too_large(Stream& st, icap::Method m);
+  std::size_t held_budget() const;
+  std::size_t held_paid(Side sender) const;
+  Stream* oldest_receiving(Side sender) const;
+  void settle(Side sender, Stream& st);
+  void wake_held();
+  void send_reqmod(Stream& st);
+  void send_respmod(Stream& st);
+  void reqmod_done(std::int32_t down_id, icap::Result r);
+  void respmod_done(std::int32_t down_id, icap::Result r);
+  void after_callback();
   void flush();
   void check_done();
   void release_if_closed(Stream* st);
-  void submit_request(Stream& st, bool end_stream);
-  void submit_response(Stream& st, bool end_stream);
+  void submit_request(Stream& st);
+  void submit_response(Stream& st);
   void answer_error(Stream& st, int status, const std::string& reason);
 
   RelayIo& io_;
@@ -80,6 +101,8 @@ class H2Relay final : public Relay {
   bool upstream_ended_ = false;
   bool failed_ = false;
   std::int32_t last_down_stream_ = 0;
+  IcapOptions icap_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for ICAP callbacks
 };
 
 }  // namespace sightline::http

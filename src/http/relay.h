@@ -4,7 +4,11 @@
 // that also feed the exchange-event consumers.
 #pragma once
 
+#include "icap/icap_client.h"
+
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -22,6 +26,22 @@ inline const char* side_name(Side s) { return s == Side::client ? "client" : "up
 struct Refusal {
   int status = 502;
   std::string reason;
+};
+
+// ICAP adaptation of a connection's exchanges (docs/icap.md), shared by the
+// HTTP/1.1 and HTTP/2 relays. A message that goes to ICAP is held (head and
+// body, up to max_body) and forwarded, replaced or answered once the ICAP
+// verdict arrives. HTTP/1.1 keeps what follows it in the same direction
+// waiting behind it (pipelining order); HTTP/2 holds per stream only.
+struct IcapOptions {
+  bool reqmod = false, respmod = false;  // which adaptations apply here
+  // The worker's service for a method, looked up per call (null: fail).
+  std::function<icap::IcapService*(icap::Method)> service;
+  bool fail_closed = true;
+  std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
+  // For metrics; both optional.
+  std::function<void(icap::Method, const icap::Result&)> on_result;
+  std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
 };
 
 // The session's services to its relay. All calls on the session's loop.

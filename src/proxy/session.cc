@@ -1000,10 +1000,10 @@ std::unique_ptr<Relay> Session::make_plain_h1_relay() {
                                          std::nullopt, icap_options());
 }
 
-// ICAP for this session's HTTP/1.1 exchanges: the worker's services, looked
-// up per call so a worker shutting down simply yields none.
-http::H1Icap Session::icap_options() {
-  http::H1Icap o;
+// ICAP for this session's HTTP/1.1 and HTTP/2 exchanges: the worker's
+// services, looked up per call so a worker shutting down simply yields none.
+http::IcapOptions Session::icap_options() {
+  http::IcapOptions o;
   const auto& ic = ctx_.icap;
   if (!ic.enabled()) return o;
   o.reqmod = ic.reqmod.has_value();
@@ -1045,7 +1045,7 @@ std::unique_ptr<Relay> Session::make_relay() {
     codec_ = "h2";
     auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
                                               ctx_.settings.h2, ctx_.settings.relay_high_watermark,
-                                              refusal_);
+                                              refusal_, icap_options());
     h2->start();
     return h2;
   }

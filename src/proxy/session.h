@@ -120,7 +120,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void start_relay();
   std::unique_ptr<Relay> make_relay();
   std::unique_ptr<Relay> make_plain_h1_relay();
-  http::H1Icap icap_options();
+  http::IcapOptions icap_options();
 
   // Relay.
   void on_leg_data(Leg& from, const char* data, std::size_t n);

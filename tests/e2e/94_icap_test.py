@@ -48,8 +48,12 @@ class CIcap:
             "CommandsSocket %s/c-icap.ctl" % self.dir,
             "Port 127.0.0.1:%d" % self.port,
             "Timeout 60", "MaxKeepAliveRequests 1000", "KeepAliveTimeout 600",
-            "StartServers 1", "MaxServers 2", "MinSpareThreads 2", "MaxSpareThreads 8",
-            "ThreadsPerChild 8",
+            # c-icap serves a keep-alive connection with one thread for its
+            # whole life: enough threads for every proxy's pool (16 each by
+            # default, several proxies per test), or requests on connections
+            # beyond the threads wait unanswered (ICAP response timeout).
+            "StartServers 1", "MaxServers 1", "MinSpareThreads 2", "MaxSpareThreads 64",
+            "ThreadsPerChild 64",
             "TmpDir %s" % self.dir,
             "MaxMemObject 131072", "DebugLevel 1",
             "ModulesDir %s" % mods, "ServicesDir %s" % mods,
@@ -269,4 +273,5 @@ def main(t):
         assert open_proxy.stop() == 0
 
 
-h.run_test("94_icap", main)
+if __name__ == "__main__":  # 95_icap_h2_test imports CIcap from here
+    h.run_test("94_icap", main)
