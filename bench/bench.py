@@ -565,7 +565,7 @@ class Env:
 
         # direct: the load generator talks to the origin itself.
         add(System("direct", "direct", O, self.origin_ca,
-                   workloads=["W1", "W2ka", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True), None)
+                   workloads=["W1", "W2ka", "W2lat", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True), None)
 
         # sightline: one process, static listeners toward both origins plus
         # an explicit (CONNECT) listener and one toward the bad origin.
@@ -578,7 +578,7 @@ class Env:
             (sl_bad, "static", "127.0.0.1:%d" % self.origin_port_bad),
         ])
         add(System("sightline", "static", sl_static, self.root,
-                   workloads=["W1", "W2ka", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True,
+                   workloads=["W1", "W2ka", "W2lat", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True,
                    note="static listener -> 127.0.0.1:origin"), sl)
         if wanted("sightline-connect"):
             add(System("sightline-connect", "connect", sl_connect, self.root, via="localhost:%d" % O,
@@ -594,7 +594,7 @@ class Env:
             p = free_port()
             svc = self.sightline_service("sightline-base", self.sightline, [(p, "static", "127.0.0.1:%d" % O)],
                                          workers=a.w5_workers)
-            add(System("sightline-base", "static", p, self.root, workloads=["W1", "W2h1"],
+            add(System("sightline-base", "static", p, self.root, workloads=["W1", "W2lat", "W2h1"],
                        h1_h2load=True, note="W5 baseline: same as the variants, no feature changed"), svc)
         if wanted("sightline-policy100k") and not a.no_w5:
             p = free_port()
@@ -608,7 +608,7 @@ class Env:
             svc = self.sightline_service("sightline-nolog", self.sightline,
                                          [(p, "static", "127.0.0.1:%d" % O)], quiet=True,
                                          workers=a.w5_workers)
-            add(System("sightline-nolog", "static", p, self.root, workloads=["W1", "W2h1"],
+            add(System("sightline-nolog", "static", p, self.root, workloads=["W1", "W2lat", "W2h1"],
                        h1_h2load=True, note="W5: log level warn, no exchange lines"), svc)
         if wanted("sightline-pcap") and not a.no_w5:
             p = free_port()
@@ -627,7 +627,7 @@ class Env:
                 svc = self.sightline_service("sightline-icap", self.sightline,
                                              [(p, "static", "127.0.0.1:%d" % O)], workers=a.w5_workers,
                                              extra='[icap]\nreqmod = "%s"\nrespmod = "%s"\n' % (echo, echo))
-                add(System("sightline-icap", "static", p, self.root, workloads=["W1", "W2h1"],
+                add(System("sightline-icap", "static", p, self.root, workloads=["W1", "W2lat", "W2h1"],
                            h1_h2load=True, note="W5: ICAP REQMOD and RESPMOD to c-icap's echo service"), svc)
             else:
                 log("c-icap not installed; W5 ICAP row skipped")
@@ -659,7 +659,7 @@ class Env:
                 return proc
             svc = Service("sslsplit", start_sslsplit)
             self.start_service(svc)
-            add(System("sslsplit", "static", p, self.root, workloads=["W1", "W2ka", "W2h1", "W3", "W4"],
+            add(System("sslsplit", "static", p, self.root, workloads=["W1", "W2ka", "W2lat", "W2h1", "W3", "W4"],
                        h1_h2load=True, note="ssl 127.0.0.1 P 127.0.0.1 origin"), svc)
 
         # Squid SslBump (explicit, CONNECT). "squid": server-first bumping
@@ -676,7 +676,7 @@ class Env:
         client_first = "ssl_bump bump all"
         if shutil.which("squid"):
             for name, reuse, bump, wl in (
-                    ("squid", "on", server_first, ["W1", "W2ka", "W3", "W4"]),
+                    ("squid", "on", server_first, ["W1", "W2ka", "W2lat", "W3", "W4"]),
                     ("squid-reuse", "on", client_first, ["W1", "W2ka"]),
                     ("squid-noreuse", "off", client_first, ["W1", "W2ka"])):
                 if not wanted(name):
@@ -722,7 +722,7 @@ class Env:
             svc = Service("mitmproxy", start_mitm)
             self.start_service(svc)
             add(System("mitmproxy", "static", port, self.root,
-                       workloads=["W1", "W2ka", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True,
+                       workloads=["W1", "W2ka", "W2lat", "W2h1", "W2h2", "W3", "W4"], h1_h2load=True, h2=True,
                        note="mitmdump --mode reverse:https://localhost:origin"), svc)
 
     def mitm_cmd(self, port, origin_port):
@@ -781,6 +781,19 @@ def w1(env, s, a):
 def w2ka(env, s, a):
     with Meter(s.pid, env.origin.pid) as m:
         r = run_loadgen(env, s, "keepalive", a.w2_connections, a.w2_duration, threads=1)
+    r.update(m.record())
+    n = r.get("completed_total") or r.get("completed", 0)
+    r["req_per_s"] = r.get("rate", 0.0)
+    r["proxy_us_per_req"] = (r["proxy_cpu_s"] * 1e6 / n) if n and r["proxy_cpu_s"] is not None else None
+    r["origin_us_per_req"] = (r["origin_cpu_s"] * 1e6 / n) if n else None
+    return r
+
+
+def w2lat(env, s, a):
+    """Unloaded latency: one keep-alive connection, one request at a time,
+    so p50/p99 are the time a request takes, not queueing behind others."""
+    with Meter(s.pid, env.origin.pid) as m:
+        r = run_loadgen(env, s, "keepalive", 1, a.w2_duration, threads=1)
     r.update(m.record())
     n = r.get("completed_total") or r.get("completed", 0)
     r["req_per_s"] = r.get("rate", 0.0)
@@ -936,6 +949,7 @@ def w4(env, s, a):
 WORKLOADS = {
     "W1": lambda env, s, a: w1(env, s, a),
     "W2ka": lambda env, s, a: w2ka(env, s, a),
+    "W2lat": lambda env, s, a: w2lat(env, s, a),
     "W2h1": lambda env, s, a: w2_h2load(env, s, a, False),
     "W2h2": lambda env, s, a: w2_h2load(env, s, a, True),
     "W3down": lambda env, s, a: w3(env, s, a, "down"),
@@ -1018,6 +1032,7 @@ def med(values):
 ROWS = [
     ("W1", "W1 new connections (c=32)", "conn_per_s", "conn/s", "proxy_ms_per_conn", "CPU ms/conn", True),
     ("W2ka", "W2 keep-alive h1, loadgen (c=16)", "req_per_s", "req/s", "proxy_us_per_req", "CPU µs/req", True),
+    ("W2lat", "W2 latency h1, loadgen (c=1, unloaded)", "req_per_s", "req/s", "proxy_us_per_req", "CPU µs/req", True),
     ("W2h1", "W2 keep-alive h1, h2load (c=16)", "req_per_s", "req/s", "proxy_us_per_req", "CPU µs/req", True),
     ("W2h2", "W2 keep-alive h2, h2load (c=16)", "req_per_s", "req/s", "proxy_us_per_req", "CPU µs/req", True),
     ("W3down", "W3 100 MiB download", "mib_per_s", "MiB/s", "proxy_s_per_100mib", "CPU s/100 MiB", False),
@@ -1134,10 +1149,11 @@ def w5_lines(summ):
                     txt += ", CPU per unit %+.1f%%" % ((on[cf] - off[cf]) / off[cf] * 100)
                 parts.append(txt)
         out.append("- %s: %s" % (label, "; ".join(parts) if parts else "n/a"))
-    on = summ.get("W2h1", {}).get("sightline-icap", {})
-    off = summ.get("W2h1", {}).get("sightline-base", {})
+    on = summ.get("W2lat", {}).get("sightline-icap", {})
+    off = summ.get("W2lat", {}).get("sightline-base", {})
     if on.get("p50_ms") is not None and off.get("p50_ms") is not None:
-        out.append("- ICAP added latency per exchange (W2h1, c-icap echo, REQMOD + RESPMOD): p50 %+.3f ms, "
+        out.append("- ICAP added latency per exchange (W2lat: 1 connection, unloaded; c-icap echo, REQMOD + "
+                   "RESPMOD): p50 %+.3f ms, "
                    "p99 %+.3f ms (%s vs %s ms p50)" % (on["p50_ms"] - off["p50_ms"],
                                                     on.get("p99_ms", 0) - off.get("p99_ms", 0),
                                                     fmt(on["p50_ms"]), fmt(off["p50_ms"])))
@@ -1497,7 +1513,7 @@ def main():
     ap.add_argument("--w4-connections", type=int, default=1000)
     ap.add_argument("--w4-timeout", type=float, default=120)
     ap.add_argument("--w4-settle", type=float, default=1.0)
-    ap.add_argument("--workloads", default="W1,W2ka,W2h1,W2h2,W3down,W3up,W4")
+    ap.add_argument("--workloads", default="W1,W2ka,W2lat,W2h1,W2h2,W3down,W3up,W4")
     ap.add_argument("--systems", help="comma-separated subset (direct and sightline always run)")
     ap.add_argument("--sightline-workers", type=int, default=0)
     ap.add_argument("--no-w5", action="store_true")
