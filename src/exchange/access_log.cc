@@ -29,6 +29,8 @@ log::Line line(log::Level level, const Exchange& ex) {
       .fixed3("response_held_us", micros(t.response_head_in, t.response_head_out))
       .fixed3("duration_ms",
               micros(t.request_head_in, t.end == Clock::time_point{} ? Clock::now() : t.end) / 1e3);
+  if (!ex.icap_reqmod.empty()) l.str("icap_reqmod", ex.icap_reqmod).fixed3("icap_reqmod_ms", ex.icap_reqmod_ms);
+  if (!ex.icap_respmod.empty()) l.str("icap_respmod", ex.icap_respmod).fixed3("icap_respmod_ms", ex.icap_respmod_ms);
   return l;
 }
 

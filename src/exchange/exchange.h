@@ -91,6 +91,12 @@ struct Exchange {
   Timing timing;
   std::uint64_t request_body_bytes = 0;
   std::uint64_t response_body_bytes = 0;
+  // ICAP adaptation of each message: empty when it was not sent to ICAP,
+  // else "unchanged", "modified", "respond", "error" (then failed open or
+  // closed as configured) or "too-large" (passed unadapted); the round
+  // trip in milliseconds (-1 when none).
+  std::string icap_reqmod, icap_respmod;
+  double icap_reqmod_ms = -1, icap_respmod_ms = -1;
 };
 
 // Exchange ids: the worker index in the top 8 bits, then a count kept by

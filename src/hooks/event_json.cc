@@ -169,6 +169,12 @@ void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t bo
     o.key("response").out() += "null";
   }
   o.str("outcome", rec.complete ? "complete" : "aborted").str("reason", rec.abort_reason);
+  if (!rec.icap_reqmod.empty() || !rec.icap_respmod.empty()) {
+    Obj i(o.key("icap").out());
+    if (!rec.icap_reqmod.empty()) i.str("reqmod", rec.icap_reqmod).fixed3("reqmod_ms", rec.icap_reqmod_ms);
+    if (!rec.icap_respmod.empty()) i.str("respmod", rec.icap_respmod).fixed3("respmod_ms", rec.icap_respmod_ms);
+    i.end();
+  }
   o.end();
   out += '\n';
 }

@@ -71,6 +71,9 @@ struct ExchangeRecord {
   double response_held_us = -1;
   bool complete = false;            // false: aborted
   std::string abort_reason;
+  // ICAP per message (see exchange::Exchange): outcome, round trip in ms.
+  std::string icap_reqmod, icap_respmod;
+  double icap_reqmod_ms = -1, icap_respmod_ms = -1;
 };
 
 // TLS as negotiated on one leg; empty version: no TLS on that leg.

@@ -128,6 +128,10 @@ void ExchangeTap::finish(const exchange::Exchange& ex, bool complete, std::strin
   rec->response_held_us = micros(ex.timing.response_head_in, ex.timing.response_head_out);
   rec->complete = complete;
   rec->abort_reason = std::string(reason);
+  rec->icap_reqmod = ex.icap_reqmod;
+  rec->icap_respmod = ex.icap_respmod;
+  rec->icap_reqmod_ms = ex.icap_reqmod_ms;
+  rec->icap_respmod_ms = ex.icap_respmod_ms;
   publish_to<ExchangeRecord>(channels, std::move(rec));
 }
 

@@ -16,6 +16,9 @@ struct H1Relay::State {
   bool response_head_forwarded = false;
   bool awaiting_head_forward = false;  // on_forward for the head comes next
   exchange::Head req_head;  // kept for RESPMOD (the ICAP server sees the URL)
+  // The response is held for RESPMOD: its end is reported with the verdict.
+  bool end_pending = false;
+  exchange::Headers trailers;
 };
 
 exchange::Head to_event_head(const MessageHead& head, bool request) {
@@ -73,6 +76,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     if (framing == Framing::content_length && content_length > r_.icap_.max_body) {
       // Decided before holding anything: the body streams through unadapted.
       if (r_.icap_.on_bypass) r_.icap_.on_bypass(icap::Method::reqmod, true);
+      note_icap_too_large(st->ex, icap::Method::reqmod);
       log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st->ex.id)
                     .str("method", "REQMOD").str("reason", "body over icap.max_body"));
       return;
@@ -145,6 +149,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
     if (informational_ || !r_.icap_.respmod || !has_body) return;
     if (framing == Framing::content_length && content_length > r_.icap_.max_body) {
       if (r_.icap_.on_bypass) r_.icap_.on_bypass(icap::Method::respmod, true);
+      note_icap_too_large(st.ex, icap::Method::respmod);
       log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st.ex.id)
                     .str("method", "RESPMOD").str("reason", "body over icap.max_body"));
       return;
@@ -188,16 +193,24 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
       informational_ = false;  // the final response to the same request follows
       return;
     }
-    finish_front();
-    if (r_.resp_hold_.active) r_.send_respmod();
+    // A response held for RESPMOD reaches the client only with the verdict:
+    // its exchange ends then (respmod_done), with the ICAP outcome on it.
+    bool held = r_.resp_hold_.active;
+    finish_front(!held);
+    if (held) r_.send_respmod();
   }
 
  private:
-  void finish_front() {
+  void finish_front(bool report = true) {
     auto st = r_.awaiting_response_.front();
     r_.awaiting_response_.pop_front();
-    st->ex.timing.end = Clock::now();
-    r_.consumer_.on_response_end(st->ex, trailers_);
+    if (report) {
+      st->ex.timing.end = Clock::now();
+      r_.consumer_.on_response_end(st->ex, trailers_);
+    } else {
+      st->end_pending = true;
+      st->trailers = trailers_;
+    }
     trailers_.clear();
     if (r_.awaiting_response_.empty() && !r_.deferred_answer_.empty()) {
       r_.emit(Side::client, std::exchange(r_.deferred_answer_, std::string()));
@@ -490,6 +503,7 @@ void H1Relay::give_up_hold(Side to, const char* why) {
   Hold& h = to == Side::upstream ? req_hold_ : resp_hold_;
   bool req = to == Side::upstream;
   if (icap_.on_bypass) icap_.on_bypass(req ? icap::Method::reqmod : icap::Method::respmod, true);
+  note_icap_too_large(h.st->ex, req ? icap::Method::reqmod : icap::Method::respmod);
   log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", h.st->ex.id)
                 .str("method", req ? "REQMOD" : "RESPMOD").str("reason", why));
   auto seg = h.seg;
@@ -528,7 +542,14 @@ void H1Relay::send_respmod() {
   icap::IcapService* svc = icap_.service(icap::Method::respmod);
   std::weak_ptr<bool> alive = alive_;
   auto done = [this, alive, seg = h.seg, st = h.st](icap::Result r) {
-    if (alive.expired() || seg->dropped) return;
+    if (alive.expired()) return;
+    if (seg->dropped) {
+      if (st->end_pending) {
+        st->end_pending = false;
+        consumer_.on_abort(st->ex, "connection ended while the response was with ICAP");
+      }
+      return;
+    }
     respmod_done(seg, st, std::move(r));
     io_.flush_sends();
   };
@@ -544,6 +565,7 @@ void H1Relay::send_respmod() {
 void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
                           const MessageHead& orig, icap::Result r) {
   if (icap_.on_result) icap_.on_result(icap::Method::reqmod, r);
+  note_icap(st->ex, icap::Method::reqmod, r);
   using K = icap::Result::Kind;
   switch (r.kind) {
     case K::unchanged:
@@ -631,6 +653,7 @@ void H1Relay::respond_instead(const std::shared_ptr<Segment>& seg, const std::sh
 void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
                            icap::Result r) {
   if (icap_.on_result) icap_.on_result(icap::Method::respmod, r);
+  note_icap(st->ex, icap::Method::respmod, r);
   using K = icap::Result::Kind;
   OutQueue& q = out(Side::client);
   std::size_t old = seg->data.size();
@@ -666,6 +689,11 @@ void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::share
   }
   q.bytes = q.bytes - std::min(q.bytes, old) + seg->data.size();
   seg->ready = true;
+  if (st->end_pending) {
+    st->end_pending = false;
+    st->ex.timing.response_head_out = st->ex.timing.end = Clock::now();
+    consumer_.on_response_end(st->ex, st->trailers);
+  }
   flush(Side::client);
 }
 

@@ -672,6 +672,7 @@ void H2Relay::wake_held() {
 
 void H2Relay::bypass_too_large(Stream& st, icap::Method m) {
   if (icap_.on_bypass) icap_.on_bypass(m, true);
+  note_icap_too_large(st.ex, m);
   log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st.ex.id)
                 .str("method", m == icap::Method::reqmod ? "REQMOD" : "RESPMOD")
                 .str("reason", "body over icap.max_body"));
@@ -739,6 +740,7 @@ void H2Relay::after_callback() {
 void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
   if (icap_.on_result) icap_.on_result(icap::Method::reqmod, r);
   Stream* st = by_down(id);
+  if (st) note_icap(st->ex, icap::Method::reqmod, r);
   // The stream may have been reset or answered meanwhile: nothing to do.
   if (failed_ || !st || !st->req_held || st->down_closed) return;
   st->req_held = false;
@@ -808,6 +810,7 @@ void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
 void H2Relay::respmod_done(std::int32_t id, icap::Result r) {
   if (icap_.on_result) icap_.on_result(icap::Method::respmod, r);
   Stream* st = by_down(id);
+  if (st) note_icap(st->ex, icap::Method::respmod, r);
   if (failed_ || !st || !st->resp_held || st->down_closed) return;
   st->resp_held = false;
   using K = icap::Result::Kind;

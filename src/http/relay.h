@@ -44,6 +44,18 @@ struct IcapOptions {
   std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
 };
 
+// Records on the exchange what ICAP made of one of its messages (for the
+// access log and the event feed).
+inline void note_icap(exchange::Exchange& ex, icap::Method m, const icap::Result& r) {
+  std::string& outcome = m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod;
+  double& ms = m == icap::Method::reqmod ? ex.icap_reqmod_ms : ex.icap_respmod_ms;
+  outcome = icap::kind_name(r.kind);
+  ms = std::chrono::duration<double, std::milli>(r.latency).count();
+}
+inline void note_icap_too_large(exchange::Exchange& ex, icap::Method m) {
+  (m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod) = "too-large";
+}
+
 // The session's services to its relay. All calls on the session's loop.
 class RelayIo {
  public:

@@ -268,6 +268,25 @@ def main(t):
         assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
         assert metric(open_proxy, "sightline_icap_bypassed_total", reason="error_fail_open") >= 1
 
+    with t.check("the access log names each exchange's ICAP outcomes and round trips"):
+        def ex_line(p, target):
+            return p.wait_event(lambda e: e.get("event") == "exchange" and e.get("target") == target, 10)
+        ev = ex_line(proxy, "/1k?a")
+        assert ev, "no exchange line for /1k?a"
+        assert ev.get("icap_reqmod") in ("unchanged", "modified"), ev
+        assert ev.get("icap_respmod") in ("unchanged", "modified"), ev
+        assert ev.get("icap_reqmod_ms", -1) >= 0 and ev.get("icap_respmod_ms", -1) >= 0, ev
+        ev = ex_line(proxy, "/secret?x=1")
+        assert ev and ev.get("icap_reqmod") == "respond", ev
+        ev = ex_line(proxy, "/big")
+        assert ev and ev.get("icap_respmod") == "too-large", ev
+        ev = ex_line(proxy, "/1k?closed")
+        assert ev and ev.get("icap_reqmod") == "error", ev
+        ev = ex_line(open_proxy, "/1k?open")
+        assert ev and ev.get("icap_reqmod") == "error", ev
+        ev = ex_line(proxy, "/1k?quiet")
+        assert ev and "icap_reqmod" not in ev and "icap_respmod" not in ev, ev
+
     with t.check("the proxies stop cleanly"):
         assert proxy.stop() == 0
         assert open_proxy.stop() == 0

@@ -85,6 +85,12 @@ def main(t):
         assert icap94.wait_grows(lambda: len(icap.requests()), before + 1), \
             "c-icap logged %d requests, want 2 more" % (len(icap.requests()) - before)
 
+    with t.check("the h2 exchange's access-log line carries both ICAP outcomes"):
+        ev = proxy.wait_event(lambda e: e.get("event") == "exchange" and e.get("target") == "/1k?a", 10)
+        assert ev and ev.get("protocol") == "HTTP/2", ev
+        assert ev.get("icap_reqmod") in ("unchanged", "modified"), ev
+        assert ev.get("icap_respmod") in ("unchanged", "modified"), ev
+
     with t.check("a 3 MB h2 response passes byte-exact through RESPMOD"):
         before = metric(proxy, "sightline_icap_results_total", method="respmod")
         cp = curl_h2(proxy, pki, base + "/big?range", ["-r", "0-2999999"], timeout=120)

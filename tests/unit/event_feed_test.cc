@@ -172,6 +172,19 @@ TEST_CASE("exchange record JSON: escaping, base64 bodies, truncation flags") {
   CHECK(j["response"]["body_truncated"] == false);
   CHECK(j["outcome"] == "complete");
 
+  CHECK(!j.contains("icap"));  // not sent to ICAP: no object
+
+  SUBCASE("ICAP outcomes") {
+    r.icap_reqmod = "unchanged";
+    r.icap_reqmod_ms = 0.25;
+    r.icap_respmod = "too-large";
+    std::string l2;
+    format_exchange(l2, r, 0);
+    json k = parse_line(l2);
+    CHECK(k["icap"]["reqmod"] == "unchanged");
+    CHECK(k["icap"]["reqmod_ms"].get<double>() == doctest::Approx(0.25));
+    CHECK(k["icap"]["respmod"] == "too-large");
+  }
   SUBCASE("without bodies") {
     std::string l2;
     format_exchange(l2, r, 0);
