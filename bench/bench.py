@@ -778,22 +778,12 @@ def w1(env, s, a):
     return r
 
 
-def w2ka(env, s, a):
+def w2ka(env, s, a, connections=None):
+    """Keep-alive requests, one at a time per connection. With one
+    connection (W2lat) p50/p99 are the time a request takes unloaded, not
+    queueing behind others."""
     with Meter(s.pid, env.origin.pid) as m:
-        r = run_loadgen(env, s, "keepalive", a.w2_connections, a.w2_duration, threads=1)
-    r.update(m.record())
-    n = r.get("completed_total") or r.get("completed", 0)
-    r["req_per_s"] = r.get("rate", 0.0)
-    r["proxy_us_per_req"] = (r["proxy_cpu_s"] * 1e6 / n) if n and r["proxy_cpu_s"] is not None else None
-    r["origin_us_per_req"] = (r["origin_cpu_s"] * 1e6 / n) if n else None
-    return r
-
-
-def w2lat(env, s, a):
-    """Unloaded latency: one keep-alive connection, one request at a time,
-    so p50/p99 are the time a request takes, not queueing behind others."""
-    with Meter(s.pid, env.origin.pid) as m:
-        r = run_loadgen(env, s, "keepalive", 1, a.w2_duration, threads=1)
+        r = run_loadgen(env, s, "keepalive", connections or a.w2_connections, a.w2_duration, threads=1)
     r.update(m.record())
     n = r.get("completed_total") or r.get("completed", 0)
     r["req_per_s"] = r.get("rate", 0.0)
@@ -949,7 +939,7 @@ def w4(env, s, a):
 WORKLOADS = {
     "W1": lambda env, s, a: w1(env, s, a),
     "W2ka": lambda env, s, a: w2ka(env, s, a),
-    "W2lat": lambda env, s, a: w2lat(env, s, a),
+    "W2lat": lambda env, s, a: w2ka(env, s, a, connections=1),
     "W2h1": lambda env, s, a: w2_h2load(env, s, a, False),
     "W2h2": lambda env, s, a: w2_h2load(env, s, a, True),
     "W3down": lambda env, s, a: w3(env, s, a, "down"),

@@ -75,10 +75,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     if (!r_.icap_.reqmod || framing == Framing::tunnel || iequals(head.method, "CONNECT")) return;
     if (framing == Framing::content_length && content_length > r_.icap_.max_body) {
       // Decided before holding anything: the body streams through unadapted.
-      if (r_.icap_.on_bypass) r_.icap_.on_bypass(icap::Method::reqmod, true);
-      note_icap_too_large(st->ex, icap::Method::reqmod);
-      log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st->ex.id)
-                    .str("method", "REQMOD").str("reason", "body over icap.max_body"));
+      r_.icap_.report_too_large(st->ex, icap::Method::reqmod);
       return;
     }
     r_.start_hold(Side::upstream, st, head);
@@ -148,10 +145,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
                     framing == Framing::chunked;
     if (informational_ || !r_.icap_.respmod || !has_body) return;
     if (framing == Framing::content_length && content_length > r_.icap_.max_body) {
-      if (r_.icap_.on_bypass) r_.icap_.on_bypass(icap::Method::respmod, true);
-      note_icap_too_large(st.ex, icap::Method::respmod);
-      log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st.ex.id)
-                    .str("method", "RESPMOD").str("reason", "body over icap.max_body"));
+      r_.icap_.report_too_large(st.ex, icap::Method::respmod);
       return;
     }
     r_.start_hold(Side::client, r_.awaiting_response_.front(), head);
@@ -496,16 +490,13 @@ void H1Relay::hold_body(Side to, std::span<const char> data) {
   // A chunked body can outgrow the cap (or tiny chunks its wire form):
   // what is held goes out as it is and the rest streams unadapted.
   if (h.body.size() > icap_.max_body || h.seg->data.size() > 2 * icap_.max_body + 65536)
-    give_up_hold(to, "body over icap.max_body");
+    give_up_hold(to);
 }
 
-void H1Relay::give_up_hold(Side to, const char* why) {
+void H1Relay::give_up_hold(Side to) {
   Hold& h = to == Side::upstream ? req_hold_ : resp_hold_;
   bool req = to == Side::upstream;
-  if (icap_.on_bypass) icap_.on_bypass(req ? icap::Method::reqmod : icap::Method::respmod, true);
-  note_icap_too_large(h.st->ex, req ? icap::Method::reqmod : icap::Method::respmod);
-  log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", h.st->ex.id)
-                .str("method", req ? "REQMOD" : "RESPMOD").str("reason", why));
+  icap_.report_too_large(h.st->ex, req ? icap::Method::reqmod : icap::Method::respmod);
   auto seg = h.seg;
   auto st = h.st;
   h = {};
@@ -564,8 +555,7 @@ void H1Relay::send_respmod() {
 
 void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
                           const MessageHead& orig, icap::Result r) {
-  if (icap_.on_result) icap_.on_result(icap::Method::reqmod, r);
-  note_icap(st->ex, icap::Method::reqmod, r);
+  icap_.report(&st->ex, icap::Method::reqmod, r);
   using K = icap::Result::Kind;
   switch (r.kind) {
     case K::unchanged:
@@ -590,9 +580,6 @@ void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared
       return;
     }
     case K::error:
-      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
-                    .str("method", "REQMOD").str("msg", r.error)
-                    .str("fail", icap_.fail_closed ? "closed" : "open"));
       if (icap_.fail_closed) {
         exchange::Head h;
         h.status = 502;
@@ -601,7 +588,7 @@ void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared
         respond_instead(seg, st, h, error_response(502, "ICAP service failed: " + r.error));
         return;
       }
-      if (icap_.on_bypass) icap_.on_bypass(icap::Method::reqmod, false);
+      icap_.report_failed_open(icap::Method::reqmod);
       break;
   }
   seg->ready = true;
@@ -652,8 +639,7 @@ void H1Relay::respond_instead(const std::shared_ptr<Segment>& seg, const std::sh
 
 void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
                            icap::Result r) {
-  if (icap_.on_result) icap_.on_result(icap::Method::respmod, r);
-  note_icap(st->ex, icap::Method::respmod, r);
+  icap_.report(&st->ex, icap::Method::respmod, r);
   using K = icap::Result::Kind;
   OutQueue& q = out(Side::client);
   std::size_t old = seg->data.size();
@@ -668,9 +654,6 @@ void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::share
       break;
     }
     case K::error:
-      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
-                    .str("method", "RESPMOD").str("msg", r.error)
-                    .str("fail", icap_.fail_closed ? "closed" : "open"));
       if (icap_.fail_closed) {
         // The origin's response is replaced; nothing after it is relayed.
         seg->data = error_response(502, "ICAP service failed: " + r.error);
@@ -684,7 +667,7 @@ void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::share
         closing_ = true;
         break;
       }
-      if (icap_.on_bypass) icap_.on_bypass(icap::Method::respmod, false);
+      icap_.report_failed_open(icap::Method::respmod);
       break;
   }
   q.bytes = q.bytes - std::min(q.bytes, old) + seg->data.size();

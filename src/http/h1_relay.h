@@ -61,7 +61,7 @@ class H1Relay final : public Relay {
   void drop_queues();
   void start_hold(Side to, const std::shared_ptr<State>& st, const MessageHead& head);
   void hold_body(Side to, std::span<const char> data);
-  void give_up_hold(Side to, const char* why);
+  void give_up_hold(Side to);
   void send_reqmod();
   void send_respmod();
   void reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,

@@ -670,13 +670,7 @@ void H2Relay::wake_held() {
   }
 }
 
-void H2Relay::bypass_too_large(Stream& st, icap::Method m) {
-  if (icap_.on_bypass) icap_.on_bypass(m, true);
-  note_icap_too_large(st.ex, m);
-  log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", st.ex.id)
-                .str("method", m == icap::Method::reqmod ? "REQMOD" : "RESPMOD")
-                .str("reason", "body over icap.max_body"));
-}
+void H2Relay::bypass_too_large(Stream& st, icap::Method m) { icap_.report_too_large(st.ex, m); }
 
 void H2Relay::give_up_hold(Side sender, Stream& st) {
   bool req = sender == Side::client;
@@ -738,9 +732,8 @@ void H2Relay::after_callback() {
 }
 
 void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
-  if (icap_.on_result) icap_.on_result(icap::Method::reqmod, r);
   Stream* st = by_down(id);
-  if (st) note_icap(st->ex, icap::Method::reqmod, r);
+  icap_.report(st ? &st->ex : nullptr, icap::Method::reqmod, r);
   // The stream may have been reset or answered meanwhile: nothing to do.
   if (failed_ || !st || !st->req_held || st->down_closed) return;
   st->req_held = false;
@@ -789,9 +782,6 @@ void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
       return;
     }
     case K::error:
-      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
-                    .str("method", "REQMOD").str("msg", r.error)
-                    .str("fail", icap_.fail_closed ? "closed" : "open"));
       if (icap_.fail_closed) {
         st->up_closed = true;
         answer_error(*st, 502, "ICAP service failed: " + r.error);
@@ -801,16 +791,15 @@ void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
         st->req_off = 0;
         return;
       }
-      if (icap_.on_bypass) icap_.on_bypass(icap::Method::reqmod, false);
+      icap_.report_failed_open(icap::Method::reqmod);
       break;
   }
   submit_request(*st);
 }
 
 void H2Relay::respmod_done(std::int32_t id, icap::Result r) {
-  if (icap_.on_result) icap_.on_result(icap::Method::respmod, r);
   Stream* st = by_down(id);
-  if (st) note_icap(st->ex, icap::Method::respmod, r);
+  icap_.report(st ? &st->ex : nullptr, icap::Method::respmod, r);
   if (failed_ || !st || !st->resp_held || st->down_closed) return;
   st->resp_held = false;
   using K = icap::Result::Kind;
@@ -833,15 +822,12 @@ void H2Relay::respmod_done(std::int32_t id, icap::Result r) {
       break;
     }
     case K::error:
-      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", st->ex.id)
-                    .str("method", "RESPMOD").str("msg", r.error)
-                    .str("fail", icap_.fail_closed ? "closed" : "open"));
       if (icap_.fail_closed) {
         // Only this stream: the origin's response is replaced by an error.
         answer_error(*st, 502, "ICAP service failed: " + r.error);
         return;
       }
-      if (icap_.on_bypass) icap_.on_bypass(icap::Method::respmod, false);
+      icap_.report_failed_open(icap::Method::respmod);
       break;
   }
   submit_response(*st);

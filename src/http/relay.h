@@ -4,6 +4,7 @@
 // that also feed the exchange-event consumers.
 #pragma once
 
+#include "core/log.h"
 #include "icap/icap_client.h"
 
 #include <cstddef>
@@ -42,19 +43,34 @@ struct IcapOptions {
   // For metrics; both optional.
   std::function<void(icap::Method, const icap::Result&)> on_result;
   std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
-};
 
-// Records on the exchange what ICAP made of one of its messages (for the
-// access log and the event feed).
-inline void note_icap(exchange::Exchange& ex, icap::Method m, const icap::Result& r) {
-  std::string& outcome = m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod;
-  double& ms = m == icap::Method::reqmod ? ex.icap_reqmod_ms : ex.icap_respmod_ms;
-  outcome = icap::kind_name(r.kind);
-  ms = std::chrono::duration<double, std::milli>(r.latency).count();
-}
-inline void note_icap_too_large(exchange::Exchange& ex, icap::Method m) {
-  (m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod) = "too-large";
-}
+  // What a relay reports about a verdict, in one place: metrics, the
+  // outcome and round trip on the exchange (access log, event feed), and a
+  // warning for an error. `ex` is null when the exchange is already gone.
+  void report(exchange::Exchange* ex, icap::Method m, const icap::Result& r) const {
+    if (on_result) on_result(m, r);
+    if (ex) {
+      (m == icap::Method::reqmod ? ex->icap_reqmod : ex->icap_respmod) = icap::kind_name(r.kind);
+      (m == icap::Method::reqmod ? ex->icap_reqmod_ms : ex->icap_respmod_ms) =
+          std::chrono::duration<double, std::milli>(r.latency).count();
+    }
+    if (r.kind == icap::Result::Kind::error)
+      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", ex ? ex->id : 0)
+                    .str("method", icap::method_name(m)).str("msg", r.error)
+                    .str("fail", fail_closed ? "closed" : "open"));
+  }
+  // A body over max_body passes unadapted.
+  void report_too_large(exchange::Exchange& ex, icap::Method m) const {
+    if (on_bypass) on_bypass(m, true);
+    (m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod) = "too-large";
+    log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", ex.id)
+                  .str("method", icap::method_name(m)).str("reason", "body over icap.max_body"));
+  }
+  // An error let the original through (fail open).
+  void report_failed_open(icap::Method m) const {
+    if (on_bypass) on_bypass(m, false);
+  }
+};
 
 // The session's services to its relay. All calls on the session's loop.
 class RelayIo {
