@@ -7,6 +7,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -401,8 +402,8 @@ class Parser {
 
     if (auto* t = section(root, "icap")) {
       IcapConfig& ic = cfg.icap;
-      if (!check_keys(*t, "icap", {"reqmod", "respmod", "fail", "max_body", "connect_timeout",
-                                   "response_timeout"}) ||
+      if (!check_keys(*t, "icap", {"reqmod", "respmod", "service", "fail", "max_body",
+                                   "connect_timeout", "response_timeout"}) ||
           !get_string(*t, "icap", "reqmod", ic.reqmod) ||
           !get_string(*t, "icap", "respmod", ic.respmod) ||
           !get_choice(*t, "icap", "fail", {"open", "closed"}, ic.fail) ||
@@ -415,6 +416,41 @@ class Parser {
         std::string why;
         if (!url.empty() && !icap::parse_service_url(url, &why))
           return fail(t->get(key)->source(), std::string("icap.") + key, why);
+      }
+      if (const toml::node* sn = t->get("service")) {
+        const toml::array* arr = sn->as_array();
+        if (!arr || !arr->is_array_of_tables())
+          return fail(sn->source(), "icap.service", "expected [[icap.service]] tables");
+        ic.services.clear();
+        for (const toml::node& e : *arr) {
+          const toml::table& st = *e.as_table();
+          IcapServiceConfig svc;
+          if (!check_keys(st, "icap.service", {"name", "url", "method", "fail"}) ||
+              !get_string(st, "icap.service", "name", svc.name) ||
+              !get_string(st, "icap.service", "url", svc.url) ||
+              !get_choice(st, "icap.service", "method", {"reqmod", "respmod"}, svc.method) ||
+              !get_choice(st, "icap.service", "fail", {"open", "closed"}, svc.fail))
+            return false;
+          for (const char* key : {"name", "url", "method"})
+            if (!st.get(key)) return fail(st.source(), std::string("icap.service.") + key, "missing");
+          bool name_ok = std::all_of(svc.name.begin(), svc.name.end(), [](char ch) {
+            return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
+          });
+          if (svc.name.empty() || !name_ok)
+            return fail(st.get("name")->source(), "icap.service.name",
+                        "service names are lower-case letters, digits, '-' and '_'");
+          std::string why;
+          if (!icap::parse_service_url(svc.url, &why))
+            return fail(st.get("url")->source(), "icap.service.url", why);
+          ic.services.push_back(std::move(svc));
+        }
+      }
+      std::vector<std::string> names;
+      for (const auto& svc : ic.all_services()) {
+        if (std::find(names.begin(), names.end(), svc.name) != names.end())
+          return fail(t->source(), "icap.service.name",
+                      "\"" + svc.name + "\" names two services (reqmod/respmod are the shorthand's names)");
+        names.push_back(svc.name);
       }
     }
     if (bad_section_) return false;
@@ -437,6 +473,16 @@ class Parser {
 };
 
 }  // namespace
+
+std::vector<IcapServiceConfig> IcapConfig::all_services() const {
+  std::vector<IcapServiceConfig> out;
+  if (!reqmod.empty()) out.push_back({"reqmod", reqmod, "reqmod", ""});
+  if (!respmod.empty()) out.push_back({"respmod", respmod, "respmod", ""});
+  out.insert(out.end(), services.begin(), services.end());
+  for (auto& s : out)
+    if (s.fail.empty()) s.fail = fail;
+  return out;
+}
 
 std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_port_map(std::string_view s) {
   auto colon = s.find(':');

@@ -67,18 +67,35 @@ struct KeylogConfig {
   std::vector<std::string> rules;  // policy rule names; empty: all inspected traffic
 };
 
-// ICAP services (issue 8). Off unless `reqmod` or `respmod` is set.
+// One ICAP service (issue 8). A service URL serves one method, so each
+// entry names its method; services of the same method run as a chain in
+// the order they are configured.
+struct IcapServiceConfig {
+  std::string name;    // for policy rules' `icap` lists, logs and metrics
+  std::string url;     // "icap://host:port/service"
+  std::string method;  // "reqmod" or "respmod"
+  std::string fail;    // "open" | "closed"; empty: [icap] fail
+};
+
+// ICAP services (issue 8). Off unless a service is configured.
 struct IcapConfig {
-  std::string reqmod;    // "icap://host:port/service"; empty: no REQMOD
-  std::string respmod;   // likewise for RESPMOD
+  // Shorthand for one service of each method, named "reqmod" / "respmod"
+  // (also what --icap-reqmod / --icap-respmod set); they run before the
+  // [[icap.service]] entries of their method.
+  std::string reqmod;
+  std::string respmod;
+  std::vector<IcapServiceConfig> services;  // [[icap.service]]
   // "closed": an ICAP failure answers the client with an error page, so
   // nothing uninspected passes (what a DLP deployment wants); "open": the
-  // message is relayed as it is.
+  // message is relayed as it is. The default for services that set none.
   std::string fail = "closed";
   std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
   milliseconds connect_timeout = std::chrono::seconds(2);
   milliseconds response_timeout = std::chrono::seconds(10);
-  bool enabled() const { return !reqmod.empty() || !respmod.empty(); }
+  // Every service in chain order: the shorthand ones first, then the
+  // [[icap.service]] entries; `fail` resolved.
+  std::vector<IcapServiceConfig> all_services() const;
+  bool enabled() const { return !reqmod.empty() || !respmod.empty() || !services.empty(); }
 };
 
 struct Config {

@@ -75,7 +75,21 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
       std::filesystem::exists("policies/default.toml"))
     policy_files.push_back("policies/default.toml");
   if (!policy_files.empty()) {
-    ctx.policies = std::make_unique<policy::PolicyStore>(policy_files);
+    // A rule naming an ICAP service that does not exist would silently
+    // skip inspection: refuse the policy instead.
+    std::vector<std::string> icap_names;
+    for (const auto& c : cfg.icap.all_services()) icap_names.push_back(c.name);
+    auto validate = [icap_names](const policy::Policy& p, policy::PolicyError& err) {
+      for (const auto& rule : p.rules())
+        for (const auto& name : rule.options.icap.value_or(std::vector<std::string>{}))
+          if (std::find(icap_names.begin(), icap_names.end(), name) == icap_names.end()) {
+            err.message = rule.file + ":" + std::to_string(rule.line) + ": rule \"" + rule.name +
+                          "\" names ICAP service \"" + name + "\", which is not configured";
+            return false;
+          }
+      return true;
+    };
+    ctx.policies = std::make_unique<policy::PolicyStore>(policy_files, std::move(validate));
     policy::PolicyError perr;
     if (!ctx.policies->reload(perr)) {
       if (error) *error = "policy: " + perr.message;
@@ -96,26 +110,28 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   ctx.cert_cache = std::make_unique<tls::CertCache>(cfg.cert_cache_entries);
   if (!build_hooks(cfg, ctx, error)) return false;
   if (cfg.icap.enabled()) {
-    auto service = [&](const std::string& url) -> std::optional<icap::ServiceConfig> {
-      if (url.empty()) return std::nullopt;
-      icap::ServiceConfig sc;
-      sc.url = *icap::parse_service_url(url, nullptr);  // checked when parsed
-      sc.connect_timeout = cfg.icap.connect_timeout;
-      sc.response_timeout = cfg.icap.response_timeout;
-      sc.max_body = static_cast<std::size_t>(cfg.icap.max_body);
-      // An adapted body may be somewhat larger than what was sent.
-      sc.limits.max_body = std::max<std::size_t>(sc.limits.max_body, sc.max_body + (1u << 20));
-      return sc;
-    };
-    ctx.icap.reqmod = service(cfg.icap.reqmod);
-    ctx.icap.respmod = service(cfg.icap.respmod);
-    ctx.icap.fail_closed = cfg.icap.fail == "closed";
     ctx.icap.max_body = cfg.icap.max_body;
-    log::emit(log::Line(log::Level::info, "icap_enabled")
-                  .str("reqmod", cfg.icap.reqmod)
-                  .str("respmod", cfg.icap.respmod)
-                  .str("fail", cfg.icap.fail)
-                  .num("max_body", cfg.icap.max_body));
+    for (const auto& c : cfg.icap.all_services()) {
+      proxy::IcapServiceSettings svc;
+      svc.name = c.name;
+      svc.method = c.method == "reqmod" ? icap::Method::reqmod : icap::Method::respmod;
+      svc.fail_closed = c.fail == "closed";
+      svc.config.url = *icap::parse_service_url(c.url, nullptr);  // checked when parsed
+      svc.config.connect_timeout = cfg.icap.connect_timeout;
+      svc.config.response_timeout = cfg.icap.response_timeout;
+      svc.config.max_body = static_cast<std::size_t>(cfg.icap.max_body);
+      // An adapted body may be somewhat larger than what was sent.
+      svc.config.limits.max_body =
+          std::max<std::size_t>(svc.config.limits.max_body, svc.config.max_body + (1u << 20));
+      if (ctx.metrics) ctx.metrics->add_icap_service(c.name, c.method);
+      log::emit(log::Line(log::Level::info, "icap_enabled")
+                    .str("service", c.name)
+                    .str("method", c.method)
+                    .str("url", c.url)
+                    .str("fail", c.fail)
+                    .num("max_body", cfg.icap.max_body));
+      ctx.icap.services.push_back(std::move(svc));
+    }
   }
   // Exchange records are assembled only when a hook consumer wants them.
   if (ctx.hooks.wants_exchanges()) fanout->add(std::make_shared<hooks::ExchangeTap>(ctx.hooks));

@@ -151,21 +151,21 @@ void Worker::shutdown_on_loop() {
   async_.reset();
 }
 
-icap::IcapService* Worker::icap_service(icap::Method m) {
-  if (icap_closed_) return nullptr;
-  const auto& conf = m == icap::Method::reqmod ? ctx_.icap.reqmod : ctx_.icap.respmod;
-  auto& svc = m == icap::Method::reqmod ? icap_reqmod_ : icap_respmod_;
-  if (!conf) return nullptr;
-  if (!svc) svc = std::make_unique<icap::IcapService>(&loop_, *conf);
+icap::IcapService* Worker::icap_service(std::size_t index) {
+  const auto& services = ctx_.icap.services;
+  if (icap_closed_ || index >= services.size()) return nullptr;
+  if (icap_services_.size() < services.size()) icap_services_.resize(services.size());
+  auto& svc = icap_services_[index];
+  if (!svc) svc = std::make_unique<icap::IcapService>(&loop_, services[index].config);
   return svc.get();
 }
 
 void Worker::close_icap() {
   icap_closed_ = true;
-  for (auto* svc : {&icap_reqmod_, &icap_respmod_}) {
-    if (!*svc) continue;
-    (*svc)->shutdown();  // callbacks of sessions still open get an error
-    svc->reset();
+  for (auto& svc : icap_services_) {
+    if (!svc) continue;
+    svc->shutdown();  // callbacks of sessions still open get an error
+    svc.reset();
   }
 }
 

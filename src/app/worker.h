@@ -49,7 +49,7 @@ class Worker final : public proxy::SessionHost {
   void session_closed(std::uint64_t id) override;
   net::UpstreamPool& upstream_pool() override { return *pool_; }
   tls::UpstreamSessionCache& upstream_sessions() override { return tls_sessions_; }
-  icap::IcapService* icap_service(icap::Method m) override;
+  icap::IcapService* icap_service(std::size_t index) override;
 
  private:
   static constexpr std::size_t kReadBuffer = 64 * 1024;
@@ -80,7 +80,7 @@ class Worker final : public proxy::SessionHost {
   tls::UpstreamSessionCache tls_sessions_{4096};
   // Created lazily on this loop; shut down and released before the loop
   // closes (their pooled connections and timers would keep it running).
-  std::unique_ptr<icap::IcapService> icap_reqmod_, icap_respmod_;
+  std::vector<std::unique_ptr<icap::IcapService>> icap_services_;  // by service index
   bool icap_closed_ = false;
 
   std::mutex post_mu_;  // this worker's inbox only

@@ -92,9 +92,11 @@ struct Exchange {
   std::uint64_t request_body_bytes = 0;
   std::uint64_t response_body_bytes = 0;
   // ICAP adaptation of each message: empty when it was not sent to ICAP,
-  // else "unchanged", "modified", "respond", "error" (then failed open or
-  // closed as configured) or "too-large" (passed unadapted); the round
-  // trip in milliseconds (-1 when none).
+  // else the combined verdict of its chain of services: "unchanged",
+  // "modified", "respond", "error" (a fail-closed service failed, or a
+  // fail-open one failed and none changed the message), "too-large" or
+  // "skipped" (passed unadapted: body over the cap, plain HTTP through the
+  // explicit proxy); the round trip in milliseconds (-1 when none).
   std::string icap_reqmod, icap_respmod;
   double icap_reqmod_ms = -1, icap_respmod_ms = -1;
 };

@@ -511,26 +511,18 @@ void H1Relay::give_up_hold(Side to) {
 void H1Relay::send_reqmod() {
   Hold h = std::move(req_hold_);
   req_hold_ = {};
-  icap::IcapService* svc = icap_.service(icap::Method::reqmod);
   std::weak_ptr<bool> alive = alive_;
   auto done = [this, alive, seg = h.seg, st = h.st, orig = h.head](icap::Result r) {
     if (alive.expired() || seg->dropped) return;
     reqmod_done(seg, st, orig, std::move(r));
     io_.flush_sends();
   };
-  if (!svc) {
-    icap::Result r;
-    r.error = "ICAP service not available";
-    done(std::move(r));
-    return;
-  }
-  svc->reqmod(to_event_head(h.head, true), std::move(h.body), std::move(done));
+  icap_.adapt(h.st->ex.id, to_event_head(h.head, true), std::nullopt, std::move(h.body), std::move(done));
 }
 
 void H1Relay::send_respmod() {
   Hold h = std::move(resp_hold_);
   resp_hold_ = {};
-  icap::IcapService* svc = icap_.service(icap::Method::respmod);
   std::weak_ptr<bool> alive = alive_;
   auto done = [this, alive, seg = h.seg, st = h.st](icap::Result r) {
     if (alive.expired()) return;
@@ -544,13 +536,7 @@ void H1Relay::send_respmod() {
     respmod_done(seg, st, std::move(r));
     io_.flush_sends();
   };
-  if (!svc) {
-    icap::Result r;
-    r.error = "ICAP service not available";
-    done(std::move(r));
-    return;
-  }
-  svc->respmod(h.st->req_head, to_event_head(h.head, false), std::move(h.body), std::move(done));
+  icap_.adapt(h.st->ex.id, h.st->req_head, to_event_head(h.head, false), std::move(h.body), std::move(done));
 }
 
 void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared_ptr<State>& st,
@@ -579,17 +565,14 @@ void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared
       respond_instead(seg, st, r.head, std::move(resp));
       return;
     }
-    case K::error:
-      if (icap_.fail_closed) {
-        exchange::Head h;
-        h.status = 502;
-        h.reason = "Bad Gateway";
-        h.version = "HTTP/1.1";
-        respond_instead(seg, st, h, error_response(502, "ICAP service failed: " + r.error));
-        return;
-      }
-      icap_.report_failed_open(icap::Method::reqmod);
-      break;
+    case K::error: {  // a fail-closed service failed
+      exchange::Head h;
+      h.status = 502;
+      h.reason = "Bad Gateway";
+      h.version = "HTTP/1.1";
+      respond_instead(seg, st, h, error_response(502, "ICAP service failed: " + r.error));
+      return;
+    }
   }
   seg->ready = true;
   if (st->awaiting_head_forward) {
@@ -654,20 +637,17 @@ void H1Relay::respmod_done(const std::shared_ptr<Segment>& seg, const std::share
       break;
     }
     case K::error:
-      if (icap_.fail_closed) {
-        // The origin's response is replaced; nothing after it is relayed.
-        seg->data = error_response(502, "ICAP service failed: " + r.error);
-        seg->end_after = true;
-        st->ex.status = 502;
-        io_.set_close_reason("ICAP failed (fail closed)");
-        io_.stop_reading(Side::client);
-        io_.stop_reading(Side::upstream);
-        io_.end(Side::upstream, true);
-        abort_all("ICAP failed (fail closed)");
-        closing_ = true;
-        break;
-      }
-      icap_.report_failed_open(icap::Method::respmod);
+      // A fail-closed service failed: the origin's response is replaced;
+      // nothing after it is relayed.
+      seg->data = error_response(502, "ICAP service failed: " + r.error);
+      seg->end_after = true;
+      st->ex.status = 502;
+      io_.set_close_reason("ICAP failed (fail closed)");
+      io_.stop_reading(Side::client);
+      io_.stop_reading(Side::upstream);
+      io_.end(Side::upstream, true);
+      abort_all("ICAP failed (fail closed)");
+      closing_ = true;
       break;
   }
   q.bytes = q.bytes - std::min(q.bytes, old) + seg->data.size();

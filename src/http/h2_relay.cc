@@ -687,40 +687,30 @@ void H2Relay::give_up_hold(Side sender, Stream& st) {
 void H2Relay::send_reqmod(Stream& st) {
   if (st.req_icap) return;
   st.req_icap = true;
-  icap::IcapService* svc = icap_.service ? icap_.service(icap::Method::reqmod) : nullptr;
-  if (!svc) {
-    // Inside an nghttp2 callback: decide now, the caller sends afterwards.
-    icap::Result r;
-    r.error = "ICAP service not available";
-    reqmod_done(st.down_id, std::move(r));
-    return;
-  }
-  std::weak_ptr<bool> alive = alive_;
-  svc->reqmod(to_event_head(st.req_head, true), st.req_body,
-              [this, alive, id = st.down_id](icap::Result r) {
-                if (alive.expired()) return;
-                reqmod_done(id, std::move(r));
-                after_callback();
-              });
+  send_to_icap(st, std::nullopt, st.req_body);
 }
 
 void H2Relay::send_respmod(Stream& st) {
   if (st.resp_icap) return;
   st.resp_icap = true;
-  icap::IcapService* svc = icap_.service ? icap_.service(icap::Method::respmod) : nullptr;
-  if (!svc) {
-    icap::Result r;
-    r.error = "ICAP service not available";
-    respmod_done(st.down_id, std::move(r));
-    return;
-  }
+  send_to_icap(st, to_event_head(st.resp_head, false), st.resp_body);
+}
+
+void H2Relay::send_to_icap(Stream& st, std::optional<exchange::Head> response, std::string body) {
+  bool req = !response;
+  // An unavailable service answers at once, inside an nghttp2 callback:
+  // the caller sends afterwards. Later answers come from the loop.
+  auto in_call = std::make_shared<bool>(true);
   std::weak_ptr<bool> alive = alive_;
-  svc->respmod(st.req_event, to_event_head(st.resp_head, false), st.resp_body,
-               [this, alive, id = st.down_id](icap::Result r) {
-                 if (alive.expired()) return;
-                 respmod_done(id, std::move(r));
-                 after_callback();
-               });
+  auto done = [this, alive, in_call, req, id = st.down_id](icap::Result r) {
+    if (alive.expired()) return;
+    if (req) reqmod_done(id, std::move(r));
+    else respmod_done(id, std::move(r));
+    if (!*in_call) after_callback();
+  };
+  icap_.adapt(st.ex.id, req ? to_event_head(st.req_head, true) : st.req_event, std::move(response),
+              std::move(body), std::move(done));
+  *in_call = false;
 }
 
 // Frames queued from an ICAP answer (outside any socket callback) go out now.
@@ -781,18 +771,15 @@ void H2Relay::reqmod_done(std::int32_t id, icap::Result r) {
       submit_response(*st);
       return;
     }
-    case K::error:
-      if (icap_.fail_closed) {
-        st->up_closed = true;
-        answer_error(*st, 502, "ICAP service failed: " + r.error);
-        std::size_t unsent = st->req_body.size() - st->req_off;
-        if (unsent) credit(Side::client, *st, unsent);
-        st->req_body.clear();
-        st->req_off = 0;
-        return;
-      }
-      icap_.report_failed_open(icap::Method::reqmod);
-      break;
+    case K::error: {  // a fail-closed service failed
+      st->up_closed = true;
+      answer_error(*st, 502, "ICAP service failed: " + r.error);
+      std::size_t unsent = st->req_body.size() - st->req_off;
+      if (unsent) credit(Side::client, *st, unsent);
+      st->req_body.clear();
+      st->req_off = 0;
+      return;
+    }
   }
   submit_request(*st);
 }
@@ -822,13 +809,10 @@ void H2Relay::respmod_done(std::int32_t id, icap::Result r) {
       break;
     }
     case K::error:
-      if (icap_.fail_closed) {
-        // Only this stream: the origin's response is replaced by an error.
-        answer_error(*st, 502, "ICAP service failed: " + r.error);
-        return;
-      }
-      icap_.report_failed_open(icap::Method::respmod);
-      break;
+      // A fail-closed service failed. Only this stream: the origin's
+      // response is replaced by an error.
+      answer_error(*st, 502, "ICAP service failed: " + r.error);
+      return;
   }
   submit_response(*st);
 }

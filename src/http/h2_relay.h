@@ -77,6 +77,7 @@ class H2Relay final : public Relay {
   void wake_held();
   void send_reqmod(Stream& st);
   void send_respmod(Stream& st);
+  void send_to_icap(Stream& st, std::optional<exchange::Head> response, std::string body);
   void reqmod_done(std::int32_t down_id, icap::Result r);
   void respmod_done(std::int32_t down_id, icap::Result r);
   void after_callback();

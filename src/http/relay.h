@@ -5,7 +5,7 @@
 #pragma once
 
 #include "core/log.h"
-#include "icap/icap_client.h"
+#include "icap/icap_chain.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace sightline::http {
 
@@ -36,28 +37,46 @@ struct Refusal {
 // waiting behind it (pipelining order); HTTP/2 holds per stream only.
 struct IcapOptions {
   bool reqmod = false, respmod = false;  // which adaptations apply here
-  // The worker's service for a method, looked up per call (null: fail).
-  std::function<icap::IcapService*(icap::Method)> service;
-  bool fail_closed = true;
+  // The services of each method for this connection, in chain order
+  // (icap_chain.h). A chain's combined `error` means a fail-closed service
+  // failed: the relay answers with an error page.
+  std::vector<icap::ChainStep> reqmod_chain, respmod_chain;
+  // The worker's client for a configured service (null: unavailable).
+  icap::ServiceLookup service;
   std::uint64_t max_body = 8ull << 20;  // larger bodies are relayed unadapted
-  // For metrics; both optional.
-  std::function<void(icap::Method, const icap::Result&)> on_result;
+  // For metrics, per service answer; both optional.
+  std::function<void(const icap::ChainStep&, icap::Method, const icap::Result&)> on_result;
   std::function<void(icap::Method, bool too_large)> on_bypass;  // else: failed open
 
-  // What a relay reports about a verdict, in one place: metrics, the
-  // outcome and round trip on the exchange (access log, event feed), and a
-  // warning for an error. `ex` is null when the exchange is already gone.
+  // Sends a request (REQMOD) or a response with its request (RESPMOD)
+  // through this connection's chain for the method.
+  void adapt(std::uint64_t exchange_id, const exchange::Head& request,
+             std::optional<exchange::Head> response, std::string body, icap::Callback done) const {
+    icap::Method m = response ? icap::Method::respmod : icap::Method::reqmod;
+    // Copies: the chain may outlive the relay that started it.
+    auto report = [on_result = on_result, on_bypass = on_bypass, m, exchange_id](
+                      const icap::ChainStep& s, const icap::Result& r) {
+      if (on_result) on_result(s, m, r);
+      if (r.kind != icap::Result::Kind::error) return;
+      if (!s.fail_closed && on_bypass) on_bypass(m, false);
+      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", exchange_id)
+                    .str("service", s.name).str("method", icap::method_name(m)).str("msg", r.error)
+                    .str("fail", s.fail_closed ? "closed" : "open"));
+    };
+    icap::run_chain(m == icap::Method::reqmod ? reqmod_chain : respmod_chain, service,
+                    std::move(report), request, std::move(response), std::move(body), std::move(done));
+  }
+
+  // The combined verdict on the exchange (access log, event feed); `ex` is
+  // null when the exchange is already gone. A skipped fail-open error shows
+  // as "error" when nothing else changed the message.
   void report(exchange::Exchange* ex, icap::Method m, const icap::Result& r) const {
-    if (on_result) on_result(m, r);
-    if (ex) {
-      (m == icap::Method::reqmod ? ex->icap_reqmod : ex->icap_respmod) = icap::kind_name(r.kind);
-      (m == icap::Method::reqmod ? ex->icap_reqmod_ms : ex->icap_respmod_ms) =
-          std::chrono::duration<double, std::milli>(r.latency).count();
-    }
-    if (r.kind == icap::Result::Kind::error)
-      log::emit(log::Line(log::Level::warn, "icap_error").num("exchange", ex ? ex->id : 0)
-                    .str("method", icap::method_name(m)).str("msg", r.error)
-                    .str("fail", fail_closed ? "closed" : "open"));
+    if (!ex) return;
+    bool req = m == icap::Method::reqmod;
+    (req ? ex->icap_reqmod : ex->icap_respmod) =
+        r.failed_open && r.kind == icap::Result::Kind::unchanged ? "error" : icap::kind_name(r.kind);
+    (req ? ex->icap_reqmod_ms : ex->icap_respmod_ms) =
+        std::chrono::duration<double, std::milli>(r.latency).count();
   }
   // A body over max_body passes unadapted.
   void report_too_large(exchange::Exchange& ex, icap::Method m) const {
@@ -65,10 +84,6 @@ struct IcapOptions {
     (m == icap::Method::reqmod ? ex.icap_reqmod : ex.icap_respmod) = "too-large";
     log::emit(log::Line(log::Level::info, "icap_bypass").num("exchange", ex.id)
                   .str("method", icap::method_name(m)).str("reason", "body over icap.max_body"));
-  }
-  // An error let the original through (fail open).
-  void report_failed_open(icap::Method m) const {
-    if (on_bypass) on_bypass(m, false);
   }
 };
 

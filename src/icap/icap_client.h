@@ -124,6 +124,8 @@ struct Result {
   bool reused_connection = false;  // on a pooled keep-alive connection
   std::chrono::steady_clock::duration latency{};  // call to result (steady clock)
   exchange::Headers icap_headers;  // the answer's ICAP fields (X-Infection-Found, ...)
+  // Chains (icap_chain.h): a fail-open service failed and was skipped.
+  bool failed_open = false;
 };
 
 using Callback = std::function<void(Result)>;

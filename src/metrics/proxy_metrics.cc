@@ -98,26 +98,31 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
                                     {{"action", s(kPolicy[a])}});
   policy_reload_ok = r.counter("sightline_policy_reloads_total", "Policy reloads, by result.", {{"result", "ok"}});
   policy_reload_error = r.counter("sightline_policy_reloads_total", "Policy reloads, by result.", {{"result", "error"}});
-  static constexpr std::array<const char*, 2> kIcapMethods{"reqmod", "respmod"};
-  static constexpr std::array<const char*, 4> kIcapResults{"unchanged", "modified", "respond", "error"};
-  for (std::size_t m = 0; m < 2; ++m) {
-    icap_duration[m] = r.histogram("sightline_icap_duration_seconds",
-                                   "ICAP round trip (queueing and OPTIONS included), by method.",
-                                   {{"method", s(kIcapMethods[m])}}, b);
-    for (std::size_t k = 0; k < 4; ++k)
-      icap_results[m][k] = r.counter("sightline_icap_results_total", "ICAP answers, by method and result.",
-                                     {{"method", s(kIcapMethods[m])}, {"result", s(kIcapResults[k])}});
-  }
   icap_bypass_too_large = r.counter("sightline_icap_bypassed_total",
                                     "HTTP messages relayed without ICAP adaptation, by reason.",
                                     {{"reason", "too_large"}});
   icap_bypass_fail_open = r.counter("sightline_icap_bypassed_total",
                                     "HTTP messages relayed without ICAP adaptation, by reason.",
                                     {{"reason", "error_fail_open"}});
+  icap_bypass_plain_http = r.counter("sightline_icap_bypassed_total",
+                                     "HTTP messages relayed without ICAP adaptation, by reason.",
+                                     {{"reason", "plain_http"}});
   auto_bypass_activations = r.counter("sightline_auto_bypass_activations_total",
                                       "Pinned (client, name) pairs added to the auto-bypass table.");
   r.callback_gauge("sightline_build_info", "Build information.", {{"version", SIGHTLINE_VERSION}},
                    [] { return 1.0; });
+}
+
+void ProxyMetrics::add_icap_service(const std::string& name, std::string_view method) {
+  static constexpr std::array<const char*, 4> kIcapResults{"unchanged", "modified", "respond", "error"};
+  IcapService ids;
+  ids.duration = registry.histogram("sightline_icap_duration_seconds",
+                                    "ICAP round trip (queueing and OPTIONS included), by service and method.",
+                                    {{"service", name}, {"method", s(method)}}, latency_buckets());
+  for (std::size_t k = 0; k < kIcapResults.size(); ++k)
+    ids.results[k] = registry.counter("sightline_icap_results_total", "ICAP answers, by service, method and result.",
+                                      {{"service", name}, {"method", s(method)}, {"result", kIcapResults[k]}});
+  icap_services.push_back(ids);
 }
 
 }  // namespace sightline::metrics

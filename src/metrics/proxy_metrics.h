@@ -7,7 +7,9 @@
 #include "metrics/registry.h"
 
 #include <array>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace sightline::metrics {
 
@@ -60,12 +62,16 @@ struct ProxyMetrics {
   PerValue<PolicyAction, CounterId> policy_decisions;
   CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;
 
-  // ICAP (issue 8), indexed [0] reqmod, [1] respmod; results by
-  // icap::Result::Kind (unchanged, modified, respond, error). Registered
-  // always, so dashboards see zeros rather than missing series.
-  std::array<HistogramId, 2> icap_duration;
-  std::array<std::array<CounterId, 4>, 2> icap_results;
-  CounterId icap_bypass_too_large, icap_bypass_fail_open;
+  // ICAP (issue 8), one entry per configured service in configuration
+  // order (add_icap_service at startup); results by icap::Result::Kind
+  // (unchanged, modified, respond, error).
+  struct IcapService {
+    HistogramId duration;
+    std::array<CounterId, 4> results;
+  };
+  std::vector<IcapService> icap_services;
+  void add_icap_service(const std::string& name, std::string_view method);
+  CounterId icap_bypass_too_large, icap_bypass_fail_open, icap_bypass_plain_http;
 
  private:
   unsigned workers_;

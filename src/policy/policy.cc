@@ -426,7 +426,7 @@ class Builder {
 
   bool rule(const toml::table& t) {
     if (!check_keys(t, "rule", {"name", "action", "domains", "domains_file", "domains_files",
-                                "ports", "dst", "clients", "users", "groups", "archive", "hooks",
+                                "ports", "dst", "clients", "users", "groups", "archive", "hooks", "icap",
                                 "on_invalid", "auto_bypass"}))
       return false;
     const auto index = static_cast<std::uint32_t>(impl_->rules.size());
@@ -614,23 +614,32 @@ class Builder {
       if (!get_choice(t, "rule", "on_invalid", {"block", "forward-untrusted"}, v)) return false;
       o.on_invalid = v == "block" ? tls::OnInvalid::block : tls::OnInvalid::forward_untrusted;
     }
-    if (const toml::node* n = t.get("hooks")) {
-      std::vector<std::string> hooks;
-      bool ok = for_each_string(*n, "rule.hooks", true, [&](const toml::node& e, const std::string& s) {
-        bool name_ok = std::all_of(s.begin(), s.end(), [](char ch) {
-          return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
-        });
-        if (!name_ok)
-          return fail(e.source(), "rule.hooks",
-                      "\"" + s + "\": hook names are lower-case letters, digits, '-' and '_'");
-        if (std::find(hooks.begin(), hooks.end(), s) != hooks.end())
-          return fail(e.source(), "rule.hooks", "\"" + s + "\" is listed twice");
-        hooks.push_back(s);
-        return true;
+    if (!get_name_list(t, "hooks", "hook", o.hooks) || !get_name_list(t, "icap", "ICAP service", o.icap))
+      return false;
+    return true;
+  }
+
+  // A list of lower-case names (hook consumers, ICAP services), each once.
+  bool get_name_list(const toml::table& t, const char* key, const char* what,
+                     std::optional<std::vector<std::string>>& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    std::string where = std::string("rule.") + key;
+    std::vector<std::string> names;
+    bool ok = for_each_string(*n, where.c_str(), true, [&](const toml::node& e, const std::string& s) {
+      bool name_ok = std::all_of(s.begin(), s.end(), [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
       });
-      if (!ok) return false;
-      o.hooks = std::move(hooks);
-    }
+      if (!name_ok)
+        return fail(e.source(), where,
+                    "\"" + s + "\": " + what + " names are lower-case letters, digits, '-' and '_'");
+      if (std::find(names.begin(), names.end(), s) != names.end())
+        return fail(e.source(), where, "\"" + s + "\" is listed twice");
+      names.push_back(s);
+      return true;
+    });
+    if (!ok) return false;
+    out = std::move(names);
     return true;
   }
 

@@ -35,6 +35,9 @@ struct IpAddress {
 struct RuleOptions {
   std::optional<bool> archive;
   std::optional<std::vector<std::string>> hooks;
+  // ICAP services (by name) for this rule's exchanges; absent: every
+  // configured service. They run in configuration order either way.
+  std::optional<std::vector<std::string>> icap;
   std::optional<tls::OnInvalid> on_invalid;
   std::optional<bool> auto_bypass;
 };

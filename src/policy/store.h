@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,7 +18,12 @@ namespace sightline::policy {
 
 class PolicyStore {
  public:
-  explicit PolicyStore(std::vector<std::string> files) : files_(std::move(files)) {}
+  // Checks a loaded policy against the rest of the configuration (names of
+  // ICAP services, ...); false with `err` set rejects it like a parse error.
+  using Validator = std::function<bool(const Policy&, PolicyError& err)>;
+
+  explicit PolicyStore(std::vector<std::string> files, Validator validate = {})
+      : files_(std::move(files)), validate_(std::move(validate)) {}
 
   // Loads the files; false (with the error) leaves the previous policy in force.
   bool reload(PolicyError& err);
@@ -28,6 +34,7 @@ class PolicyStore {
 
  private:
   std::vector<std::string> files_;
+  Validator validate_;
   std::mutex reload_mu_;  // one reload at a time; never taken on the data path
   std::atomic<std::shared_ptr<const Policy>> current_;
   std::atomic<std::uint64_t> generation_{0};

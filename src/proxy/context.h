@@ -67,13 +67,18 @@ struct ListenerInfo {
   int proxy_protocol = 0;       // 0 off, 1 or 2: a PROXY header precedes everything
 };
 
-// ICAP adaptation of HTTP/1.1 exchanges (issue 8); off when neither service
-// is set. Each worker makes its own IcapService from these on its loop.
-struct IcapSettings {
-  std::optional<icap::ServiceConfig> reqmod, respmod;
+// ICAP adaptation of HTTP exchanges (issue 8); off when no service is
+// configured. Each worker makes its own IcapService from these on its loop.
+struct IcapServiceSettings {
+  std::string name;
+  icap::Method method = icap::Method::reqmod;
   bool fail_closed = true;
-  std::uint64_t max_body = 8ull << 20;  // larger bodies pass unadapted
-  bool enabled() const { return reqmod || respmod; }
+  icap::ServiceConfig config;
+};
+struct IcapSettings {
+  std::vector<IcapServiceSettings> services;  // chain order within each method
+  std::uint64_t max_body = 8ull << 20;        // larger bodies pass unadapted
+  bool enabled() const { return !services.empty(); }
 };
 
 struct ProxyContext {
@@ -123,10 +128,10 @@ class SessionHost {
   virtual net::UpstreamPool& upstream_pool() = 0;
   // TLS sessions toward origins, for resumption.
   virtual tls::UpstreamSessionCache& upstream_sessions() = 0;
-  // This worker's client of the configured ICAP service for `m` (reqmod or
-  // respmod), created on first use; null when none is configured or the
-  // worker is shutting down.
-  virtual icap::IcapService* icap_service(icap::Method /*m*/) { return nullptr; }
+  // This worker's client of configured ICAP service `index` (into
+  // ProxyContext::icap.services), created on first use; null when there is
+  // no such service or the worker is shutting down.
+  virtual icap::IcapService* icap_service(std::size_t /*index*/) { return nullptr; }
 };
 
 }  // namespace sightline::proxy

@@ -120,6 +120,18 @@ class PlainHttpProxy::RequestHandler final : public http::H1Parser::Handler {
       return;
     }
 
+    using Icap = PlainHttpSettings::RequestPolicy::Icap;
+    auto policy = p_.settings_.decide ? p_.settings_.decide(*hp) : PlainHttpSettings::RequestPolicy{};
+    if (!policy.block.empty()) {
+      p_.answer(403, policy.block, true);
+      return;
+    }
+    if (policy.icap == Icap::refuse) {
+      p_.answer(403, "plain HTTP is not sent to ICAP and a fail-closed ICAP service applies: use https",
+                true);
+      return;
+    }
+
     auto st = std::make_shared<Ex>();
     bool close = false, keep_alive = false;
     auto listed = connection_options(head, &close, &keep_alive);
@@ -134,6 +146,11 @@ class PlainHttpProxy::RequestHandler final : public http::H1Parser::Handler {
     exchange::Head ev = event_head(head, true);
     ev.authority = st->ex.authority;
     ev.target = path;
+    if (policy.icap == Icap::skip) {
+      if (policy.icap_reqmod) st->ex.icap_reqmod = "skipped";
+      if (policy.icap_respmod) st->ex.icap_respmod = "skipped";
+      if (p_.settings_.on_icap_skip) p_.settings_.on_icap_skip();
+    }
     p_.current_request_ = st;
     p_.awaiting_.push_back(st);
     p_.consumer_.on_request_head(st->ex, ev);
@@ -430,6 +447,7 @@ void PlainHttpProxy::answer(int status, const std::string& reason, bool close_af
   current_request_.reset();
   release_upstream(false);
   const char* phrase = status == 400   ? "Bad Request"
+                       : status == 403 ? "Forbidden"
                        : status == 431 ? "Request Header Fields Too Large"
                        : status == 501 ? "Not Implemented"
                        : status == 504 ? "Gateway Timeout"

@@ -10,10 +10,12 @@
 #include "exchange/exchange.h"
 #include "http/h1_parser.h"
 #include "http/relay.h"
+#include "net/address.h"
 #include "net/upstream_conn.h"
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,6 +26,19 @@ struct PlainHttpSettings {
   std::chrono::milliseconds connect_timeout{10'000};
   std::size_t high_watermark = 256 * 1024;
   std::string via;  // pseudonym for the Via header; empty: no Via
+  // What the policy says about one request's origin (each request of the
+  // connection may go elsewhere).
+  struct RequestPolicy {
+    std::string block;  // non-empty: refuse with 403 and this reason
+    // ICAP services apply, but this path cannot hold messages for them
+    // (docs/icap.md): `refuse` (a fail-closed service applies: nothing
+    // uninspected may pass) answers 403; `skip` relays unadapted and calls
+    // on_icap_skip.
+    enum class Icap { none, skip, refuse } icap = Icap::none;
+    bool icap_reqmod = false, icap_respmod = false;  // which methods apply
+  };
+  std::function<RequestPolicy(const net::HostPort& origin)> decide;  // absent: allow all
+  std::function<void()> on_icap_skip;
 };
 
 class PlainHttpProxy final : public http::Relay, public net::UpstreamConn::Owner {

@@ -335,6 +335,11 @@ bool Session::start_plain_http() {
   ps.connect_timeout = ctx_.settings.connect_timeout;
   ps.high_watermark = ctx_.settings.relay_high_watermark;
   ps.via = ctx_.settings.via;
+  ps.decide = [this](const net::HostPort& origin) { return plain_request_policy(origin); };
+  if (metrics::ProxyMetrics* m = ctx_.metrics) {
+    unsigned shard = worker_;
+    ps.on_icap_skip = [m, shard] { m->registry.inc(shard, m->icap_bypass_plain_http); };
+  }
   relay_ = std::make_unique<PlainHttpProxy>(*this, *ctx_.exchanges, std::move(info), std::move(ps),
                                             host_.upstream_pool(), host_.loop(),
                                             host_.read_buffer());
@@ -572,6 +577,28 @@ policy::Decision Session::decide(bool with_sni) {
     d.action = policy::Action::bypass;
   }
   return d;
+}
+
+// Plain HTTP through the explicit proxy: each request names its origin, so
+// the policy decides per request (the connection log shows the last one).
+PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPort& origin) {
+  PlainHttpSettings::RequestPolicy p;
+  request_.authority = origin;
+  policy::Decision d = decide(false);
+  if (d.action == policy::Action::block) {
+    p.block = "blocked by policy: " + describe(d);
+    return p;
+  }
+  http::IcapOptions icap = icap_options();
+  if (!icap.reqmod && !icap.respmod) return p;
+  auto closed = [](const std::vector<icap::ChainStep>& chain) {
+    return std::any_of(chain.begin(), chain.end(), [](const icap::ChainStep& s) { return s.fail_closed; });
+  };
+  using Icap = PlainHttpSettings::RequestPolicy::Icap;
+  p.icap = closed(icap.reqmod_chain) || closed(icap.respmod_chain) ? Icap::refuse : Icap::skip;
+  p.icap_reqmod = icap.reqmod;
+  p.icap_respmod = icap.respmod;
+  return p;
 }
 
 std::string Session::describe(const policy::Decision& d) const {
@@ -1000,24 +1027,37 @@ std::unique_ptr<Relay> Session::make_plain_h1_relay() {
                                          std::nullopt, icap_options());
 }
 
-// ICAP for this session's HTTP/1.1 and HTTP/2 exchanges: the worker's
-// services, looked up per call so a worker shutting down simply yields none.
+// ICAP for this session's HTTP/1.1 and HTTP/2 exchanges: the configured
+// services its policy rule selects (all when the rule names none), in
+// configuration order per method; the worker's clients are looked up per
+// call so a worker shutting down simply yields none.
 http::IcapOptions Session::icap_options() {
   http::IcapOptions o;
   const auto& ic = ctx_.icap;
   if (!ic.enabled()) return o;
-  o.reqmod = ic.reqmod.has_value();
-  o.respmod = ic.respmod.has_value();
-  o.fail_closed = ic.fail_closed;
+  if (rule_ && rule_->options.hooks) {  // a `hooks` list without "icap" turns ICAP off
+    const auto& hooks = *rule_->options.hooks;
+    if (std::find(hooks.begin(), hooks.end(), "icap") == hooks.end()) return o;
+  }
+  const auto* chosen = rule_ && rule_->options.icap ? &*rule_->options.icap : nullptr;
+  for (std::size_t i = 0; i < ic.services.size(); ++i) {
+    const auto& svc = ic.services[i];
+    if (chosen && std::find(chosen->begin(), chosen->end(), svc.name) == chosen->end()) continue;
+    (svc.method == icap::Method::reqmod ? o.reqmod_chain : o.respmod_chain)
+        .push_back({i, svc.name, svc.fail_closed});
+  }
+  o.reqmod = !o.reqmod_chain.empty();
+  o.respmod = !o.respmod_chain.empty();
   o.max_body = ic.max_body;
   SessionHost* host = &host_;
-  o.service = [host](icap::Method m) { return host->icap_service(m); };
+  o.service = [host](std::size_t i) { return host->icap_service(i); };
   if (metrics::ProxyMetrics* m = ctx_.metrics) {
     unsigned shard = worker_;
-    o.on_result = [m, shard](icap::Method method, const icap::Result& r) {
-      std::size_t i = method == icap::Method::reqmod ? 0 : 1;
-      m->registry.observe(shard, m->icap_duration[i], std::chrono::duration<double>(r.latency).count());
-      m->registry.inc(shard, m->icap_results[i][static_cast<std::size_t>(r.kind)]);
+    o.on_result = [m, shard](const icap::ChainStep& s, icap::Method, const icap::Result& r) {
+      if (s.service >= m->icap_services.size()) return;
+      const auto& ids = m->icap_services[s.service];
+      m->registry.observe(shard, ids.duration, std::chrono::duration<double>(r.latency).count());
+      m->registry.inc(shard, ids.results[static_cast<std::size_t>(r.kind)]);
     };
     o.on_bypass = [m, shard](icap::Method, bool too_large) {
       m->registry.inc(shard, too_large ? m->icap_bypass_too_large : m->icap_bypass_fail_open);

@@ -8,6 +8,7 @@
 
 #include "net/connect_request.h"
 #include "proxy/context.h"
+#include "proxy/plain_http.h"
 #include "http/h1_relay.h"
 #include "http/relay.h"
 #include "tls/client_hello.h"
@@ -107,6 +108,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_hello_data(const char* data, std::size_t n);
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
+  PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin);
   void start_bypass();
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();

@@ -196,6 +196,26 @@ def main(t):
         assert evs and evs[0].get("status") == 200 and evs[0].get("outcome") == "complete", evs
         assert evs[0].get("protocol") == "HTTP/1.1", evs[0]
 
+    with t.check("the policy decides per request: a blocked origin gets 403, the next connection still works"):
+        blocked = Origin()
+        pol = os.path.join(t.dir, "plain-policy.toml")
+        with open(pol, "w") as f:
+            f.write('[[rule]]\nname = "no-plain"\naction = "block"\nports = [%d]\n' % blocked.port)
+        guarded = t.start_proxy(pki, name="guarded", args=["--policy", pol])
+        s = socket.create_connection(("127.0.0.1", guarded.port), timeout=20)
+        # The first request is allowed; the second, on the same connection, is not.
+        s.sendall(("GET %s/ok HTTP/1.1\r\nHost: x\r\n\r\n" % base).encode())
+        code, _, body = read_response(s)
+        assert code == 200 and body.startswith(b"/ok "), (code, body[:60])
+        s.sendall(("GET http://127.0.0.1:%d/secret HTTP/1.1\r\nHost: x\r\n\r\n" % blocked.port).encode())
+        code, _, body = read_response(s)
+        s.close()
+        assert code == 403 and b"no-plain" in body, (code, body[:200])
+        assert not blocked.requests, blocked.requests
+        cp = h.curl(["--proxy", "http://127.0.0.1:%d" % guarded.port, base + "/after"])
+        assert cp.returncode == 0 and cp.stdout.startswith(b"/after "), h.curl_err(cp)
+        blocked.close()
+
     origin.close()
 
 

@@ -328,8 +328,12 @@ def main(t):
                                 % h.toml_value(pol_file))
     assert proxy.admin_port, "make_config gave no admin port"
     # A second proxy for the double-signal case (no policy files), with the
-    # inspection hooks on so that their metrics exist too.
-    proxy2 = t.start_proxy(pki, name="sightline2", workers=1, extra="[policy]\nfiles = []\n",
+    # inspection hooks on so that their metrics exist too. Its ICAP service
+    # exists only for its per-service series: max_body = 0 lets every body
+    # pass unadapted, so the slow download below is not held.
+    proxy2 = t.start_proxy(pki, name="sightline2", workers=1,
+                           extra='[policy]\nfiles = []\n\n[icap]\nrespmod = "icap://127.0.0.1:9/none"\n'
+                                 'fail = "open"\nmax_body = 0\n',
                            args=["--pcap-dir", os.path.join(t.dir, "pcap"),
                                  "--keylog-upstream", os.path.join(t.dir, "upstream.keys"),
                                  "--events-socket", os.path.join(t.dir, "events.sock")])

@@ -182,6 +182,45 @@ TEST_CASE("[icap] section") {
   CHECK(cfg->icap.max_body == 1048576);
   CHECK(cfg->icap.connect_timeout == std::chrono::milliseconds(500));
   CHECK(cfg->icap.response_timeout == std::chrono::seconds(3));
+  CHECK(cfg->icap.all_services().size() == 2);
+  CHECK(cfg->icap.all_services()[0].name == "reqmod");
+  CHECK(cfg->icap.all_services()[1].fail == "open");  // the section's default
+
+  // Several services per method, each with its own fail mode, chained in
+  // order after the shorthand ones.
+  auto multi = parse(
+      "[icap]\nreqmod = \"icap://127.0.0.1/url_check\"\n"
+      "[[icap.service]]\nname = \"dlp\"\nurl = \"icap://10.0.0.1/dlp\"\nmethod = \"reqmod\"\nfail = \"open\"\n"
+      "[[icap.service]]\nname = \"av\"\nurl = \"icap://10.0.0.2/av\"\nmethod = \"respmod\"\n",
+      err);
+  REQUIRE_MESSAGE(multi, err.message);
+  auto all = multi->icap.all_services();
+  REQUIRE(all.size() == 3);
+  CHECK(all[0].name == "reqmod");
+  CHECK(all[0].fail == "closed");
+  CHECK(all[1].name == "dlp");
+  CHECK(all[1].method == "reqmod");
+  CHECK(all[1].fail == "open");
+  CHECK(all[2].name == "av");
+  CHECK(all[2].method == "respmod");
+  CHECK(all[2].fail == "closed");
+  for (const char* bad : {
+           "[[icap.service]]\nname = \"a\"\nurl = \"icap://h/s\"\n",                        // no method
+           "[[icap.service]]\nname = \"a\"\nmethod = \"reqmod\"\n",                         // no url
+           "[[icap.service]]\nurl = \"icap://h/s\"\nmethod = \"reqmod\"\n",                 // no name
+           "[[icap.service]]\nname = \"A b\"\nurl = \"icap://h/s\"\nmethod = \"reqmod\"\n",
+           "[[icap.service]]\nname = \"a\"\nurl = \"icap://h/s\"\nmethod = \"options\"\n",
+           "[[icap.service]]\nname = \"a\"\nurl = \"icap://h/s\"\nmethod = \"reqmod\"\nfail = \"x\"\n",
+           "[[icap.service]]\nname = \"a\"\nurl = \"http://h/s\"\nmethod = \"reqmod\"\n",
+           "[[icap.service]]\nname = \"a\"\nurl = \"icap://h/s\"\nmethod = \"reqmod\"\nport = 1\n",
+           "[icap]\nrespmod = \"icap://h/s\"\n[[icap.service]]\nname = \"respmod\"\nurl = \"icap://h/t\"\n"
+           "method = \"respmod\"\n",  // clashes with the shorthand's name
+       }) {
+    CAPTURE(bad);
+    ConfigError e;
+    CHECK_FALSE(parse(bad, e));
+    CHECK(e.message.find("key 'icap.service") != std::string::npos);
+  }
   for (const char* bad : {"[icap]\nreqmod = \"http://x/y\"\n", "[icap]\nrespmod = \"icap://host\"\n",
                           "[icap]\nfail = \"maybe\"\n", "[icap]\nmax_body = -1\n",
                           "[icap]\nservice = \"x\"\n"}) {

@@ -7,6 +7,7 @@
 //
 // A missing c-icap is a failure, not a skip: these tests are the only check
 // that the client interoperates with a real implementation.
+#include "icap/icap_chain.h"
 #include "icap/icap_client.h"
 
 #include <doctest/doctest.h>
@@ -573,4 +574,120 @@ TEST_CASE("icap client: response timeout, shutdown, body cap") {
   REQUIRE(l.run_until([&] { return done; }, 5s));
   CHECK(r.error == "ICAP client shut down");
   close(s);
+}
+
+namespace {
+
+// Runs a chain to its combined result, recording each service's answer.
+struct ChainOutcome {
+  bool done = false;
+  Result combined;
+  std::vector<std::pair<std::string, Result::Kind>> steps;
+};
+
+ChainOutcome run(Loop& l, std::vector<ChainStep> steps, std::vector<IcapService*> services,
+                 const exchange::Head& req, std::optional<exchange::Head> resp, std::string body) {
+  ChainOutcome o;
+  run_chain(
+      std::move(steps), [&](std::size_t i) { return i < services.size() ? services[i] : nullptr; },
+      [&](const ChainStep& s, const Result& r) { o.steps.emplace_back(s.name, r.kind); }, req,
+      std::move(resp), std::move(body), [&](Result r) {
+        o.combined = std::move(r);
+        o.done = true;
+      });
+  REQUIRE_MESSAGE(l.run_until([&] { return o.done; }), "chain got no result in time");
+  return o;
+}
+
+std::size_t count_via(const exchange::Head& h) {
+  return static_cast<std::size_t>(std::count_if(h.headers.begin(), h.headers.end(), [](const exchange::Header& f) {
+    return f.name == "Via" && f.value.find("C-ICAP") != std::string::npos;
+  }));
+}
+
+}  // namespace
+
+TEST_CASE("icap chain: each service sees what the previous one returned") {
+  CIcapServer server;
+  Loop l;
+  // Without Allow: 204 echo always answers with the message and its Via.
+  ServiceConfig echo_cfg = config_for(server.url("echo"));
+  echo_cfg.allow_204 = false;
+  IcapService echo(&l.loop, echo_cfg);
+  IcapService check(&l.loop, config_for(server.url("url_check")));
+  std::vector<IcapService*> services{&echo, &check};
+  ChainStep e{0, "echo", true}, u{1, "urls", true};
+
+  // echo twice. c-icap's echo adds its Via only once, so the second echo
+  // returns exactly what it was given (unchanged) only if it was given the
+  // first one's output; had it seen the original it would add Via again.
+  std::string body = random_body(70000, 7);
+  ChainOutcome o = run(l, {e, {0, "echo2", true}}, services, post_request(body.size()), std::nullopt, body);
+  INFO(o.combined.error);
+  REQUIRE(o.combined.kind == Result::Kind::modified);
+  REQUIRE(o.steps.size() == 2);
+  CHECK(o.steps[0].second == Result::Kind::modified);
+  CHECK(o.steps[1].second == Result::Kind::unchanged);
+  CHECK(count_via(o.combined.head) == 1);
+  CHECK(o.combined.body == body);
+  CHECK_FALSE(o.combined.failed_open);
+
+  // RESPMOD the same way.
+  o = run(l, {e, {0, "echo2", true}}, services, get_request("fine.example"), ok_response(body.size()), body);
+  REQUIRE(o.combined.kind == Result::Kind::modified);
+  REQUIRE(o.steps.size() == 2);
+  CHECK(o.steps[1].second == Result::Kind::unchanged);
+  CHECK(o.combined.head.status == 200);
+  CHECK(count_via(o.combined.head) == 1);
+  CHECK(o.combined.body == body);
+
+  // A block anywhere in the chain ends it with the block page.
+  o = run(l, {e, u}, services, get_request("blocked.example"), std::nullopt, {});
+  REQUIRE(o.combined.kind == Result::Kind::respond);
+  CHECK(o.combined.head.status == 403);
+  o = run(l, {u, e}, services, get_request("blocked.example"), std::nullopt, {});
+  REQUIRE(o.combined.kind == Result::Kind::respond);
+  CHECK(o.steps.size() == 1);  // echo never saw the blocked request
+  o = run(l, {e, u}, services, get_request("fine.example"), std::nullopt, {});
+  CHECK(o.combined.kind == Result::Kind::modified);  // echo's Via; url_check let it pass
+}
+
+TEST_CASE("icap chain: fail open skips a service, fail closed stops the chain") {
+  CIcapServer server;
+  Loop l;
+  std::uint16_t dead_port = free_port();  // nothing listens there
+  ServiceConfig dead_cfg = config_for("icap://127.0.0.1:" + std::to_string(dead_port) + "/gone");
+  dead_cfg.connect_timeout = 2s;
+  IcapService dead(&l.loop, dead_cfg);
+  IcapService check(&l.loop, config_for(server.url("url_check")));
+  std::vector<IcapService*> services{&dead, &check};
+
+  ChainOutcome o = run(l, {{0, "dead", false}, {1, "urls", true}}, services,
+                       get_request("blocked.example"), std::nullopt, {});
+  REQUIRE(o.steps.size() == 2);
+  CHECK(o.steps[0].second == Result::Kind::error);
+  CHECK(o.combined.kind == Result::Kind::respond);  // the next service still blocks
+  CHECK(o.combined.failed_open);
+
+  o = run(l, {{0, "dead", false}, {1, "urls", true}}, services, get_request("fine.example"), std::nullopt, {});
+  CHECK(o.combined.kind == Result::Kind::unchanged);
+  CHECK(o.combined.failed_open);
+
+  o = run(l, {{0, "dead", true}, {1, "urls", true}}, services, get_request("fine.example"), std::nullopt, {});
+  CHECK(o.combined.kind == Result::Kind::error);
+  CHECK(o.combined.error.rfind("service dead: ", 0) == 0);
+  CHECK(o.steps.size() == 1);  // url_check was never asked
+
+  // A service the worker cannot provide (shutting down) is an error of
+  // that service, answered at once.
+  bool called = false;
+  Result r;
+  run_chain({{5, "missing", true}}, [](std::size_t) -> IcapService* { return nullptr; }, {},
+            get_request("fine.example"), std::nullopt, {}, [&](Result res) {
+              called = true;
+              r = std::move(res);
+            });
+  CHECK(called);
+  CHECK(r.kind == Result::Kind::error);
+  CHECK(r.error == "ICAP service not available");
 }

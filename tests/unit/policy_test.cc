@@ -599,6 +599,7 @@ action = "inspect"
 domains = ["a.example"]
 archive = true
 hooks = ["pcap", "icap"]
+icap = ["dlp", "av-2"]
 on_invalid = "forward-untrusted"
 auto_bypass = false
 [[rule]]
@@ -612,6 +613,9 @@ archive = false
   CHECK(o.archive == true);
   REQUIRE(o.hooks);
   CHECK(*o.hooks == std::vector<std::string>{"pcap", "icap"});
+  REQUIRE(o.icap);
+  CHECK(*o.icap == std::vector<std::string>{"dlp", "av-2"});
+  CHECK_FALSE(p->rules()[1].options.icap);
   CHECK(o.on_invalid == sightline::tls::OnInvalid::forward_untrusted);
   CHECK(o.auto_bypass == false);
   const RuleOptions& n = p->rules()[1].options;
@@ -759,6 +763,10 @@ TEST_CASE("errors in ports, addresses, identities and options") {
                    "and '_'");
   expect_error(rule("hooks = [\"pcap\", \"pcap\"]"),
                f + ":3:18: key 'rule.hooks': \"pcap\" is listed twice");
+  expect_error(rule("icap = [\"DLP\"]"),
+               f + ":3:9: key 'rule.icap': \"DLP\": ICAP service names are lower-case letters, digits, "
+                   "'-' and '_'");
+  expect_error(rule("icap = [\"av\", \"av\"]"), f + ":3:15: key 'rule.icap': \"av\" is listed twice");
 }
 
 TEST_CASE("errors in list files and file access") {
