@@ -103,6 +103,14 @@ struct Archive {
     }
   }
 
+  // `exchanges` exchanges by a fresh writer, sealed; the sealed segments.
+  std::vector<fs::path> write_sealed(const WriterOptions& opts, int exchanges) {
+    auto w = open(opts);
+    write(*w, 0, exchanges);
+    REQUIRE(!w->seal());
+    return files(".warc.gz");
+  }
+
   Report verify() {
     std::string err;
     auto r = verify_archive(dir.string(), verify_key.get(), &err);
@@ -120,10 +128,23 @@ struct Archive {
   }
 };
 
+// About four exchanges a segment.
+WriterOptions small_segments() {
+  WriterOptions opts;
+  opts.max_bytes = 2000;
+  opts.sync = SyncMode::none;
+  return opts;
+}
+
 std::string describe(const Report& r) {
   std::string out;
   for (const auto& f : r.findings) out += format_finding(f) + "\n";
   return out;
+}
+
+void expect_intact(const Report& r) {
+  INFO(describe(r));
+  CHECK(r.intact());
 }
 
 // Exactly one problem, of this kind, about this record (if given).
@@ -154,10 +175,7 @@ std::string join(const std::vector<std::string>& parts) {
 struct SealedArchive : Archive {
   fs::path segment;
   SealedArchive() {
-    auto w = open();
-    write(*w, 0, 10);
-    REQUIRE(!w->seal());
-    auto segs = files(".warc.gz");
+    auto segs = write_sealed({}, 10);
     REQUIRE(segs.size() == 1);
     segment = segs[0];
     REQUIRE(verify().intact());
@@ -249,8 +267,7 @@ TEST_CASE("archive: round trip, digests, chain and a standard gzip reader") {
   CHECK(manifest->file_sha256 == to_hex(sha256(file)));
   CHECK(manifest->key_fingerprint == key_fingerprint(a.verify_key.get()));
   Report r = a.verify();
-  INFO(describe(r));
-  CHECK(r.intact());
+  expect_intact(r);
   CHECK(r.segments == 1);
   CHECK(r.records == 16);
 
@@ -263,15 +280,8 @@ TEST_CASE("archive: round trip, digests, chain and a standard gzip reader") {
 
 TEST_CASE("archive: rotation by size and age; the chain runs across segments and restarts") {
   Archive a;
-  WriterOptions opts;
-  opts.max_bytes = 2000;
-  opts.sync = SyncMode::none;
-  {
-    auto w = a.open(opts);
-    a.write(*w, 0, 12);
-    REQUIRE(!w->seal());
-  }
-  auto segs = a.files(".warc.gz");
+  WriterOptions opts = small_segments();
+  auto segs = a.write_sealed(opts, 12);
   CHECK(segs.size() > 2);
   for (const auto& s : segs) CHECK(fs::file_size(s) <= 2000 + 1200);  // one exchange may overshoot
   RecoveryReport rep;
@@ -287,9 +297,7 @@ TEST_CASE("archive: rotation by size and age; the chain runs across segments and
     CHECK(w->current_segment().empty());
   }
   CHECK(a.files(".warc.gz").size() == segs.size() + 1);
-  Report r = a.verify();
-  INFO(describe(r));
-  CHECK(r.intact());
+  expect_intact(a.verify());
 }
 
 TEST_CASE("archive: interval sync and an open segment verify as unsealed") {
@@ -302,8 +310,7 @@ TEST_CASE("archive: interval sync and an open segment verify as unsealed") {
   CHECK(!w->maybe_sync(WallClock::now() + std::chrono::seconds(1)));
   CHECK(!w->sync());
   Report r = a.verify();
-  INFO(describe(r));
-  CHECK(r.intact());
+  expect_intact(r);
   REQUIRE(r.findings.size() == 1);
   CHECK(r.findings[0].kind == FindingKind::unsealed);
 }
@@ -412,15 +419,8 @@ TEST_CASE("archive tamper: manifest edited, signature replaced or missing") {
 
 TEST_CASE("archive tamper: a sealed segment deleted") {
   Archive a;
-  WriterOptions opts;
-  opts.max_bytes = 2000;
-  opts.sync = SyncMode::none;
-  {
-    auto w = a.open(opts);
-    a.write(*w, 0, 12);
-    REQUIRE(!w->seal());
-  }
-  auto segs = a.files(".warc.gz");
+  WriterOptions opts = small_segments();
+  auto segs = a.write_sealed(opts, 12);
   REQUIRE(segs.size() >= 3);
   REQUIRE(a.verify().intact());
   const fs::path& middle = segs[1];
@@ -500,8 +500,7 @@ TEST_CASE("archive crash recovery: torn tails are cut and the chain continues") 
     std::string verr;
     auto r = verify_archive(dir.string(), a.verify_key.get(), &verr);
     REQUIRE(r);
-    INFO(describe(*r));
-    CHECK(r->intact());
+    expect_intact(*r);
     CHECK(r->records == c.kept_records + 4);
   }
 }
@@ -522,9 +521,7 @@ TEST_CASE("archive crash recovery: a seal interrupted after the manifest was wri
   CHECK(rep.cut_bytes == 0);
   a.write(*w, 2, 3);
   REQUIRE(!w->seal());
-  Report r = a.verify();
-  INFO(describe(r));
-  CHECK(r.intact());
+  expect_intact(a.verify());
 }
 
 TEST_CASE("archive: a failed write is cut off and the writer recovers") {
@@ -552,8 +549,7 @@ TEST_CASE("archive: a failed write is cut off and the writer recovers") {
   a.write(*w, 4, 6);
   REQUIRE(!w->seal());
   Report r = a.verify();
-  INFO(describe(r));
-  CHECK(r.intact());
+  expect_intact(r);
   CHECK(r.records == 13);
 }
 
