@@ -96,6 +96,13 @@ std::optional<std::string> write_file_durably(const std::string& path, std::stri
 
 }  // namespace
 
+std::optional<SyncMode> parse_sync_mode(std::string_view text) {
+  if (text == "record") return SyncMode::record;
+  if (text == "interval") return SyncMode::interval;
+  if (text == "none") return SyncMode::none;
+  return std::nullopt;
+}
+
 struct SegmentWriter::State {
   WriterOptions opts;
   tls::EvpPkeyPtr key;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace sightline::archive {
 
@@ -24,6 +25,9 @@ enum class SyncMode {
   interval,  // the caller calls maybe_sync() often; fdatasync every sync_interval
   none,      // left to the kernel; a seal still syncs
 };
+
+// The configuration's archive.sync value: "record", "interval" or "none".
+std::optional<SyncMode> parse_sync_mode(std::string_view text);
 
 struct WriterOptions {
   std::string dir;

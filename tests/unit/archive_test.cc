@@ -592,5 +592,7 @@ TEST_CASE("archive: segment names") {
   CHECK(p->sealed_name == n);
   CHECK(!parse_segment_name("x.warc.gz"));
   CHECK(!valid_writer_id("a-b"));
+  CHECK(parse_sync_mode("interval") == SyncMode::interval);
+  CHECK(!parse_sync_mode("always"));
   CHECK(!valid_writer_id(""));
 }
