@@ -1,6 +1,8 @@
 // sightline command line. CLI11 parses it (a Debian package, and its
 // subcommand support fits `run` now and `policy`/`archive` later).
 #include "app/config.h"
+#include "archive/keys.h"
+#include "archive/verify.h"
 #include "app/server.h"
 #include "core/log.h"
 #include "icap/icap_client.h"
@@ -66,6 +68,44 @@ int policy_explain(const std::vector<std::string>& files, const std::string& sni
     std::cout << to_string(d.action) << "  default (no rule matched)\n";
   }
   return 0;
+}
+
+// `sightline archive keygen FILE` and `sightline archive verify DIR --key FILE`.
+// Exit codes: 0 done / intact, 1 problems found, 2 usage or I/O errors.
+struct ArchiveFlags {
+  std::string key_file, dir, verify_key;
+};
+
+int archive_command(const ArchiveFlags& f, bool keygen) {
+  namespace archive = sightline::archive;
+  std::string err;
+  if (keygen) {
+    if (f.key_file.empty()) {
+      std::cerr << "usage: sightline archive keygen FILE\n";
+      return 2;
+    }
+    if (!archive::keygen(f.key_file, &err)) {
+      std::cerr << "sightline: " << err << "\n";
+      return 2;
+    }
+    std::cout << "wrote " << f.key_file << " (private, 0600) and " << f.key_file << ".pub\n";
+    return 0;
+  }
+  if (f.dir.empty() || f.verify_key.empty()) {
+    std::cerr << "usage: sightline archive verify DIR --key FILE\n";
+    return 2;
+  }
+  auto key = archive::load_verify_key(f.verify_key, &err);
+  auto report = key ? archive::verify_archive(f.dir, key.get(), &err) : std::nullopt;
+  if (!report) {
+    std::cerr << "sightline: " << err << "\n";
+    return 2;
+  }
+  for (const auto& finding : report->findings) std::cout << archive::format_finding(finding) << "\n";
+  std::cout << report->segments << " segments, " << report->records << " records, ";
+  if (report->intact()) std::cout << "intact\n";
+  else std::cout << report->problems() << " problems\n";
+  return report->intact() ? 0 : 1;
 }
 
 // `sightline run`'s command line: each flag overrides its config key.
@@ -209,6 +249,15 @@ int main(int argc, char** argv) {
   explain->add_option("--policy", explain_files, "policy file (repeatable)");
   explain->add_option("-c,--config", ex_config, "take the policy files from this config");
 
+  ArchiveFlags af;
+  auto* arch = cli.add_subcommand("archive", "compliance archive: signing key, verification");
+  arch->require_subcommand(1);
+  auto* arch_keygen = arch->add_subcommand("keygen", "make an Ed25519 signing key: FILE (0600) and FILE.pub");
+  arch_keygen->add_option("file", af.key_file, "private key file to create");
+  auto* arch_verify = arch->add_subcommand("verify", "check an archive directory; exit 0 only when intact");
+  arch_verify->add_option("dir", af.dir, "archive directory");
+  arch_verify->add_option("--key", af.verify_key, "archive public key PEM (the private key works too)");
+
   auto* version = cli.add_subcommand("version", "print the version");
 
   CLI11_PARSE(cli, argc, argv);
@@ -217,6 +266,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (check->parsed()) return policy_check(check_files);
+  if (arch->parsed()) return archive_command(af, arch_keygen->parsed());
   if (explain->parsed()) {
     if (explain_files.empty() && !ex_config.empty()) {
       sightline::app::ConfigError err;

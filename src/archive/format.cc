@@ -1,0 +1,188 @@
+#include "archive/format.h"
+
+#include <charconv>
+#include <ctime>
+
+namespace sightline::archive {
+
+namespace {
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  std::uint64_t v = 0;
+  auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+}  // namespace
+
+bool valid_writer_id(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string segment_name(std::string_view writer, WallClock::time_point created, std::uint64_t seq) {
+  std::time_t secs = WallClock::to_time_t(created);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+  char num[24];
+  std::snprintf(num, sizeof num, "%06llu", static_cast<unsigned long long>(seq));
+  return std::string(writer) + "-" + stamp + "-" + num + std::string(kSealedSuffix);
+}
+
+std::optional<SegmentName> parse_segment_name(std::string_view n) {
+  SegmentName out;
+  if (n.ends_with(kOpenSuffix)) {
+    out.open = true;
+    n.remove_suffix(kOpenSuffix.size() - kSealedSuffix.size());
+  }
+  if (!n.ends_with(kSealedSuffix)) return std::nullopt;
+  out.sealed_name = std::string(n);
+  n.remove_suffix(kSealedSuffix.size());
+  std::size_t d2 = n.rfind('-');
+  if (d2 == std::string_view::npos || d2 == 0) return std::nullopt;
+  std::size_t d1 = n.rfind('-', d2 - 1);
+  if (d1 == std::string_view::npos) return std::nullopt;
+  std::string_view writer = n.substr(0, d1), stamp = n.substr(d1 + 1, d2 - d1 - 1), seq = n.substr(d2 + 1);
+  if (!valid_writer_id(writer) || stamp.size() != 16 || seq.size() < 6 || !all_digits(seq)) return std::nullopt;
+  auto v = parse_u64(seq);
+  if (!v) return std::nullopt;
+  out.writer = std::string(writer);
+  out.seq = *v;
+  return out;
+}
+
+std::string manifest_json(const Manifest& m) {
+  nlohmann::ordered_json records = nlohmann::ordered_json::array();
+  for (const auto& r : m.records) {
+    records.push_back({{"seq", r.seq},
+                       {"offset", r.offset},
+                       {"length", r.length},
+                       {"id", r.id},
+                       {"type", r.type},
+                       {"digest", "sha256:" + to_hex(r.digest)},
+                       {"chain", "sha256:" + to_hex(r.chain)}});
+  }
+  nlohmann::ordered_json j = {
+      {"format", "sightline-archive-manifest/1"},
+      {"segment", m.segment},
+      {"sha256", m.file_sha256},
+      {"size", m.file_size},
+      {"writer", m.writer},
+      {"segment_seq", m.segment_seq},
+      {"previous_segment", m.previous_segment.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(m.previous_segment)},
+      {"chain_start", "sha256:" + to_hex(m.chain_start)},
+      {"chain_head", "sha256:" + to_hex(m.chain_head)},
+      {"created", m.created},
+      {"sealed", m.sealed},
+      {"key_fingerprint", m.key_fingerprint},
+      {"records", std::move(records)},
+  };
+  return j.dump(1) + "\n";
+}
+
+std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) {
+  auto fail = [&](std::string msg) {
+    if (why) *why = std::move(msg);
+    return std::optional<Manifest>();
+  };
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return fail("manifest is not JSON");
+  auto digest = [](const nlohmann::json& v) -> std::optional<Digest> {
+    if (!v.is_string()) return std::nullopt;
+    std::string s = v.get<std::string>();
+    if (!s.starts_with("sha256:")) return std::nullopt;
+    return digest_from_hex(std::string_view(s).substr(7));
+  };
+  try {
+    if (j.at("format") != "sightline-archive-manifest/1") return fail("unknown manifest format");
+    Manifest m;
+    m.segment = j.at("segment").get<std::string>();
+    m.file_sha256 = j.at("sha256").get<std::string>();
+    m.file_size = j.at("size").get<std::uint64_t>();
+    m.writer = j.at("writer").get<std::string>();
+    m.segment_seq = j.at("segment_seq").get<std::uint64_t>();
+    if (!j.at("previous_segment").is_null()) m.previous_segment = j.at("previous_segment").get<std::string>();
+    auto start = digest(j.at("chain_start"));
+    auto head = digest(j.at("chain_head"));
+    if (!start || !head) return fail("bad chain value in manifest");
+    m.chain_start = *start;
+    m.chain_head = *head;
+    m.created = j.at("created").get<std::string>();
+    m.sealed = j.at("sealed").get<std::string>();
+    m.key_fingerprint = j.at("key_fingerprint").get<std::string>();
+    for (const auto& r : j.at("records")) {
+      ManifestRecord mr;
+      mr.seq = r.at("seq").get<std::uint64_t>();
+      mr.offset = r.at("offset").get<std::uint64_t>();
+      mr.length = r.at("length").get<std::uint64_t>();
+      mr.id = r.at("id").get<std::string>();
+      mr.type = r.at("type").get<std::string>();
+      auto d = digest(r.at("digest"));
+      auto c = digest(r.at("chain"));
+      if (!d || !c) return fail("bad digest in manifest record " + std::to_string(mr.seq));
+      mr.digest = *d;
+      mr.chain = *c;
+      m.records.push_back(std::move(mr));
+    }
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    return fail(std::string("manifest field: ") + e.what());
+  }
+}
+
+std::optional<std::string> read_text_file(const std::string& path) {
+  auto f = MappedFile::open(path, nullptr);
+  if (!f) return std::nullopt;
+  return std::string(f->bytes());
+}
+
+RecordInfo inspect_record(const Member& m) {
+  RecordInfo info;
+  info.offset = m.offset;
+  info.length = m.compressed_length;
+  info.digest = record_digest(m.data);
+  std::string why;
+  auto rec = parse_record(m.data, &why);
+  if (!rec) {
+    info.problem = why;
+    return info;
+  }
+  auto field = [&](std::string_view name) { return rec->header(name); };
+  if (const auto* v = field("WARC-Record-ID")) info.id = *v;
+  if (const auto* v = field("WARC-Type")) info.type = *v;
+  if (const auto* v = field(kSeqHeader)) info.seq = parse_u64(*v);
+  if (const auto* v = field(kChainHeader); v && v->starts_with("sha256:"))
+    info.chain = digest_from_hex(std::string_view(*v).substr(7));
+  const auto* block_digest = field("WARC-Block-Digest");
+  if (!block_digest || *block_digest != warc_digest(rec->block)) {
+    info.problem = "WARC-Block-Digest does not match the block";
+    return info;
+  }
+  if (const auto* payload_digest = field("WARC-Payload-Digest");
+      payload_digest && *payload_digest != warc_digest(http_payload(rec->block))) {
+    info.problem = "WARC-Payload-Digest does not match the HTTP body";
+    return info;
+  }
+  if (info.id.empty() || info.type.empty() || !info.seq || !info.chain)
+    info.problem = "missing WARC-Record-ID, WARC-Type or sightline chain fields";
+  return info;
+}
+
+std::optional<std::string> chain_link_problem(const RecordInfo& r, const Digest& prev) {
+  if (!r.chain) return "no chain value";
+  if (*r.chain != chain_next(prev, r.digest)) return "chain value does not follow from the previous record";
+  return std::nullopt;
+}
+
+}  // namespace sightline::archive

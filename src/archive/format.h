@@ -1,0 +1,84 @@
+// What the writer and the verifier agree on beyond single records: segment
+// file names, the signed manifest of a sealed segment, and the per-record
+// facts both check (digests, chain header). docs/archive.md describes it.
+#pragma once
+
+#include "archive/warc.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sightline::archive {
+
+inline constexpr std::string_view kSealedSuffix = ".warc.gz";
+inline constexpr std::string_view kOpenSuffix = ".warc.gz.open";
+inline constexpr std::string_view kManifestSuffix = ".manifest.json";  // after the sealed name
+inline constexpr std::string_view kSignatureSuffix = ".manifest.json.sig";
+inline constexpr Digest kZeroChain{};  // what a writer's first record chains from
+
+// Writer ids are [A-Za-z0-9_.]+ so that '-' separates the name's parts:
+// <writer>-<YYYYMMDDTHHMMSSZ>-<seq, 6+ digits>.warc.gz[.open]
+bool valid_writer_id(std::string_view id);
+std::string segment_name(std::string_view writer, WallClock::time_point created, std::uint64_t seq);
+
+struct SegmentName {
+  std::string writer;
+  std::uint64_t seq = 0;
+  bool open = false;
+  std::string sealed_name;  // the name without ".open"
+};
+// Accepts a sealed or open segment name; nullopt for anything else.
+std::optional<SegmentName> parse_segment_name(std::string_view file_name);
+
+struct ManifestRecord {
+  std::uint64_t seq = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;  // compressed (the gzip member)
+  std::string id;
+  std::string type;
+  Digest digest{};  // record digest
+  Digest chain{};   // chain value after this record
+};
+
+struct Manifest {
+  std::string segment;  // sealed file name
+  std::string file_sha256;
+  std::uint64_t file_size = 0;
+  std::string writer;
+  std::uint64_t segment_seq = 0;
+  std::string previous_segment;  // empty for a writer's first segment
+  Digest chain_start{};          // previous segment's chain head, or zeros
+  std::vector<ManifestRecord> records;
+  Digest chain_head{};
+  std::string created;
+  std::string sealed;
+  std::string key_fingerprint;
+};
+
+// The exact bytes that are signed (pretty JSON, one trailing newline).
+std::string manifest_json(const Manifest& m);
+std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);
+
+// A small file's whole text (manifest, signature); nullopt if unreadable.
+std::optional<std::string> read_text_file(const std::string& path);
+
+// One member of a segment, checked on its own (no chain walk).
+struct RecordInfo {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::string id;
+  std::string type;
+  std::optional<std::uint64_t> seq;  // WARC-Sightline-Seq
+  Digest digest{};
+  std::optional<Digest> chain;  // WARC-Sightline-Chain
+  std::string problem;          // unparsable or a digest that does not match; empty: fine
+};
+RecordInfo inspect_record(const Member& m);
+
+// Whether `r` links from `prev`; the reason when not.
+std::optional<std::string> chain_link_problem(const RecordInfo& r, const Digest& prev);
+
+}  // namespace sightline::archive

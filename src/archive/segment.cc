@@ -1,0 +1,480 @@
+#include "archive/segment.h"
+
+#include "archive/keys.h"
+#include "core/log.h"
+#include "hooks/pcap.h"
+#include "sightline_build.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+namespace sightline::archive {
+
+namespace {
+
+using hooks::pcap::UniqueFd;
+
+std::string errno_text(std::string_view what, const std::string& path, int err) {
+  return std::string(what) + " " + path + ": " + std::strerror(err);
+}
+
+// Records serialized, chained and compressed, not yet written.
+struct Batch {
+  std::string bytes;
+  std::vector<ManifestRecord> records;
+  Digest head{};
+  std::uint64_t next_seq = 0;
+};
+
+void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string type, WarcRecord r) {
+  std::uint64_t seq = b.next_seq++;
+  r.headers.push_back({std::string(kSeqHeader), std::to_string(seq)});
+  std::string unchained = serialize_unchained(r);
+  Digest digest = sha256(unchained);
+  b.head = chain_next(b.head, digest);
+  auto member = gzip_member(add_chain_header(unchained, b.head));
+  // deflate fails only without memory; an empty member then fails the batch.
+  std::string gz = member ? std::move(*member) : std::string();
+  b.records.push_back({seq, segment_bytes + b.bytes.size(), gz.size(), std::move(id), std::move(type), digest, b.head});
+  b.bytes += gz;
+}
+
+WarcRecord http_record(std::string_view type, const std::string& id, const std::string& date,
+                       const ExchangeRecord& ex, const std::string& warcinfo_id, const std::string& block,
+                       bool truncated) {
+  WarcRecord r;
+  r.headers = {{"WARC-Type", std::string(type)},
+               {"WARC-Record-ID", id},
+               {"WARC-Date", date},
+               {"WARC-Target-URI", ex.target_uri},
+               {"WARC-Warcinfo-ID", warcinfo_id},
+               {"Content-Type", "application/http; msgtype=" + std::string(type)},
+               {"WARC-Block-Digest", warc_digest(block)},
+               {"WARC-Payload-Digest", warc_digest(http_payload(block))}};
+  if (truncated) r.headers.push_back({"WARC-Truncated", "length"});
+  r.block = block;
+  return r;
+}
+
+bool fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return errno_text("write", path, n < 0 ? errno : ENOSPC);
+    done += static_cast<std::size_t>(n);
+  }
+  return std::nullopt;
+}
+
+// Temporary name, fsync, rename: a reader sees the whole file or none.
+std::optional<std::string> write_file_durably(const std::string& path, std::string_view text) {
+  std::string tmp = path + ".tmp";
+  ::unlink(tmp.c_str());
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0440));
+  if (!fd) return errno_text("create", tmp, errno);
+  if (auto e = write_all_at(fd.get(), text, 0, tmp)) return e;
+  if (::fsync(fd.get()) != 0) return errno_text("fsync", tmp, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return errno_text("rename", tmp, errno);
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<SyncMode> parse_sync_mode(std::string_view text) {
+  if (text == "record") return SyncMode::record;
+  if (text == "interval") return SyncMode::interval;
+  if (text == "none") return SyncMode::none;
+  return std::nullopt;
+}
+
+struct SegmentWriter::State {
+  WriterOptions opts;
+  tls::EvpPkeyPtr key;
+  std::string fingerprint;
+
+  // The writer's chain, across segments.
+  Digest head{};
+  std::uint64_t next_seq = 1;
+  std::uint64_t next_segment_seq = 1;
+  std::string previous_segment;
+
+  // The open segment.
+  UniqueFd fd;
+  std::string name;  // sealed name; the file is name + ".open" until sealed
+  WallClock::time_point created{};
+  std::string created_text;
+  Digest chain_start{};
+  std::uint64_t bytes = 0;
+  std::vector<ManifestRecord> records;
+  std::string warcinfo_id;
+  tls::EvpMdCtxPtr file_hash;
+  bool needs_truncate = false;  // a failed write may have left a partial exchange
+  bool dirty = false;
+  WallClock::time_point last_sync{};
+
+  std::string path(std::string_view file) const { return opts.dir + "/" + std::string(file); }
+  std::string open_path() const { return path(name) + ".open"; }
+
+  Batch new_batch() const {
+    Batch b;
+    b.head = head;
+    b.next_seq = next_seq;
+    return b;
+  }
+
+  void begin_segment(std::string segment, WallClock::time_point t) {
+    name = std::move(segment);
+    created = t;
+    created_text = warc_date(t);
+    chain_start = head;
+    bytes = 0;
+    records.clear();
+    needs_truncate = false;
+    dirty = false;
+    file_hash.reset(EVP_MD_CTX_new());
+    if (file_hash) EVP_DigestInit_ex(file_hash.get(), EVP_sha256(), nullptr);
+  }
+
+  void commit(Batch& b) {
+    if (file_hash) EVP_DigestUpdate(file_hash.get(), b.bytes.data(), b.bytes.size());
+    bytes += b.bytes.size();
+    records.insert(records.end(), std::make_move_iterator(b.records.begin()),
+                   std::make_move_iterator(b.records.end()));
+    head = b.head;
+    next_seq = b.next_seq;
+    dirty = true;
+  }
+
+  std::optional<std::string> write_batch(Batch& b) {
+    if (b.records.empty() || std::any_of(b.records.begin(), b.records.end(), [](auto& r) { return r.length == 0; }))
+      return "archive: compression failed (out of memory)";
+    if (needs_truncate) {
+      if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_text("truncate", open_path(), errno);
+      needs_truncate = false;
+    }
+    if (auto e = write_all_at(fd.get(), b.bytes, bytes, open_path())) {
+      // Cut the partial exchange now if the disk lets us, else before the next write.
+      needs_truncate = ::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0;
+      return e;
+    }
+    commit(b);
+    return std::nullopt;
+  }
+
+  std::optional<std::string> open_segment(WallClock::time_point now) {
+    std::string segment = segment_name(opts.writer_id, now, next_segment_seq);
+    std::string p = path(segment) + ".open";
+    UniqueFd f(::open(p.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
+    if (!f) return errno_text("create", p, errno);
+    fd = std::move(f);
+    begin_segment(std::move(segment), now);
+    warcinfo_id = new_record_id();
+    WarcRecord info;
+    info.block = std::string("software: sightline/") + SIGHTLINE_VERSION +
+                 "\r\nformat: WARC File Format 1.1\r\n"
+                 "conformsTo: http://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/\r\n"
+                 "sightline-writer: " + opts.writer_id +
+                 "\r\nsightline-segment-seq: " + std::to_string(next_segment_seq) +
+                 "\r\nsightline-previous-segment: " + previous_segment +
+                 "\r\nsightline-chain-start: sha256:" + to_hex(chain_start) + "\r\n";
+    info.headers = {{"WARC-Type", "warcinfo"},
+                    {"WARC-Record-ID", warcinfo_id},
+                    {"WARC-Date", created_text},
+                    {"WARC-Filename", name},
+                    {"Content-Type", "application/warc-fields"},
+                    {"WARC-Block-Digest", warc_digest(info.block)}};
+    Batch b = new_batch();
+    add_record(b, 0, warcinfo_id, "warcinfo", std::move(info));
+    auto e = write_batch(b);
+    if (!e && !fsync_dir(opts.dir)) e = errno_text("fsync", opts.dir, errno);
+    if (e) {
+      // Nothing of this segment counts yet: drop it, retry with the same number.
+      fd.reset();
+      ::unlink(p.c_str());
+      head = chain_start;
+      next_seq = b.next_seq - 1;
+      return e;
+    }
+    return std::nullopt;
+  }
+
+  Batch exchange_batch(const ExchangeRecord& ex) const {
+    Batch b = new_batch();
+    std::string date = warc_date(ex.timestamp);
+    std::string req_id = new_record_id(), resp_id = new_record_id(), meta_id = new_record_id();
+    bool has_response = !ex.response_http.empty();
+    WarcRecord req = http_record("request", req_id, date, ex, warcinfo_id, ex.request_http, ex.request_truncated);
+    if (has_response) req.headers.push_back({"WARC-Concurrent-To", resp_id});
+    add_record(b, bytes, req_id, "request", std::move(req));
+    if (has_response) {
+      WarcRecord resp =
+          http_record("response", resp_id, date, ex, warcinfo_id, ex.response_http, ex.response_truncated);
+      resp.headers.push_back({"WARC-Concurrent-To", req_id});
+      if (!ex.server_ip.empty()) resp.headers.push_back({"WARC-IP-Address", ex.server_ip});
+      add_record(b, bytes, resp_id, "response", std::move(resp));
+    }
+    WarcRecord meta;
+    // Names from the wire may not be UTF-8; the archive must not refuse them.
+    meta.block = ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    meta.headers = {{"WARC-Type", "metadata"},
+                    {"WARC-Record-ID", meta_id},
+                    {"WARC-Date", date},
+                    {"WARC-Target-URI", ex.target_uri},
+                    {"WARC-Warcinfo-ID", warcinfo_id},
+                    {"WARC-Concurrent-To", req_id},
+                    {"Content-Type", "application/json"},
+                    {"WARC-Block-Digest", warc_digest(meta.block)}};
+    add_record(b, bytes, meta_id, "metadata", std::move(meta));
+    return b;
+  }
+
+  std::optional<std::string> do_sync() {
+    if (!fd || !dirty) return std::nullopt;
+    if (::fdatasync(fd.get()) != 0) return errno_text("fdatasync", open_path(), errno);
+    dirty = false;
+    last_sync = WallClock::now();
+    return std::nullopt;
+  }
+
+  std::optional<std::string> do_seal() {
+    if (!fd) return std::nullopt;
+    if (needs_truncate) {
+      if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_text("truncate", open_path(), errno);
+      needs_truncate = false;
+    }
+    if (::fsync(fd.get()) != 0) return errno_text("fsync", open_path(), errno);
+    Manifest m;
+    m.segment = name;
+    Digest file_digest{};
+    tls::EvpMdCtxPtr copy(EVP_MD_CTX_new());
+    // Finalize a copy: a seal that fails later can be retried with the same hash.
+    if (!file_hash || !copy || EVP_MD_CTX_copy_ex(copy.get(), file_hash.get()) != 1 ||
+        EVP_DigestFinal_ex(copy.get(), file_digest.data(), nullptr) != 1)
+      return "archive: file hash: " + tls::drain_errors();
+    m.file_sha256 = to_hex(file_digest);
+    m.file_size = bytes;
+    m.writer = opts.writer_id;
+    m.segment_seq = next_segment_seq;
+    m.previous_segment = previous_segment;
+    m.chain_start = chain_start;
+    m.records = records;
+    m.chain_head = head;
+    m.created = created_text;
+    m.sealed = warc_date(WallClock::now());
+    m.key_fingerprint = fingerprint;
+    std::string text = manifest_json(m);
+    std::string err;
+    auto sig = sign_base64(key.get(), text, &err);
+    if (!sig) return "archive: " + err;
+    // Manifest and signature first: a crash before the rename leaves an open
+    // segment whose stale manifest open() discards and writes again.
+    if (auto e = write_file_durably(path(name) + std::string(kSignatureSuffix), *sig + "\n")) return e;
+    if (auto e = write_file_durably(path(name) + std::string(kManifestSuffix), text)) return e;
+    if (::fchmod(fd.get(), 0440) != 0) return errno_text("chmod", open_path(), errno);
+    if (::rename(open_path().c_str(), path(name).c_str()) != 0) return errno_text("rename", open_path(), errno);
+    if (!fsync_dir(opts.dir)) return errno_text("fsync", opts.dir, errno);
+    log::emit(log::Line(log::Level::info, "archive_segment_sealed")
+                  .str("segment", name)
+                  .num("records", static_cast<std::uint64_t>(records.size()))
+                  .num("bytes", bytes)
+                  .str("chain_head", "sha256:" + to_hex(head)));
+    fd.reset();
+    previous_segment = name;
+    ++next_segment_seq;
+    name.clear();
+    records.clear();
+    dirty = false;
+    return std::nullopt;
+  }
+
+  // Keeps the longest prefix of a crashed writer's open segment whose records
+  // are complete and chain on from `head`, and seals it.
+  std::optional<std::string> recover(const SegmentName& seg, RecoveryReport& rep) {
+    std::string p = path(seg.sealed_name) + ".open";
+    rep.open_segment = seg.sealed_name + ".open";
+    std::string err;
+    std::uint64_t file_size = 0;
+    Batch kept = new_batch();
+    std::uint64_t kept_bytes = 0;
+    std::string first_date;
+    {
+      auto file = MappedFile::open(p, &err);
+      if (!file) return "archive recovery: " + err;
+      MemberScan scan = scan_members(file->bytes());
+      file_size = scan.file_size;
+      rep.cut_reason = scan.tail_error;
+      for (const auto& m : scan.members) {
+        RecordInfo info = inspect_record(m);
+        std::optional<std::string> why;
+        if (!info.problem.empty()) why = info.problem;
+        else if (info.seq != kept.next_seq) why = "record number out of sequence";
+        else why = chain_link_problem(info, kept.head);
+        if (why) {
+          rep.cut_reason = "record at offset " + std::to_string(m.offset) + ": " + *why;
+          break;
+        }
+        if (first_date.empty()) {
+          auto rec = parse_record(m.data, nullptr);
+          if (const auto* d = rec ? rec->header("WARC-Date") : nullptr) first_date = *d;
+        }
+        kept.head = *info.chain;
+        ++kept.next_seq;
+        kept.records.push_back({*info.seq, m.offset, m.compressed_length, info.id, info.type, info.digest,
+                                *info.chain});
+        kept_bytes = m.offset + m.compressed_length;
+      }
+      rep.cut_records = scan.members.size() - kept.records.size();
+      kept.bytes.assign(file->bytes().substr(0, kept_bytes));
+    }
+    rep.kept_records = kept.records.size();
+    rep.kept_bytes = kept_bytes;
+    rep.cut_bytes = file_size - kept_bytes;
+    if (kept.records.empty()) {
+      if (::unlink(p.c_str()) != 0) return errno_text("unlink", p, errno);
+      rep.removed = true;
+      next_segment_seq = seg.seq;
+      return std::nullopt;
+    }
+    UniqueFd f(::open(p.c_str(), O_RDWR | O_CLOEXEC));
+    if (!f) return errno_text("open", p, errno);
+    if (::ftruncate(f.get(), static_cast<off_t>(kept_bytes)) != 0) return errno_text("truncate", p, errno);
+    fd = std::move(f);
+    next_segment_seq = seg.seq;
+    begin_segment(seg.sealed_name, WallClock::now());
+    if (!first_date.empty()) created_text = first_date;
+    commit(kept);  // the bytes are already in the file: this only adopts them
+    if (auto e = do_seal()) return e;
+    rep.sealed = true;
+    return std::nullopt;
+  }
+};
+
+SegmentWriter::SegmentWriter(std::unique_ptr<State> st) : st_(std::move(st)) {}
+SegmentWriter::~SegmentWriter() = default;
+
+std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpPkeyPtr signing_key,
+                                                   RecoveryReport* report, std::string* error) {
+  auto fail = [&](std::string msg) {
+    if (error) *error = std::move(msg);
+    return std::unique_ptr<SegmentWriter>();
+  };
+  if (!valid_writer_id(opts.writer_id)) return fail("archive writer id '" + opts.writer_id + "': use [A-Za-z0-9_.]");
+  if (!signing_key) return fail("archive: no signing key");
+  if (::mkdir(opts.dir.c_str(), 0750) != 0 && errno != EEXIST)
+    return fail(errno_text("mkdir", opts.dir, errno));
+  auto st = std::make_unique<State>();
+  st->opts = std::move(opts);
+  st->fingerprint = key_fingerprint(signing_key.get());
+  st->key = std::move(signing_key);
+  st->last_sync = WallClock::now();
+
+  // This writer's files by segment number.
+  std::map<std::uint64_t, SegmentName> open_segments;
+  std::map<std::uint64_t, std::string> manifests;
+  std::uint64_t latest_sealed = 0;
+  std::error_code ec;
+  namespace fs = std::filesystem;
+  for (fs::directory_iterator it(st->opts.dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
+    std::string_view base = n;
+    bool is_manifest = base.ends_with(kManifestSuffix);
+    if (is_manifest) base.remove_suffix(kManifestSuffix.size());
+    auto seg = parse_segment_name(base);
+    if (!seg || seg->writer != st->opts.writer_id) continue;
+    if (seg->open) open_segments[seg->seq] = *seg;
+    else if (is_manifest) manifests[seg->seq] = n;
+    else latest_sealed = std::max(latest_sealed, seg->seq);
+  }
+  if (ec) return fail("archive dir " + st->opts.dir + ": " + ec.message());
+  // A manifest next to its still-open segment is from a seal that crashed
+  // before the rename: recovery writes it again.
+  for (const auto& [seq, seg] : open_segments) {
+    if (!manifests.count(seq)) continue;
+    ::unlink(st->path(seg.sealed_name + std::string(kManifestSuffix)).c_str());
+    ::unlink(st->path(seg.sealed_name + std::string(kSignatureSuffix)).c_str());
+    manifests.erase(seq);
+  }
+  RecoveryReport rep;
+  if (!manifests.empty()) {
+    const auto& [seq, file] = *manifests.rbegin();
+    if (latest_sealed > seq) return fail("archive: sealed segment " + std::to_string(latest_sealed) +
+                                         " of writer " + st->opts.writer_id + " has no manifest");
+    std::string why = "unreadable";
+    auto text = read_text_file(st->path(file));
+    auto m = text ? parse_manifest(*text, &why) : std::nullopt;
+    if (!m || m->records.empty()) return fail("archive: cannot resume from " + file + ": " + why);
+    st->head = m->chain_head;
+    st->next_seq = m->records.back().seq + 1;
+    st->next_segment_seq = seq + 1;
+    st->previous_segment = m->segment;
+    rep.resumed_from = file;
+  } else if (latest_sealed > 0) {
+    return fail("archive: sealed segments of writer " + st->opts.writer_id + " have no manifest");
+  }
+  for (const auto& [seq, seg] : open_segments) {
+    if (auto e = st->recover(seg, rep)) return fail(*e);
+    log::emit(log::Line(rep.cut_bytes > 0 ? log::Level::warn : log::Level::info, "archive_recovered")
+                  .str("segment", rep.open_segment)
+                  .num("kept_records", rep.kept_records)
+                  .num("cut_bytes", rep.cut_bytes)
+                  .num("cut_records", rep.cut_records)
+                  .str("reason", rep.cut_reason)
+                  .boolean("sealed", rep.sealed));
+  }
+  rep.next_record_seq = st->next_seq;
+  if (report) *report = rep;
+  return std::unique_ptr<SegmentWriter>(new SegmentWriter(std::move(st)));
+}
+
+std::optional<std::string> SegmentWriter::append(const ExchangeRecord& ex) {
+  State& s = *st_;
+  auto now = WallClock::now();
+  if (!s.fd) {
+    if (auto e = s.open_segment(now)) return e;
+  }
+  Batch b = s.exchange_batch(ex);
+  if (s.records.size() > 1 && s.bytes + b.bytes.size() > s.opts.max_bytes) {
+    if (auto e = s.do_seal()) return e;
+    if (auto e = s.open_segment(now)) return e;
+    b = s.exchange_batch(ex);
+  }
+  if (auto e = s.write_batch(b)) return e;
+  if (s.opts.sync == SyncMode::record) return s.do_sync();
+  return std::nullopt;
+}
+
+std::optional<std::string> SegmentWriter::sync() { return st_->do_sync(); }
+
+std::optional<std::string> SegmentWriter::maybe_sync(WallClock::time_point now) {
+  if (st_->opts.sync != SyncMode::interval || now - st_->last_sync < st_->opts.sync_interval) return std::nullopt;
+  return st_->do_sync();
+}
+
+std::optional<std::string> SegmentWriter::maybe_rotate(WallClock::time_point now) {
+  if (!st_->fd || st_->records.size() <= 1 || now - st_->created < st_->opts.max_age) return std::nullopt;
+  return st_->do_seal();
+}
+
+std::optional<std::string> SegmentWriter::seal() { return st_->do_seal(); }
+
+std::string SegmentWriter::current_segment() const { return st_->fd ? st_->name + ".open" : std::string(); }
+Digest SegmentWriter::chain_head() const { return st_->head; }
+std::uint64_t SegmentWriter::next_record_seq() const { return st_->next_seq; }
+
+}  // namespace sightline::archive

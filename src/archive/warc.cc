@@ -1,0 +1,336 @@
+#include "archive/warc.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <ctime>
+
+namespace sightline::archive {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  }
+  return true;
+}
+
+void append_headers(std::string& out, const exchange::Headers& headers) {
+  for (const auto& h : headers) {
+    out += h.name;
+    out += ": ";
+    out += h.value;
+    out += "\r\n";
+  }
+}
+
+std::string_view version_or_default(const std::string& v) {
+  return v.empty() ? std::string_view("HTTP/1.1") : std::string_view(v);
+}
+
+}  // namespace
+
+std::string http_request_block(const exchange::Head& head, std::string_view body) {
+  std::string out;
+  out.reserve(256 + body.size());
+  out += head.method;
+  out += ' ';
+  out += head.target.empty() ? "/" : head.target;
+  out += ' ';
+  out += version_or_default(head.version);
+  out += "\r\n";
+  bool has_host = false;
+  for (const auto& h : head.headers) has_host = has_host || iequals(h.name, "host");
+  if (!has_host && !head.authority.empty()) out += "Host: " + head.authority + "\r\n";
+  append_headers(out, head.headers);
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+std::string http_response_block(const exchange::Head& head, std::string_view body) {
+  std::string out;
+  out.reserve(256 + body.size());
+  out += version_or_default(head.version);
+  out += ' ';
+  out += std::to_string(head.status);
+  if (!head.reason.empty()) {
+    out += ' ';
+    out += head.reason;
+  }
+  out += "\r\n";
+  append_headers(out, head.headers);
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+Digest sha256(std::string_view data) {
+  Digest d{};
+  // One-shot EVP_Digest cannot fail for SHA-256 short of memory exhaustion.
+  EVP_Digest(data.data(), data.size(), d.data(), nullptr, EVP_sha256(), nullptr);
+  return d;
+}
+
+Digest chain_next(const Digest& prev, const Digest& record_digest) {
+  std::string both(reinterpret_cast<const char*>(prev.data()), prev.size());
+  both.append(reinterpret_cast<const char*>(record_digest.data()), record_digest.size());
+  return sha256(both);
+}
+
+std::string to_hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+std::optional<Digest> digest_from_hex(std::string_view hex) {
+  Digest d{};
+  if (hex.size() != d.size() * 2) return std::nullopt;
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    auto r = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, d[i], 16);
+    if (r.ec != std::errc() || r.ptr != hex.data() + 2 * i + 2) return std::nullopt;
+  }
+  return d;
+}
+
+std::string base32(const Digest& d) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  std::string out;
+  std::uint32_t buffer = 0;
+  int bits = 0;
+  for (unsigned char c : d) {
+    buffer = (buffer << 8) | c;
+    bits += 8;
+    while (bits >= 5) {
+      out += kAlphabet[(buffer >> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += kAlphabet[(buffer << (5 - bits)) & 31];
+  while (out.size() % 8 != 0) out += '=';
+  return out;
+}
+
+std::string warc_digest(std::string_view data) { return "sha256:" + base32(sha256(data)); }
+
+std::string new_record_id() {
+  unsigned char b[16];
+  if (RAND_bytes(b, sizeof b) != 1) {
+    // Only a broken RNG gets here; record ids then still differ per call.
+    static std::uint64_t fallback = 0;
+    std::uint64_t v = ++fallback ^ static_cast<std::uint64_t>(WallClock::now().time_since_epoch().count());
+    std::memcpy(b, &v, sizeof v);
+  }
+  b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);  // version 4
+  b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  std::string h = to_hex(std::string_view(reinterpret_cast<const char*>(b), sizeof b));
+  return "<urn:uuid:" + h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" +
+         h.substr(16, 4) + "-" + h.substr(20) + ">";
+}
+
+std::string warc_date(WallClock::time_point t) {
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(us / 1000000);
+  long frac = static_cast<long>(us % 1000000);
+  if (frac < 0) {
+    frac += 1000000;
+    --secs;
+  }
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%06ldZ", frac);
+  return buf;
+}
+
+std::string serialize_unchained(const WarcRecord& r) {
+  std::string out;
+  out.reserve(512 + r.block.size());
+  out += "WARC/1.1\r\n";
+  for (const auto& h : r.headers) {
+    out += h.name;
+    out += ": ";
+    out += h.value;
+    out += "\r\n";
+  }
+  out += "Content-Length: " + std::to_string(r.block.size()) + "\r\n\r\n";
+  out += r.block;
+  out += "\r\n\r\n";
+  return out;
+}
+
+std::string add_chain_header(std::string_view unchained, const Digest& chain) {
+  std::size_t head_end = unchained.find("\r\n\r\n");
+  std::string out;
+  out.reserve(unchained.size() + 96);
+  out.append(unchained.substr(0, head_end + 2));
+  out.append(kChainHeader);
+  out += ": sha256:" + to_hex(chain) + "\r\n";
+  out.append(unchained.substr(head_end + 2));
+  return out;
+}
+
+std::optional<std::string> gzip_member(std::string_view data) {
+  z_stream zs{};
+  // windowBits 15 + 16: a gzip wrapper, so each record is a whole gzip member.
+  if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    return std::nullopt;
+  std::string out(deflateBound(&zs, static_cast<uLong>(data.size())), '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  zs.avail_in = static_cast<uInt>(data.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  int rc = deflate(&zs, Z_FINISH);
+  std::size_t produced = zs.total_out;
+  deflateEnd(&zs);
+  if (rc != Z_STREAM_END) return std::nullopt;
+  out.resize(produced);
+  return out;
+}
+
+const std::string* ParsedRecord::header(std::string_view name) const {
+  for (const auto& h : headers) {
+    if (iequals(h.name, name)) return &h.value;
+  }
+  return nullptr;
+}
+
+std::optional<ParsedRecord> parse_record(std::string_view data, std::string* why) {
+  auto fail = [&](const char* msg) {
+    if (why) *why = msg;
+    return std::optional<ParsedRecord>();
+  };
+  if (!data.starts_with("WARC/1.1\r\n")) return fail("not a WARC/1.1 record");
+  std::size_t head_end = data.find("\r\n\r\n");
+  if (head_end == std::string_view::npos) return fail("no end of WARC header");
+  ParsedRecord rec;
+  std::size_t pos = 10;
+  while (pos < head_end + 2) {
+    std::size_t eol = data.find("\r\n", pos);
+    std::string_view line = data.substr(pos, eol - pos);
+    std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos) return fail("WARC header line without a colon");
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    rec.headers.push_back({std::string(line.substr(0, colon)), std::string(value)});
+    pos = eol + 2;
+  }
+  const std::string* len_text = rec.header("Content-Length");
+  std::uint64_t len = 0;
+  if (!len_text) return fail("no Content-Length");
+  auto r = std::from_chars(len_text->data(), len_text->data() + len_text->size(), len);
+  if (r.ec != std::errc() || r.ptr != len_text->data() + len_text->size()) return fail("bad Content-Length");
+  std::size_t block_at = head_end + 4;
+  if (len > data.size() - block_at || data.size() - block_at - len != 4 ||
+      data.substr(block_at + len) != "\r\n\r\n")
+    return fail("Content-Length does not match the record");
+  rec.block = data.substr(block_at, len);
+  return rec;
+}
+
+Digest record_digest(std::string_view record) {
+  std::size_t head_end = record.find("\r\n\r\n");
+  std::string prefix = "\r\n" + std::string(kChainHeader) + ":";
+  std::size_t at = record.find(prefix);
+  if (head_end == std::string_view::npos || at == std::string_view::npos || at >= head_end)
+    return sha256(record);
+  std::size_t line_end = record.find("\r\n", at + 2);
+  std::string without(record.substr(0, at));
+  without.append(record.substr(line_end));
+  return sha256(without);
+}
+
+std::string_view http_payload(std::string_view block) {
+  std::size_t at = block.find("\r\n\r\n");
+  return at == std::string_view::npos ? std::string_view() : block.substr(at + 4);
+}
+
+MemberScan scan_members(std::string_view file, std::uint64_t start) {
+  MemberScan scan;
+  scan.file_size = file.size();
+  scan.good_end = start;
+  z_stream zs{};
+  if (inflateInit2(&zs, 31) != Z_OK) {
+    scan.tail_error = "zlib inflateInit2 failed";
+    return scan;
+  }
+  std::uint64_t off = start;
+  char out[65536];
+  while (off < file.size()) {
+    inflateReset(&zs);
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(file.data() + off));
+    zs.avail_in = static_cast<uInt>(std::min<std::uint64_t>(file.size() - off, 1u << 30));
+    Member m;
+    m.offset = off;
+    int rc = Z_OK;
+    while (rc == Z_OK) {
+      zs.next_out = reinterpret_cast<Bytef*>(out);
+      zs.avail_out = sizeof out;
+      rc = inflate(&zs, Z_NO_FLUSH);
+      m.data.append(out, sizeof out - zs.avail_out);
+    }
+    if (rc != Z_STREAM_END) {
+      scan.tail_error = rc == Z_BUF_ERROR ? "incomplete gzip member (torn write)"
+                                          : std::string("corrupt gzip member: ") + (zs.msg ? zs.msg : "zlib error");
+      break;
+    }
+    m.compressed_length = zs.total_in;
+    off += zs.total_in;
+    scan.good_end = off;
+    scan.members.push_back(std::move(m));
+  }
+  inflateEnd(&zs);
+  return scan;
+}
+
+std::optional<MappedFile> MappedFile::open(const std::string& path, std::string* error) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (error) *error = path + ": " + std::strerror(errno);
+    return std::nullopt;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    if (error) *error = path + ": " + std::strerror(errno);
+    ::close(fd);
+    return std::nullopt;
+  }
+  std::size_t size = static_cast<std::size_t>(st.st_size);
+  void* data = nullptr;
+  if (size > 0) {
+    data = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (data == MAP_FAILED) {
+      if (error) *error = path + ": mmap: " + std::strerror(errno);
+      ::close(fd);
+      return std::nullopt;
+    }
+  }
+  ::close(fd);  // the mapping outlives the descriptor
+  return MappedFile(data, size);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(data_, size_);
+}
+
+}  // namespace sightline::archive

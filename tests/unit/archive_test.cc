@@ -1,0 +1,598 @@
+#include "archive/format.h"
+#include "archive/keys.h"
+#include "archive/segment.h"
+#include "archive/verify.h"
+#include "archive/warc.h"
+
+#include <doctest/doctest.h>
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace sightline;
+using namespace sightline::archive;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/sightline-archive-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Sealed files are 0440: a tamperer replaces them (the directory is writable).
+void write_file(const fs::path& p, std::string_view data) {
+  fs::remove(p);
+  std::ofstream out(p, std::ios::binary);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+ExchangeRecord sample_exchange(int i, std::size_t body_size = 40) {
+  exchange::Head req;
+  req.method = "POST";
+  req.target = "/pay/" + std::to_string(i);
+  req.version = "HTTP/2";
+  req.authority = "bank.example";
+  req.headers = {{"content-type", "application/x-www-form-urlencoded"}};
+  exchange::Head resp;
+  resp.status = 200;
+  resp.version = "HTTP/1.1";
+  resp.reason = "OK";
+  resp.headers = {{"Content-Type", "text/plain"}};
+  ExchangeRecord ex;
+  ex.target_uri = "https://bank.example/pay/" + std::to_string(i);
+  ex.request_http = http_request_block(req, "amount=" + std::to_string(i) + std::string(body_size, 'x'));
+  ex.response_http = http_response_block(resp, "accepted " + std::to_string(i));
+  ex.server_ip = "192.0.2.7";
+  ex.request_truncated = i % 2 == 1;
+  ex.metadata = {{"user", "alice"}, {"client", "10.0.0.1:50000"}, {"rule", "payments"}, {"exchange", i}};
+  return ex;
+}
+
+struct Archive {
+  TempDir tmp;
+  fs::path dir = tmp.path / "archive";
+  fs::path key = tmp.path / "archive.key";
+  tls::EvpPkeyPtr verify_key;
+
+  Archive() {
+    std::string err;
+    REQUIRE_MESSAGE(keygen(key.string(), &err), err);
+    verify_key = load_verify_key(key.string() + ".pub", &err);
+    REQUIRE_MESSAGE(verify_key, err);
+  }
+
+  std::unique_ptr<SegmentWriter> open(WriterOptions opts = {}, RecoveryReport* rep = nullptr) {
+    opts.dir = dir.string();
+    if (opts.writer_id.empty()) opts.writer_id = "w1";
+    std::string err;
+    auto writer = SegmentWriter::open(opts, load_signing_key(key.string(), &err), rep, &err);
+    REQUIRE_MESSAGE(writer, err);
+    return writer;
+  }
+
+  void write(SegmentWriter& w, int from, int to) {
+    for (int i = from; i < to; ++i) {
+      auto e = w.append(sample_exchange(i));
+      REQUIRE_MESSAGE(!e, *e);
+    }
+  }
+
+  // `exchanges` exchanges by a fresh writer, sealed; the sealed segments.
+  std::vector<fs::path> write_sealed(const WriterOptions& opts, int exchanges) {
+    auto w = open(opts);
+    write(*w, 0, exchanges);
+    REQUIRE(!w->seal());
+    return files(".warc.gz");
+  }
+
+  Report verify() {
+    std::string err;
+    auto r = verify_archive(dir.string(), verify_key.get(), &err);
+    REQUIRE_MESSAGE(r, err);
+    return *r;
+  }
+
+  std::vector<fs::path> files(std::string_view suffix) const {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().filename().string().ends_with(suffix)) out.push_back(e.path());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+};
+
+// About four exchanges a segment.
+WriterOptions small_segments() {
+  WriterOptions opts;
+  opts.max_bytes = 2000;
+  opts.sync = SyncMode::none;
+  return opts;
+}
+
+std::string describe(const Report& r) {
+  std::string out;
+  for (const auto& f : r.findings) out += format_finding(f) + "\n";
+  return out;
+}
+
+void expect_intact(const Report& r) {
+  INFO(describe(r));
+  CHECK(r.intact());
+}
+
+// Exactly one problem, of this kind, about this record (if given).
+void expect_single(const Report& r, FindingKind kind, std::optional<std::uint64_t> seq = std::nullopt) {
+  INFO(describe(r));
+  REQUIRE(r.problems() == 1);
+  auto it = std::find_if(r.findings.begin(), r.findings.end(), [](const Finding& f) { return f.problem(); });
+  CHECK(it->kind == kind);
+  if (seq) CHECK(it->seq == seq);
+}
+
+// The compressed members of a segment, to rearrange as a tamperer would.
+std::vector<std::string> members_of(const std::string& file) {
+  MemberScan scan = scan_members(file);
+  REQUIRE(scan.complete());
+  std::vector<std::string> out;
+  for (const auto& m : scan.members) out.push_back(file.substr(m.offset, m.compressed_length));
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += p;
+  return out;
+}
+
+// One sealed segment: warcinfo + 10 exchanges (seq 1..31).
+struct SealedArchive : Archive {
+  fs::path segment;
+  SealedArchive() {
+    auto segs = write_sealed({}, 10);
+    REQUIRE(segs.size() == 1);
+    segment = segs[0];
+    REQUIRE(verify().intact());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("archive: digests and encodings") {
+  CHECK(base32(sha256("")) == "4OYMIQUY7QOBJGX36TEJS35ZEQT24QPEMSNZGTFESWMRW6CSXBKQ====");
+  CHECK(warc_digest("abc") == "sha256:XJ4BNP4PAHH6UQKBIDPF3LRCEOYAGYNDSYLXVHFUCD7WD4QACWWQ====");
+  CHECK(digest_from_hex(to_hex(sha256("x"))) == sha256("x"));
+  CHECK(!digest_from_hex("zz"));
+  std::string id = new_record_id();
+  CHECK(id.size() == 47);
+  CHECK(id.starts_with("<urn:uuid:"));
+  CHECK(id[24] == '4');
+  CHECK(warc_date(WallClock::time_point(std::chrono::microseconds(1795741323123456))) ==
+        "2026-11-27T01:02:03.123456Z");
+}
+
+TEST_CASE("archive: http blocks") {
+  exchange::Head req;
+  req.method = "GET";
+  req.target = "/a?b=1";
+  req.version = "HTTP/2";
+  req.authority = "example.com";
+  req.headers = {{"accept", "*/*"}};
+  std::string block = http_request_block(req, "body");
+  CHECK(block == "GET /a?b=1 HTTP/2\r\nHost: example.com\r\naccept: */*\r\n\r\nbody");
+  CHECK(http_payload(block) == "body");
+  exchange::Head resp;
+  resp.status = 404;
+  resp.version = "HTTP/2";
+  CHECK(http_response_block(resp, "") == "HTTP/2 404\r\n\r\n");
+}
+
+TEST_CASE("archive: round trip, digests, chain and a standard gzip reader") {
+  Archive a;
+  auto w = a.open();
+  a.write(*w, 0, 5);
+  CHECK(w->current_segment().ends_with(".warc.gz.open"));
+  REQUIRE(!w->seal());
+  CHECK(w->current_segment().empty());
+  auto segs = a.files(".warc.gz");
+  REQUIRE(segs.size() == 1);
+  CHECK((fs::status(segs[0]).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::group_read));
+  std::string file = read_file(segs[0]);
+  MemberScan scan = scan_members(file);
+  REQUIRE(scan.complete());
+  REQUIRE(scan.members.size() == 16);
+  Digest chain = kZeroChain;
+  std::vector<std::string> types;
+  std::string request_id;
+  for (std::size_t i = 0; i < scan.members.size(); ++i) {
+    const Member& m = scan.members[i];
+    auto rec = parse_record(m.data, nullptr);
+    REQUIRE(rec);
+    types.push_back(*rec->header("WARC-Type"));
+    CHECK(*rec->header("WARC-Block-Digest") == warc_digest(rec->block));
+    CHECK(*rec->header(kSeqHeader) == std::to_string(i + 1));
+    RecordInfo info = inspect_record(m);
+    CHECK(info.problem.empty());
+    CHECK(!chain_link_problem(info, chain));
+    chain = *info.chain;
+    if (types.back() == "request") {
+      request_id = *rec->header("WARC-Record-ID");
+      CHECK(*rec->header("Content-Type") == "application/http; msgtype=request");
+      CHECK(*rec->header("WARC-Payload-Digest") == warc_digest(http_payload(rec->block)));
+      int n = static_cast<int>(i / 3);
+      CHECK((rec->header("WARC-Truncated") != nullptr) == (n % 2 == 1));
+      CHECK(http_payload(rec->block).starts_with("amount=" + std::to_string(n)));
+    } else if (types.back() != "warcinfo") {
+      CHECK(*rec->header("WARC-Concurrent-To") == request_id);
+    }
+  }
+  CHECK(types[0] == "warcinfo");
+  CHECK(types[1] == "request");
+  CHECK(types[2] == "response");
+  CHECK(types[3] == "metadata");
+  CHECK(chain == w->chain_head());
+  CHECK(w->next_record_seq() == 17);
+
+  std::string err;
+  auto manifest = parse_manifest(read_file(segs[0].string() + ".manifest.json"), &err);
+  REQUIRE_MESSAGE(manifest, err);
+  CHECK(manifest->records.size() == 16);
+  CHECK(manifest->chain_head == chain);
+  CHECK(manifest->file_sha256 == to_hex(sha256(file)));
+  CHECK(manifest->key_fingerprint == key_fingerprint(a.verify_key.get()));
+  Report r = a.verify();
+  expect_intact(r);
+  CHECK(r.segments == 1);
+  CHECK(r.records == 16);
+
+  // Python's gzip module (what WARC tools build on) reads every member.
+  std::string cmd = "python3 -c \"import gzip,sys; d=gzip.open(sys.argv[1]).read(); "
+                    "sys.exit(0 if d.startswith(b'WARC/1.1') and d.count(b'WARC/1.1\\r\\n')==16 else 1)\" " +
+                    segs[0].string();
+  CHECK(std::system(cmd.c_str()) == 0);
+}
+
+TEST_CASE("archive: rotation by size and age; the chain runs across segments and restarts") {
+  Archive a;
+  WriterOptions opts = small_segments();
+  auto segs = a.write_sealed(opts, 12);
+  CHECK(segs.size() > 2);
+  for (const auto& s : segs) CHECK(fs::file_size(s) <= 2000 + 1200);  // one exchange may overshoot
+  RecoveryReport rep;
+  {
+    auto w = a.open(opts, &rep);
+    CHECK(rep.open_segment.empty());
+    CHECK(rep.resumed_from == segs.back().filename().string() + ".manifest.json");
+    CHECK(rep.next_record_seq == w->next_record_seq());
+    a.write(*w, 12, 13);
+    CHECK(!w->maybe_rotate(WallClock::now()));
+    CHECK(!w->current_segment().empty());
+    CHECK(!w->maybe_rotate(WallClock::now() + std::chrono::hours(2)));
+    CHECK(w->current_segment().empty());
+  }
+  CHECK(a.files(".warc.gz").size() == segs.size() + 1);
+  expect_intact(a.verify());
+}
+
+TEST_CASE("archive: interval sync and an open segment verify as unsealed") {
+  Archive a;
+  WriterOptions opts;
+  opts.sync = SyncMode::interval;
+  opts.sync_interval = std::chrono::milliseconds(10);
+  auto w = a.open(opts);
+  a.write(*w, 0, 3);
+  CHECK(!w->maybe_sync(WallClock::now() + std::chrono::seconds(1)));
+  CHECK(!w->sync());
+  Report r = a.verify();
+  expect_intact(r);
+  REQUIRE(r.findings.size() == 1);
+  CHECK(r.findings[0].kind == FindingKind::unsealed);
+}
+
+TEST_CASE("archive tamper: a body byte changed (member recompressed)") {
+  SealedArchive a;
+  auto parts = members_of(read_file(a.segment));
+  std::string data = scan_members(parts[5]).members[0].data;  // seq 6: response of exchange 1
+  auto at = data.find("accepted 1");
+  REQUIRE(at != std::string::npos);
+  data[at] = 'A';
+  parts[5] = *gzip_member(data);
+  write_file(a.segment, join(parts));
+  expect_single(a.verify(), FindingKind::modified, 6);
+}
+
+TEST_CASE("archive tamper: a record deleted") {
+  SealedArchive a;
+  auto parts = members_of(read_file(a.segment));
+  parts.erase(parts.begin() + 4);
+  write_file(a.segment, join(parts));
+  expect_single(a.verify(), FindingKind::deleted, 5);
+}
+
+TEST_CASE("archive tamper: two records swapped") {
+  SealedArchive a;
+  auto parts = members_of(read_file(a.segment));
+  std::swap(parts[3], parts[4]);
+  write_file(a.segment, join(parts));
+  Report r = a.verify();
+  expect_single(r, FindingKind::reordered);
+  auto it = std::find_if(r.findings.begin(), r.findings.end(), [](const Finding& f) { return f.problem(); });
+  CHECK((it->seq == 4u || it->seq == 5u));
+}
+
+TEST_CASE("archive tamper: a forged record inserted with a valid-looking chain") {
+  SealedArchive a;
+  auto parts = members_of(read_file(a.segment));
+  // The attacker chains the forgery from the record before it, as the writer would.
+  RecordInfo before = inspect_record(scan_members(parts[6]).members[0]);
+  WarcRecord forged;
+  forged.block = "GET /forged HTTP/1.1\r\nHost: bank.example\r\n\r\n";
+  forged.headers = {{"WARC-Type", "request"},
+                    {"WARC-Record-ID", new_record_id()},
+                    {"WARC-Date", warc_date(WallClock::now())},
+                    {"Content-Type", "application/http; msgtype=request"},
+                    {"WARC-Block-Digest", warc_digest(forged.block)},
+                    {std::string(kSeqHeader), "8"}};
+  std::string unchained = serialize_unchained(forged);
+  parts.insert(parts.begin() + 7, *gzip_member(add_chain_header(unchained, chain_next(*before.chain, sha256(unchained)))));
+  write_file(a.segment, join(parts));
+  expect_single(a.verify(), FindingKind::inserted, 8);
+}
+
+TEST_CASE("archive tamper: the segment truncated or bytes appended") {
+  SealedArchive a;
+  std::string file = read_file(a.segment);
+  SUBCASE("truncated") {
+    write_file(a.segment, file.substr(0, file.size() - 30));
+    expect_single(a.verify(), FindingKind::truncated);
+  }
+  SUBCASE("garbage appended") {
+    write_file(a.segment, file + "garbage");
+    expect_single(a.verify(), FindingKind::inserted);
+  }
+  SUBCASE("compressed bytes of one record corrupted") {
+    auto parts = members_of(file);
+    parts[2][parts[2].size() / 2] ^= 0x55;
+    write_file(a.segment, join(parts));
+    expect_single(a.verify(), FindingKind::modified, 3);
+  }
+}
+
+TEST_CASE("archive tamper: manifest edited, signature replaced or missing") {
+  SealedArchive a;
+  fs::path manifest = a.segment.string() + ".manifest.json";
+  fs::path sig = a.segment.string() + ".manifest.json.sig";
+  SUBCASE("manifest edited") {
+    std::string text = read_file(manifest);
+    auto at = text.find("\"seq\": 5");
+    REQUIRE(at != std::string::npos);
+    text.replace(at, 8, "\"seq\": 6");
+    write_file(manifest, text);
+    expect_single(a.verify(), FindingKind::bad_signature);
+  }
+  SUBCASE("signature by another key") {
+    TempDir other;
+    std::string err;
+    std::string other_key = (other.path / "k").string();
+    REQUIRE(keygen(other_key, &err));
+    auto sig_text = sign_base64(load_signing_key(other_key, &err).get(), read_file(manifest), &err);
+    REQUIRE(sig_text);
+    write_file(sig, *sig_text + "\n");
+    expect_single(a.verify(), FindingKind::bad_signature);
+  }
+  SUBCASE("signature removed") {
+    fs::remove(sig);
+    expect_single(a.verify(), FindingKind::bad_signature);
+  }
+  SUBCASE("manifest removed") {
+    fs::remove(manifest);
+    fs::remove(sig);
+    expect_single(a.verify(), FindingKind::missing_manifest);
+  }
+}
+
+TEST_CASE("archive tamper: a sealed segment deleted") {
+  Archive a;
+  WriterOptions opts = small_segments();
+  auto segs = a.write_sealed(opts, 12);
+  REQUIRE(segs.size() >= 3);
+  REQUIRE(a.verify().intact());
+  const fs::path& middle = segs[1];
+  SUBCASE("with its manifest") {
+    fs::remove(middle);
+    fs::remove(middle.string() + ".manifest.json");
+    fs::remove(middle.string() + ".manifest.json.sig");
+    Report r = a.verify();
+    expect_single(r, FindingKind::segment_deleted);
+    CHECK(r.findings[0].detail.find("segment 2 ") != std::string::npos);
+  }
+  SUBCASE("file only") {
+    fs::remove(middle);
+    expect_single(a.verify(), FindingKind::segment_deleted);
+  }
+  SUBCASE("the first one") {
+    fs::remove(segs[0]);
+    fs::remove(segs[0].string() + ".manifest.json");
+    fs::remove(segs[0].string() + ".manifest.json.sig");
+    expect_single(a.verify(), FindingKind::segment_deleted);
+  }
+}
+
+TEST_CASE("archive crash recovery: torn tails are cut and the chain continues") {
+  Archive a;
+  WriterOptions opts;
+  opts.sync = SyncMode::none;
+  fs::path open_file;
+  std::vector<Member> members;
+  {
+    auto w = a.open(opts);
+    a.write(*w, 0, 4);
+    open_file = a.dir / w->current_segment();
+    // No seal: the writer "dies" here.
+  }
+  std::string file = read_file(open_file);
+  members = scan_members(file).members;
+  REQUIRE(members.size() == 13);
+  const Member& last = members.back();
+
+  struct Case {
+    const char* name;
+    std::string bytes;
+    std::uint64_t kept_records;
+    std::uint64_t cut_bytes;
+  };
+  std::vector<Case> cases = {
+      {"mid last member", file.substr(0, last.offset + 10), 12, 10},
+      {"one byte short", file.substr(0, file.size() - 1), 12, last.compressed_length - 1},
+      {"mid earlier member", file.substr(0, members[5].offset + members[5].compressed_length / 2), 5,
+       members[5].compressed_length / 2},
+      {"at a member boundary", file.substr(0, members[7].offset), 7, 0},
+      {"garbage appended", file + std::string(100, '\x1f'), 13, 100},
+      {"inside the warcinfo", file.substr(0, 20), 0, 20},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    TempDir scratch;
+    fs::copy(a.dir, scratch.path / "archive");
+    fs::path dir = scratch.path / "archive";
+    write_file(dir / open_file.filename(), c.bytes);
+    RecoveryReport rep;
+    WriterOptions o = opts;
+    o.dir = dir.string();
+    o.writer_id = "w1";
+    std::string err;
+    auto w = SegmentWriter::open(o, load_signing_key(a.key.string(), &err), &rep, &err);
+    REQUIRE_MESSAGE(w, err);
+    CHECK(rep.open_segment == open_file.filename().string());
+    CHECK(rep.kept_records == c.kept_records);
+    CHECK(rep.cut_bytes == c.cut_bytes);
+    CHECK(rep.sealed == (c.kept_records > 0));
+    CHECK(rep.removed == (c.kept_records == 0));
+    CHECK(rep.next_record_seq == c.kept_records + 1);
+    CHECK(!w->append(sample_exchange(99)));
+    CHECK(!w->seal());
+    std::string verr;
+    auto r = verify_archive(dir.string(), a.verify_key.get(), &verr);
+    REQUIRE(r);
+    expect_intact(*r);
+    CHECK(r->records == c.kept_records + 4);
+  }
+}
+
+TEST_CASE("archive crash recovery: a seal interrupted after the manifest was written") {
+  Archive a;
+  fs::path open_file;
+  {
+    auto w = a.open();
+    a.write(*w, 0, 2);
+    open_file = a.dir / w->current_segment();
+  }
+  std::string sealed = open_file.string().substr(0, open_file.string().size() - 5);
+  write_file(sealed + ".manifest.json", "{\"stale\": true}");
+  RecoveryReport rep;
+  auto w = a.open({}, &rep);
+  CHECK(rep.sealed);
+  CHECK(rep.cut_bytes == 0);
+  a.write(*w, 2, 3);
+  REQUIRE(!w->seal());
+  expect_intact(a.verify());
+}
+
+TEST_CASE("archive: a failed write is cut off and the writer recovers") {
+  Archive a;
+  WriterOptions opts;
+  opts.sync = SyncMode::record;
+  auto w = a.open(opts);
+  a.write(*w, 0, 2);
+  std::uintmax_t size = fs::file_size(a.dir / w->current_segment());
+  // A file size limit stands in for a full disk (root ignores permissions).
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit old_limit{};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  rlimit limit = old_limit;
+  limit.rlim_cur = size + 100;
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
+  auto e1 = w->append(sample_exchange(2, 4000));
+  auto e2 = w->append(sample_exchange(3, 4000));
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK(e1);
+  CHECK(e2);
+  CHECK(fs::file_size(a.dir / w->current_segment()) == size);
+  CHECK(w->next_record_seq() == 8);
+  a.write(*w, 4, 6);
+  REQUIRE(!w->seal());
+  Report r = a.verify();
+  expect_intact(r);
+  CHECK(r.records == 13);
+}
+
+TEST_CASE("archive keys: keygen, modes, loading, no overwrite") {
+  TempDir tmp;
+  std::string path = (tmp.path / "k.pem").string();
+  std::string err;
+  REQUIRE_MESSAGE(keygen(path, &err), err);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(fs::exists(path + ".pub"));
+  CHECK(!keygen(path, &err));
+  CHECK(err.find("exists") != std::string::npos);
+  auto priv = load_signing_key(path, &err);
+  auto pub = load_verify_key(path + ".pub", &err);
+  auto pub_from_priv = load_verify_key(path, &err);
+  REQUIRE(priv);
+  REQUIRE(pub);
+  REQUIRE(pub_from_priv);
+  CHECK(key_fingerprint(priv.get()) == key_fingerprint(pub.get()));
+  CHECK(key_fingerprint(pub.get()).size() == 64);
+  CHECK(!load_signing_key(path + ".pub", &err));
+  auto sig = sign_base64(priv.get(), "hello", &err);
+  REQUIRE(sig);
+  CHECK(verify_base64(pub.get(), "hello", *sig));
+  CHECK(verify_base64(pub_from_priv.get(), "hello", *sig));
+  CHECK(!verify_base64(pub.get(), "hellO", *sig));
+}
+
+TEST_CASE("archive: segment names") {
+  auto t = WallClock::time_point(std::chrono::seconds(1795741323));
+  std::string n = segment_name("proxy1.w0", t, 7);
+  CHECK(n == "proxy1.w0-20261127T010203Z-000007.warc.gz");
+  auto p = parse_segment_name(n + ".open");
+  REQUIRE(p);
+  CHECK(p->open);
+  CHECK(p->writer == "proxy1.w0");
+  CHECK(p->seq == 7);
+  CHECK(p->sealed_name == n);
+  CHECK(!parse_segment_name("x.warc.gz"));
+  CHECK(!valid_writer_id("a-b"));
+  CHECK(parse_sync_mode("interval") == SyncMode::interval);
+  CHECK(!parse_sync_mode("always"));
+  CHECK(!valid_writer_id(""));
+}
