@@ -48,6 +48,10 @@ struct ConnectionInfo {
   std::string upstream_tls;
   std::string alpn;         // "h2", "http/1.1", empty
   std::string rule;         // policy rule that matched, empty for the default
+  // Who the client is (issue 9 identity): from Proxy-Authorization in
+  // explicit mode, the user map in transparent mode; empty when unknown.
+  std::string user;
+  std::vector<std::string> groups;
   // That rule's `hooks` option (hook consumers for this connection's
   // exchanges); absent: every consumer.
   std::optional<std::vector<std::string>> hooks;
