@@ -8,6 +8,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -151,7 +152,7 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log", "pcap", "keylog", "events", "icap"}))
+                               "shutdown", "log", "pcap", "keylog", "events", "icap", "archive"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -455,6 +456,29 @@ class Parser {
     }
     if (bad_section_) return false;
 
+    if (auto* t = section(root, "archive")) {
+      ArchiveConfig& ac = cfg.archive;
+      if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "sync_interval", "max_segment_bytes",
+                                      "max_segment_age", "max_body", "queue_bytes", "on_failure",
+                                      "writer_id"}) ||
+          !get_path(*t, "archive", "dir", ac.dir) || !get_path(*t, "archive", "key", ac.key) ||
+          !get_bool(*t, "archive", "all", ac.all) ||
+          !get_choice(*t, "archive", "sync", {"record", "interval", "none"}, ac.sync) ||
+          !get_duration(*t, "archive", "sync_interval", ac.sync_interval) ||
+          !get_uint(*t, "archive", "max_segment_bytes", 1ull << 16, 1ull << 40, ac.max_segment_bytes) ||
+          !get_duration(*t, "archive", "max_segment_age", ac.max_segment_age) ||
+          !get_uint(*t, "archive", "max_body", 0, 1ull << 30, ac.max_body) ||
+          !get_uint(*t, "archive", "queue_bytes", 1ull << 16, 1ull << 36, ac.queue_bytes) ||
+          !get_choice(*t, "archive", "on_failure", {"closed", "open"}, ac.on_failure) ||
+          !get_string(*t, "archive", "writer_id", ac.writer_id))
+        return false;
+      bool id_ok = std::all_of(ac.writer_id.begin(), ac.writer_id.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.';
+      });
+      if (!id_ok) return fail(t->get("writer_id")->source(), "archive.writer_id", "letters, digits, '_' and '.' only");
+    }
+    if (bad_section_) return false;
+
     if (auto* t = section(root, "keylog")) {
       if (!check_keys(*t, "keylog", {"client_file", "upstream_file", "rules"}) ||
           !get_path(*t, "keylog", "client_file", cfg.keylog.client_file) ||
@@ -576,6 +600,11 @@ bool validate(const Config& cfg, ConfigError& err) {
   }
   if (cfg.ca_cert.empty() || cfg.ca_key.empty()) {
     err.message = "ca.cert and ca.key are required (or --ca-cert/--ca-key)";
+    return false;
+  }
+  if (cfg.archive.enabled() && cfg.archive.key.empty()) {
+    err.message = "archive.key is required with archive.dir (or --archive-key; make one with "
+                  "`sightline archive keygen FILE`)";
     return false;
   }
   return true;

@@ -98,6 +98,22 @@ struct IcapConfig {
   bool enabled() const { return !reqmod.empty() || !respmod.empty() || !services.empty(); }
 };
 
+// The compliance archive (issue 9, docs/archive.md). Off unless `dir` is set.
+struct ArchiveConfig {
+  std::string dir;
+  std::string key;           // Ed25519 private key (sightline archive keygen)
+  bool all = false;          // archive every inspected exchange, whatever the policy says
+  std::string sync = "record";              // "record" | "interval" | "none"
+  milliseconds sync_interval = std::chrono::seconds(1);
+  std::uint64_t max_segment_bytes = 1ull << 30;
+  milliseconds max_segment_age = std::chrono::hours(1);
+  std::uint64_t max_body = 16ull << 20;     // per body; the rest is recorded as truncated
+  std::uint64_t queue_bytes = 64ull << 20;  // back-pressure on archived connections above this
+  std::string on_failure = "closed";        // "closed" refuses archived traffic; "open" lets it pass
+  std::string writer_id;                    // default: the host name
+  bool enabled() const { return !dir.empty(); }
+};
+
 struct Config {
   std::string source;  // config file path, empty when none
 
@@ -162,6 +178,7 @@ struct Config {
   KeylogConfig keylog;
   EventsConfig events;
   IcapConfig icap;
+  ArchiveConfig archive;
 };
 
 struct ConfigError {

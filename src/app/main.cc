@@ -116,6 +116,8 @@ struct RunFlags {
   std::optional<std::string> admin_listen;
   std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream, events_socket;
   std::string icap_reqmod, icap_respmod, icap_fail;
+  std::string archive_dir, archive_key, archive_sync;
+  bool archive_all = false;
 };
 
 int do_run(const RunFlags& f) {
@@ -174,6 +176,10 @@ int do_run(const RunFlags& f) {
     *key = *value;
   }
   if (!f.icap_fail.empty()) cfg->icap.fail = f.icap_fail;
+  if (!f.archive_dir.empty()) cfg->archive.dir = f.archive_dir;
+  if (!f.archive_key.empty()) cfg->archive.key = f.archive_key;
+  if (!f.archive_sync.empty()) cfg->archive.sync = f.archive_sync;
+  if (f.archive_all) cfg->archive.all = true;
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
@@ -230,6 +236,11 @@ int main(int argc, char** argv) {
   run->add_option("--icap-respmod", rf.icap_respmod, "send responses to this ICAP service (icap://host:port/service)");
   run->add_option("--icap-fail", rf.icap_fail, "when ICAP fails: open (relay as is) or closed (error page)")
       ->check(CLI::IsMember({"open", "closed"}));
+  run->add_option("--archive-dir", rf.archive_dir, "write the compliance archive (WARC) here");
+  run->add_flag("--archive-all", rf.archive_all, "archive every inspected exchange, whatever the policy says");
+  run->add_option("--archive-key", rf.archive_key, "Ed25519 archive signing key (sightline archive keygen)");
+  run->add_option("--archive-sync", rf.archive_sync, "archive durability: record, interval or none")
+      ->check(CLI::IsMember({"record", "interval", "none"}));
   run->add_option("--keylog-upstream", rf.keylog_upstream,
                   "append upstream-leg TLS secrets here (NSS key log; diagnostics only)");
 

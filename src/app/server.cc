@@ -1,6 +1,8 @@
 #include "app/server.h"
 
 #include "app/hooks.h"
+#include "archive/keys.h"
+#include "archive/tap.h"
 #include "hooks/exchange_tap.h"
 #include "app/worker.h"
 #include "core/log.h"
@@ -13,7 +15,10 @@
 #include "sightline_build.h"
 #include "tls/contexts.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
 #include <csignal>
 #include <filesystem>
 #include <memory>
@@ -21,6 +26,50 @@
 
 namespace sightline::app {
 namespace {
+
+// The compliance archive: opens (and recovers) it before any traffic, and
+// adds its tap to the exchange feed.
+bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout& fanout, std::string* error) {
+  const ArchiveConfig& ac = cfg.archive;
+  std::string why;
+  auto key = archive::load_signing_key(ac.key, &why);
+  if (!key) {
+    if (error) *error = "archive.key: " + why;
+    return false;
+  }
+  archive::ServiceOptions so;
+  so.writer.dir = ac.dir;
+  so.writer.writer_id = ac.writer_id;
+  if (so.writer.writer_id.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    for (char* p = host; *p; ++p)
+      if (!std::isalnum(static_cast<unsigned char>(*p)) && *p != '_' && *p != '.') *p = '_';
+    so.writer.writer_id = *host ? host : "sightline";
+  }
+  so.writer.max_bytes = ac.max_segment_bytes;
+  so.writer.max_age = std::chrono::duration_cast<std::chrono::seconds>(ac.max_segment_age);
+  so.writer.sync = *archive::parse_sync_mode(ac.sync);  // checked when parsed
+  so.writer.sync_interval = ac.sync_interval;
+  so.queue_bytes = static_cast<std::size_t>(ac.queue_bytes);
+  so.fail_open = ac.on_failure == "open";
+  ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
+  if (!ctx.archive) {
+    if (error) *error = "archive: " + why;
+    return false;
+  }
+  ctx.archive_all = ac.all;
+  fanout.add(std::make_shared<archive::ArchiveTap>(*ctx.archive,
+                                                   archive::TapOptions{static_cast<std::size_t>(ac.max_body)}));
+  log::emit(log::Line(log::Level::info, "archive_enabled")
+                .str("dir", ac.dir)
+                .str("writer", so.writer.writer_id)
+                .str("sync", ac.sync)
+                .str("on_failure", ac.on_failure)
+                .boolean("all", ac.all)
+                .num("max_body", ac.max_body));
+  return true;
+}
 
 bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]] metrics::ProxyMetrics& m,
                    std::string* error) {
@@ -133,6 +182,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
       ctx.icap.services.push_back(std::move(svc));
     }
   }
+  if (cfg.archive.enabled() && !start_archive(cfg, ctx, *fanout, error)) return false;
   // Exchange records are assembled only when a hook consumer wants them.
   if (ctx.hooks.wants_exchanges()) fanout->add(std::make_shared<hooks::ExchangeTap>(ctx.hooks));
   return true;
@@ -161,6 +211,18 @@ std::string status_json(const proxy::ProxyContext& ctx, const std::vector<std::u
       {"auto_bypass_entries", ctx.auto_bypass ? ctx.auto_bypass->size() : 0},
       {"archive", {{"state", "disabled"}}},
   };
+  if (const auto* a = ctx.archive.get()) {
+    const auto& st = a->stats();
+    j["archive"] = {{"state", a->failing() ? "failing" : "ok"},
+                    {"dir", a->dir()},
+                    {"on_failure", a->fail_open() ? "open" : "closed"},
+                    {"written", st.written.load()},
+                    {"queued", st.queued.load()},
+                    {"queued_bytes", st.queued_bytes.load()},
+                    {"failures", st.failures.load()},
+                    {"dropped", st.dropped.load()}};
+    if (a->failing()) j["archive"]["error"] = a->failure();
+  }
   if (ctx.policies) {
     auto pol = ctx.policies->current();
     nlohmann::json files = nlohmann::json::array();
@@ -284,6 +346,24 @@ int run_server(const Config& cfg) {
                               "Log lines dropped because a thread's log queue was full.", {},
                               [] { return static_cast<double>(log::dropped_lines()); });
   register_hook_metrics(ctx, ctx.metrics);
+  if (const auto* a = ctx.archive.get()) {
+    const auto& st = a->stats();
+    auto counter = [&m](const char* name, const char* help, const std::atomic<std::uint64_t>& v) {
+      m.registry.callback_counter(name, help, {}, [&v] { return static_cast<double>(v.load()); });
+    };
+    counter("sightline_archive_exchanges_total", "Exchanges written to the compliance archive.", st.written);
+    counter("sightline_archive_bytes_total", "HTTP bytes (heads and captured bodies) written to the archive.",
+            st.bytes);
+    counter("sightline_archive_failures_total", "Archive write, sync or seal attempts that failed.", st.failures);
+    counter("sightline_archive_dropped_total",
+            "Exchanges not archived: on_failure = \"open\" while failing, or unwritable at shutdown.", st.dropped);
+    m.registry.callback_gauge("sightline_archive_queue_depth", "Exchanges waiting to be written to the archive.", {},
+                              [&st] { return static_cast<double>(st.queued.load()); });
+    m.registry.callback_gauge("sightline_archive_queue_bytes", "Bytes waiting to be written to the archive.", {},
+                              [&st] { return static_cast<double>(st.queued_bytes.load()); });
+    m.registry.callback_gauge("sightline_archive_failing", "1 while archive writes fail.", {},
+                              [a] { return a->failing() ? 1.0 : 0.0; });
+  }
   m.registry.freeze();
   g_metrics = &m;
   start_hooks(ctx, ctx.metrics);
@@ -411,6 +491,8 @@ int run_server(const Config& cfg) {
   // closed whole). Before the workers are destroyed, because a blocking
   // consumer's drained callback posts to a worker (dropped once it stopped).
   ctx.hooks.stop();
+  // Every exchange has ended: write what is queued and seal the segment.
+  if (ctx.archive) ctx.archive->stop();
   admin.close();
   workers.clear();
   signals.clear();

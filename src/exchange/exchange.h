@@ -52,6 +52,12 @@ struct ConnectionInfo {
   // explicit mode, the user map in transparent mode; empty when unknown.
   std::string user;
   std::vector<std::string> groups;
+  // Compliance archive (issue 9): this connection's exchanges are archived;
+  // the origin certificate's SHA-256 (hex) and verification verdict go into
+  // each archived exchange's metadata.
+  bool archive = false;
+  std::string upstream_cert_sha256;
+  std::string upstream_verdict;
   // That rule's `hooks` option (hook consumers for this connection's
   // exchanges); absent: every consumer.
   std::optional<std::vector<std::string>> hooks;

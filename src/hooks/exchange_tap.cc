@@ -93,11 +93,6 @@ void ExchangeTap::finish(const exchange::Exchange& ex, bool complete, std::strin
   if (channels.empty()) return;
 
   auto rec = std::make_shared<ExchangeRecord>();
-  rec->id = ex.id;
-  rec->connection = ex.connection;
-  rec->stream = ex.stream;
-  rec->protocol = ex.protocol;
-  rec->end = WallClock::now();
   if (st) {
     rec->request = std::move(st->request);
     rec->has_response = st->has_response;
@@ -106,33 +101,44 @@ void ExchangeTap::finish(const exchange::Exchange& ex, bool complete, std::strin
     rec->request_body = std::move(st->request_body);
     rec->response_body = std::move(st->response_body);
     rec->start = st->start;
-  } else {
-    // Not tracked: what the exchange summary knows.
-    rec->request.method = ex.method;
-    rec->request.authority = ex.authority;
-    rec->request.target = ex.target;
-    rec->request.version = ex.protocol;
-    if (ex.status) {
-      rec->has_response = true;
-      rec->response.status = ex.status;
-      rec->response.version = ex.protocol;
-    }
-    rec->start = rec->end;
-    if (ex.timing.request_head_in != exchange::Clock::time_point{})
-      rec->start -= std::chrono::duration_cast<WallClock::duration>(exchange::Clock::now() -
-                                                                    ex.timing.request_head_in);
   }
-  rec->request_body_bytes = ex.request_body_bytes;
-  rec->response_body_bytes = ex.response_body_bytes;
-  rec->request_held_us = micros(ex.timing.request_head_in, ex.timing.request_head_out);
-  rec->response_held_us = micros(ex.timing.response_head_in, ex.timing.response_head_out);
-  rec->complete = complete;
-  rec->abort_reason = std::string(reason);
-  rec->icap_reqmod = ex.icap_reqmod;
-  rec->icap_respmod = ex.icap_respmod;
-  rec->icap_reqmod_ms = ex.icap_reqmod_ms;
-  rec->icap_respmod_ms = ex.icap_respmod_ms;
+  fill_from_exchange(*rec, ex, complete, reason, st.has_value());
   publish_to<ExchangeRecord>(channels, std::move(rec));
+}
+
+void fill_from_exchange(ExchangeRecord& rec, const exchange::Exchange& ex, bool complete,
+                        std::string_view reason, bool tracked) {
+  rec.id = ex.id;
+  rec.connection = ex.connection;
+  rec.stream = ex.stream;
+  rec.protocol = ex.protocol;
+  rec.end = WallClock::now();
+  if (!tracked) {
+    // Not tracked: what the exchange summary knows.
+    rec.request.method = ex.method;
+    rec.request.authority = ex.authority;
+    rec.request.target = ex.target;
+    rec.request.version = ex.protocol;
+    if (ex.status) {
+      rec.has_response = true;
+      rec.response.status = ex.status;
+      rec.response.version = ex.protocol;
+    }
+    rec.start = rec.end;
+    if (ex.timing.request_head_in != exchange::Clock::time_point{})
+      rec.start -= std::chrono::duration_cast<WallClock::duration>(exchange::Clock::now() -
+                                                                   ex.timing.request_head_in);
+  }
+  rec.request_body_bytes = ex.request_body_bytes;
+  rec.response_body_bytes = ex.response_body_bytes;
+  rec.request_held_us = micros(ex.timing.request_head_in, ex.timing.request_head_out);
+  rec.response_held_us = micros(ex.timing.response_head_in, ex.timing.response_head_out);
+  rec.complete = complete;
+  rec.abort_reason = std::string(reason);
+  rec.icap_reqmod = ex.icap_reqmod;
+  rec.icap_respmod = ex.icap_respmod;
+  rec.icap_reqmod_ms = ex.icap_reqmod_ms;
+  rec.icap_respmod_ms = ex.icap_respmod_ms;
 }
 
 }  // namespace sightline::hooks

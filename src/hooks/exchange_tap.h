@@ -32,6 +32,13 @@
 
 namespace sightline::hooks {
 
+// Fills `rec` with what the exchange's summary says when it ends: ids,
+// byte counts, held times, outcome, ICAP. `tracked`: the caller already
+// set the heads, bodies and start time it captured; else they come from
+// the summary (no headers, no bodies).
+void fill_from_exchange(ExchangeRecord& rec, const exchange::Exchange& ex, bool complete,
+                        std::string_view reason, bool tracked);
+
 struct ExchangeTapOptions {
   std::size_t max_open = 16384;           // per worker
   std::size_t body_budget = 64ull << 20;  // captured bytes per worker

@@ -107,6 +107,8 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
   icap_bypass_plain_http = r.counter("sightline_icap_bypassed_total",
                                      "HTTP messages relayed without ICAP adaptation, by reason.",
                                      {{"reason", "plain_http"}});
+  archive_backpressure = r.counter("sightline_archive_backpressure_total",
+                                   "Archived connections paused because the archive queue was full.");
   auto_bypass_activations = r.counter("sightline_auto_bypass_activations_total",
                                       "Pinned (client, name) pairs added to the auto-bypass table.");
   r.callback_gauge("sightline_build_info", "Build information.", {{"version", SIGHTLINE_VERSION}},

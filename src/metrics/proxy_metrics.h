@@ -72,6 +72,8 @@ struct ProxyMetrics {
   std::vector<IcapService> icap_services;
   void add_icap_service(const std::string& name, std::string_view method);
   CounterId icap_bypass_too_large, icap_bypass_fail_open, icap_bypass_plain_http;
+  // Compliance archive: archived connections paused because its queue was full.
+  CounterId archive_backpressure;
 
  private:
   unsigned workers_;

@@ -10,6 +10,7 @@
 #include "hooks/pcap_sink.h"
 #include "http/h1_parser.h"
 #include "http/h2_relay.h"
+#include "archive/service.h"
 #include "icap/icap_client.h"
 #include "tls/cert_cache.h"
 #include "tls/contexts.h"
@@ -108,6 +109,10 @@ struct ProxyContext {
   hooks::PcapSink* pcap = nullptr;  // owned by `hooks`; for its metrics
   hooks::EventFeedSink* events = nullptr;  // owned by `hooks`; for its metrics
   IcapSettings icap;
+  // Compliance archive (null: off) and whether it takes every inspected
+  // exchange (else the policy rule's `archive` option decides).
+  std::unique_ptr<archive::ArchiveService> archive;
+  bool archive_all = false;
 };
 
 // The worker a session lives on. Everything except post() is called on the

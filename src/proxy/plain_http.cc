@@ -123,8 +123,18 @@ class PlainHttpProxy::RequestHandler final : public http::H1Parser::Handler {
     using Icap = PlainHttpSettings::RequestPolicy::Icap;
     auto policy = p_.settings_.decide ? p_.settings_.decide(*hp) : PlainHttpSettings::RequestPolicy{};
     if (!policy.block.empty()) {
-      p_.answer(403, policy.block, true);
+      p_.answer(policy.status, policy.block, true);
       return;
+    }
+    // Each request may match another rule: its exchange carries that rule's
+    // name, hook selection and archive choice.
+    if (policy.rule != p_.connection_->rule || policy.archive != p_.connection_->archive ||
+        policy.hooks != p_.connection_->hooks) {
+      auto info = std::make_shared<exchange::ConnectionInfo>(*p_.connection_);
+      info->rule = policy.rule;
+      info->hooks = policy.hooks;
+      info->archive = policy.archive;
+      p_.connection_ = std::move(info);
     }
     if (policy.icap == Icap::refuse) {
       p_.answer(403, "plain HTTP is not sent to ICAP and a fail-closed ICAP service applies: use https",
@@ -448,6 +458,7 @@ void PlainHttpProxy::answer(int status, const std::string& reason, bool close_af
   release_upstream(false);
   const char* phrase = status == 400   ? "Bad Request"
                        : status == 403 ? "Forbidden"
+                       : status == 503 ? "Service Unavailable"
                        : status == 431 ? "Request Header Fields Too Large"
                        : status == 501 ? "Not Implemented"
                        : status == 504 ? "Gateway Timeout"

@@ -17,6 +17,8 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 #include <string>
 
 namespace sightline::proxy {
@@ -29,7 +31,13 @@ struct PlainHttpSettings {
   // What the policy says about one request's origin (each request of the
   // connection may go elsewhere).
   struct RequestPolicy {
-    std::string block;  // non-empty: refuse with 403 and this reason
+    std::string block;  // non-empty: refuse with `status` and this reason
+    int status = 403;
+    // The rule that decided (for this request's exchange), its hook
+    // selection, and whether the exchange is archived.
+    std::string rule;
+    std::optional<std::vector<std::string>> hooks;
+    bool archive = false;
     // ICAP services apply, but this path cannot hold messages for them
     // (docs/icap.md): `refuse` (a fail-closed service applies: nothing
     // uninspected may pass) answers 403; `skip` relays unadapted and calls

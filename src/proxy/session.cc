@@ -261,6 +261,10 @@ void Session::connect_known_target() {
     close("blocked by policy: " + describe(d));
     return;
   }
+  if (auto why = archive_refusal()) {
+    close(*why);
+    return;
+  }
   state_ = State::connecting;
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
@@ -313,6 +317,10 @@ void Session::on_request_data(const char* data, std::size_t n) {
   if (auto d = decide(false); d.action == policy::Action::block) {
     std::string why = "blocked by policy: " + describe(d);
     respond_error(403, "Forbidden", "sightline: " + why + "\n", why);
+    return;
+  }
+  if (auto why = archive_refusal()) {
+    respond_error(503, "Service Unavailable", "sightline: " + *why + "\n", *why);
     return;
   }
   state_ = State::connecting;
@@ -534,6 +542,11 @@ void Session::on_hello_data(const char* data, std::size_t n) {
     else refuse_upstream(SSL_AD_ACCESS_DENIED, "blocked by policy: " + describe(d), 403);
     return;
   }
+  if (auto why = archive_refusal()) {
+    if (transparent_) refuse_client(SSL_AD_INTERNAL_ERROR, *why);
+    else refuse_upstream(SSL_AD_INTERNAL_ERROR, *why, 503);
+    return;
+  }
   start_upstream_tls();
 }
 
@@ -589,6 +602,15 @@ PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPo
     p.block = "blocked by policy: " + describe(d);
     return p;
   }
+  if (auto why = archive_refusal()) {
+    p.block = *why;
+    p.status = 503;
+    return p;
+  }
+  p.rule = rule_ ? rule_->name : std::string();
+  p.hooks = rule_ ? rule_->options.hooks : std::nullopt;
+  p.archive = archive_selected();
+  archived_ = archived_ || p.archive;
   http::IcapOptions icap = icap_options();
   if (!icap.reqmod && !icap.respmod) return p;
   auto closed = [](const std::vector<icap::ChainStep>& chain) {
@@ -1005,11 +1027,77 @@ void Session::pause_for_hooks() {
 void Session::resume_after_hooks() {
   if (!hooks_paused_ || state_ != State::relaying) return;
   hooks_paused_ = false;
+  resume_reading();
+}
+
+// Marks the connection archived when it is, with what the archive records
+// of the origin: its certificate's SHA-256 and the verification verdict.
+void Session::set_archive_info(exchange::ConnectionInfo& info) {
+  if (!archive_selected()) return;
+  archived_ = true;
+  info.archive = true;
+  info.upstream_verdict = verdict_;
+  if (!upstream_.ssl) return;
+  if (X509* cert = SSL_get0_peer_certificate(upstream_.ssl.get())) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    if (X509_digest(cert, EVP_sha256(), md, &len) == 1) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      for (unsigned i = 0; i < len; ++i) {
+        info.upstream_cert_sha256 += kHex[md[i] >> 4];
+        info.upstream_cert_sha256 += kHex[md[i] & 15];
+      }
+    }
+  }
+}
+
+// Compliance archive (docs/archive.md): this connection's exchanges are
+// archived when the archive takes everything or its rule says so.
+bool Session::archive_selected() const {
+  return ctx_.archive && (ctx_.archive_all || (rule_ && rule_->options.archive.value_or(false)));
+}
+
+// Fail closed: archived traffic is refused while the archive cannot write.
+std::optional<std::string> Session::archive_refusal() const {
+  if (!archive_selected() || !ctx_.archive->failing() || ctx_.archive->fail_open()) return std::nullopt;
+  return "archive cannot write: " + ctx_.archive->failure();
+}
+
+// Before relaying more of an archived connection: a full archive queue
+// pauses it (back-pressure), a failing archive ends it (fail closed).
+// False when the connection was closed.
+bool Session::archive_allows_more() {
+  if (!archived_) return true;
+  if (auto why = archive_refusal()) {
+    fail(*why);
+    return false;
+  }
+  if (!archive_paused_ && ctx_.archive->over_limit()) {
+    archive_paused_ = true;
+    stop_reading(client_);
+    stop_reading(upstream_);
+    if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->archive_backpressure);
+    ctx_.archive->when_drained([host = &host_, weak = std::weak_ptr<int>(alive_), this] {
+      // On the archive's writer thread (or here): hop to this session's loop.
+      host->post([weak, this] {
+        if (weak.expired() || !archive_paused_ || state_ != State::relaying) return;
+        archive_paused_ = false;
+        resume_reading();
+      });
+    });
+  }
+  return true;
+}
+
+// Reading restarts only when neither a hook consumer nor the archive holds
+// the connection back.
+void Session::resume_reading() {
+  if (hooks_paused_ || archive_paused_) return;
   for (Leg* leg : {&client_, &upstream_})
     if (!leg->paused) start_reading(*leg);
   // TLS records already received may hold plaintext not yet decrypted.
-  pump(upstream_);
-  if (state_ == State::relaying) pump(client_);
+  if (upstream_.ssl) pump(upstream_);
+  if (state_ == State::relaying && client_.ssl) pump(client_);
 }
 
 // The negotiated ALPN picks the codec: HTTP/1.1 (or no ALPN, the HTTP/1.1
@@ -1023,6 +1111,7 @@ std::unique_ptr<Relay> Session::make_plain_h1_relay() {
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
   if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
+  set_archive_info(*info);
   return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1,
                                          std::nullopt, icap_options());
 }
@@ -1081,6 +1170,7 @@ std::unique_ptr<Relay> Session::make_relay() {
                          SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
   if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
+  set_archive_info(*info);
   if (upstream_alpn_ == "h2") {
     codec_ = "h2";
     auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
@@ -1136,7 +1226,7 @@ void Session::pump(Leg& from) {
   Leg& to = opposite(from);
   std::span<char> buf = host_.plain_buffer();
   bool idle = false;  // stopped because `from` has nothing more buffered
-  while (!from.read_done && state_ == State::relaying && !hooks_paused_) {
+  while (!from.read_done && state_ == State::relaying && !hooks_paused_ && !archive_paused_) {
     if (pending_out(to) >= ctx_.settings.relay_high_watermark) {
       // Back-pressure: stop taking bytes from `from` until `to` drains.
       if (!from.paused) {
@@ -1161,6 +1251,7 @@ void Session::pump(Leg& from) {
       std::span<const char> plain(buf.data(), static_cast<std::size_t>(n));
       if (tap_ && tap_->data(&from == &client_ ? hooks::FlowDir::to_server : hooks::FlowDir::to_client, plain))
         pause_for_hooks();
+      if (!archive_allows_more()) break;
       relay_->on_data(side_of(from), plain);
       continue;
     }
@@ -1392,6 +1483,7 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       if (!leg.ssl) {  // plain HTTP or bypass: no TLS layer in between
         self->idle_since_ = uv_now(self->host_.loop());
         leg.plaintext_in += n;
+        if (!self->archive_allows_more()) return;
         self->relay_->on_data(self->side_of(leg), std::span<const char>(buf->base, n));
         Leg& to = self->opposite(leg);
         if (self->state_ == State::relaying && to.initialized &&
@@ -1411,7 +1503,7 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 
 void Session::start_reading(Leg& leg) {
   if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing ||
-      hooks_paused_)
+      hooks_paused_ || archive_paused_)
     return;
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(&leg.tcp), alloc_cb, read_cb) == 0)
     leg.reading = true;

@@ -109,6 +109,11 @@ class Session final : public tls::ClientHandshakeHandler,
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
   PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin);
+  bool archive_selected() const;
+  std::optional<std::string> archive_refusal() const;
+  bool archive_allows_more();
+  void set_archive_info(exchange::ConnectionInfo& info);
+  void resume_reading();
   void start_bypass();
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
@@ -202,6 +207,8 @@ class Session final : public tls::ClientHandshakeHandler,
   const policy::Rule* rule_ = nullptr;        // the rule that decided; lives as long as policy_
   std::unique_ptr<hooks::StreamTap> tap_;     // inspected connections with stream consumers
   bool hooks_paused_ = false;                 // a blocking hook consumer is over its limit
+  bool archived_ = false;                     // exchanges go to the compliance archive
+  bool archive_paused_ = false;               // the archive's queue is over its limit
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak-checked by hook callbacks
 
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};

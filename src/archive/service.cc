@@ -1,0 +1,201 @@
+#include "archive/service.h"
+
+#include "core/log.h"
+
+namespace sightline::archive {
+namespace {
+
+constexpr std::size_t kBatch = 256;  // exchanges per group commit
+constexpr auto kTick = std::chrono::milliseconds(200);  // sync and rotation checks when idle
+
+std::size_t record_size(const ExchangeRecord& r) {
+  return r.request_http.size() + r.response_http.size() + r.target_uri.size() + 512;
+}
+
+}  // namespace
+
+std::unique_ptr<ArchiveService> ArchiveService::start(ServiceOptions opts, tls::EvpPkeyPtr key,
+                                                      std::string* error) {
+  // "record": the service syncs once per batch itself (group commit).
+  WriterOptions wo = opts.writer;
+  if (wo.sync == SyncMode::record) wo.sync = SyncMode::none;
+  RecoveryReport rep;
+  auto writer = SegmentWriter::open(wo, std::move(key), &rep, error);
+  if (!writer) return nullptr;
+  if (!rep.open_segment.empty())
+    log::emit(log::Line(rep.cut_bytes ? log::Level::warn : log::Level::info, "archive_recovered")
+                  .str("segment", rep.open_segment)
+                  .num("kept_records", rep.kept_records)
+                  .num("cut_records", rep.cut_records)
+                  .num("cut_bytes", rep.cut_bytes)
+                  .str("cut_reason", rep.cut_reason)
+                  .boolean("sealed", rep.sealed));
+  auto svc = std::unique_ptr<ArchiveService>(new ArchiveService(std::move(opts), std::move(writer)));
+  svc->thread_ = std::thread([s = svc.get()] { s->run(); });
+  return svc;
+}
+
+ArchiveService::ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer)
+    : opts_(std::move(opts)), writer_(std::move(writer)) {}
+
+ArchiveService::~ArchiveService() { stop(); }
+
+void ArchiveService::submit(ExchangeRecord rec) {
+  std::size_t size = record_size(rec);
+  auto shared = std::make_shared<ExchangeRecord>(std::move(rec));
+  submit([shared] { return std::move(*shared); }, size);
+}
+
+void ArchiveService::submit(std::function<ExchangeRecord()> build, std::size_t size) {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      stats_.dropped.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    queue_.push_back({std::move(build), size, std::nullopt});
+  }
+  stats_.queued.fetch_add(1, std::memory_order_relaxed);
+  stats_.queued_bytes.fetch_add(size, std::memory_order_relaxed);
+  wake_.notify_one();
+}
+
+void ArchiveService::when_drained(std::function<void()> fn) {
+  {
+    std::lock_guard lock(mu_);
+    if (stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes / 2 && !stopping_) {
+      drained_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+std::string ArchiveService::failure() const {
+  std::lock_guard lock(mu_);
+  return failure_;
+}
+
+void ArchiveService::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ArchiveService::set_failing(const std::string& why) {
+  stats_.failures.fetch_add(1, std::memory_order_relaxed);
+  bool was = failing_.exchange(true, std::memory_order_relaxed);
+  bool changed = why != failure_;
+  failure_ = why;
+  // One line when it starts failing or the reason changes, not one per retry.
+  if (!was || changed)
+    log::emit(log::Line(log::Level::error, "archive_write_failed")
+                  .str("msg", why)
+                  .str("on_failure", opts_.fail_open ? "open" : "closed"));
+}
+
+void ArchiveService::clear_failing() {
+  if (!failing_.exchange(false, std::memory_order_relaxed)) return;
+  log::emit(log::Line(log::Level::warn, "archive_write_recovered").str("after", failure_));
+  failure_.clear();
+}
+
+// Called with mu_ held; releases it while the callbacks run.
+void ArchiveService::run_drained_if_below_half() {
+  if (drained_.empty() || stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes / 2) return;
+  std::vector<std::function<void()>> fns;
+  fns.swap(drained_);
+  mu_.unlock();
+  for (auto& fn : fns) fn();
+  mu_.lock();
+}
+
+// Appends up to kBatch queued exchanges; false when a write failed (fail
+// closed: the record stays queued for the next attempt). `lock` holds mu_
+// on entry and on return.
+bool ArchiveService::write_batch(std::unique_lock<std::mutex>& lock) {
+  std::size_t n = 0;
+  while (!queue_.empty() && n < kBatch) {
+    // Only this thread pops, and push_back keeps references valid, so the
+    // record can be written without the lock.
+    Item& item = queue_.front();
+    lock.unlock();
+    if (!item.record) item.record = item.build();
+    const ExchangeRecord& rec = *item.record;
+    auto err = writer_->append(rec);
+    lock.lock();
+    if (err && !opts_.fail_open) {
+      set_failing(*err);
+      return false;
+    }
+    if (err) {
+      set_failing(*err);
+      stats_.dropped.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      clear_failing();
+      stats_.written.fetch_add(1, std::memory_order_relaxed);
+      stats_.bytes.fetch_add(rec.request_http.size() + rec.response_http.size(), std::memory_order_relaxed);
+    }
+    stats_.queued.fetch_sub(1, std::memory_order_relaxed);
+    stats_.queued_bytes.fetch_sub(item.size, std::memory_order_relaxed);
+    queue_.pop_front();
+    ++n;
+  }
+  lock.unlock();
+  std::optional<std::string> err;
+  if (opts_.writer.sync == SyncMode::record && n) err = writer_->sync();
+  auto now = WallClock::now();
+  if (!err) err = writer_->maybe_sync(now);
+  if (!err) err = writer_->maybe_rotate(now);
+  lock.lock();
+  if (err) set_failing(*err);
+  run_drained_if_below_half();
+  return true;
+}
+
+void ArchiveService::run() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (queue_.empty()) {
+      if (stopping_) break;
+      wake_.wait_for(lock, kTick);
+      if (queue_.empty()) {
+        lock.unlock();
+        auto now = WallClock::now();
+        auto err = writer_->maybe_sync(now);
+        if (!err) err = writer_->maybe_rotate(now);
+        lock.lock();
+        if (err) set_failing(*err);
+      }
+      continue;
+    }
+    if (write_batch(lock)) continue;
+    if (stopping_) {
+      // One last attempt failed: what is left cannot be written. Say so loudly.
+      log::emit(log::Line(log::Level::error, "archive_unwritten")
+                    .num("exchanges", static_cast<std::uint64_t>(queue_.size()))
+                    .str("msg", failure_));
+      stats_.dropped.fetch_add(queue_.size(), std::memory_order_relaxed);
+      queue_.clear();
+      stats_.queued.store(0, std::memory_order_relaxed);
+      stats_.queued_bytes.store(0, std::memory_order_relaxed);
+      break;
+    }
+    wake_.wait_for(lock, opts_.retry_interval, [this] { return stopping_; });
+  }
+  // Connections still waiting for room: there will be no more writes.
+  std::vector<std::function<void()>> fns;
+  fns.swap(drained_);
+  lock.unlock();
+  for (auto& fn : fns) fn();
+  if (auto err = writer_->seal()) {
+    stats_.failures.fetch_add(1, std::memory_order_relaxed);
+    log::emit(log::Line(log::Level::error, "archive_seal_failed").str("msg", *err));
+  }
+}
+
+}  // namespace sightline::archive

@@ -1,0 +1,111 @@
+// The compliance archive in the running proxy: one writer thread that takes
+// archived exchanges from a bounded queue and appends them to WARC segments
+// (SegmentWriter), so no disk write ever runs on an event loop.
+//
+// Never drops silently:
+//  - a full queue (over `queue_bytes`) makes archived connections pause
+//    (they ask over_limit() after each read and wait for when_drained());
+//    records already on their way are still taken, so the queue can pass
+//    its limit by at most one read per archived connection;
+//  - a write that fails (disk full, EACCES, I/O error) is retried every
+//    `retry_interval` with the record kept at the head of the queue; while
+//    it fails, failing() is true and the proxy refuses new archived traffic
+//    (fail closed, the default). With on_failure = "open" records that
+//    cannot be written are dropped instead, counted and logged.
+//
+// Group commit in sync mode "record": the writer appends every record
+// queued so far, then fdatasyncs once before it takes more, so a crash
+// loses at most the batch being written plus what waits in memory.
+#pragma once
+
+#include "archive/segment.h"
+#include "archive/warc.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace sightline::archive {
+
+struct ServiceOptions {
+  WriterOptions writer;  // its `sync` is the configured mode (group commit for "record")
+  std::size_t queue_bytes = 64ull << 20;
+  bool fail_open = false;
+  std::chrono::milliseconds retry_interval{1000};
+};
+
+class ArchiveService {
+ public:
+  struct Stats {
+    std::atomic<std::uint64_t> written{0};    // exchanges appended
+    std::atomic<std::uint64_t> bytes{0};      // their HTTP bytes (request + response blocks)
+    std::atomic<std::uint64_t> failures{0};   // failed append, sync or seal attempts
+    std::atomic<std::uint64_t> dropped{0};    // fail open only: exchanges not archived
+    std::atomic<std::uint64_t> queued{0};     // exchanges waiting now
+    std::atomic<std::uint64_t> queued_bytes{0};
+  };
+
+  // Opens (and recovers) the archive, then starts the writer thread.
+  static std::unique_ptr<ArchiveService> start(ServiceOptions opts, tls::EvpPkeyPtr key, std::string* error);
+  ~ArchiveService();  // stop()s
+  ArchiveService(const ArchiveService&) = delete;
+  ArchiveService& operator=(const ArchiveService&) = delete;
+
+  // Thread-safe and never blocks: queues one exchange. `build` runs later
+  // on the writer thread (serializing heads and metadata there keeps that
+  // work off the event loops); `size` is its approximate size in bytes.
+  void submit(std::function<ExchangeRecord()> build, std::size_t size);
+  void submit(ExchangeRecord rec);
+  bool over_limit() const { return stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes; }
+  // Runs `fn` on the writer thread once the queue is below half its limit
+  // (at once, on the caller's thread, when it already is).
+  void when_drained(std::function<void()> fn);
+  // The last write failed and none has succeeded since.
+  bool failing() const { return failing_.load(std::memory_order_relaxed); }
+  std::string failure() const;
+  bool fail_open() const { return opts_.fail_open; }
+
+  // Writes what is queued (one more attempt each while failing), seals the
+  // current segment and ends the writer thread.
+  void stop();
+
+  const Stats& stats() const { return stats_; }
+  const std::string& dir() const { return opts_.writer.dir; }
+
+ private:
+  ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer);
+  void run();
+  bool write_batch(std::unique_lock<std::mutex>& lock);
+  void set_failing(const std::string& why);
+  void clear_failing();
+  void run_drained_if_below_half();
+
+  ServiceOptions opts_;
+  std::unique_ptr<SegmentWriter> writer_;
+  Stats stats_;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  struct Item {
+    std::function<ExchangeRecord()> build;
+    std::size_t size = 0;
+    std::optional<ExchangeRecord> record;  // built once, kept for retries
+  };
+  std::deque<Item> queue_;
+  std::vector<std::function<void()>> drained_;
+  std::string failure_;
+  bool stopping_ = false;
+  std::atomic<bool> failing_{false};
+  std::thread thread_;
+};
+
+}  // namespace sightline::archive

@@ -1,0 +1,93 @@
+#include "archive/tap.h"
+
+#include "hooks/event_json.h"
+#include "hooks/exchange_tap.h"
+
+#include <algorithm>
+
+namespace sightline::archive {
+
+void ArchiveTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  if (!ex.connection || !ex.connection->archive) return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  hooks::ExchangeRecord& rec = s.open[ex.id];
+  rec.request = head;
+  rec.start = hooks::WallClock::now();
+  rec.bodies_captured = true;
+}
+
+void ArchiveTap::on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) {
+  if (!ex.connection || !ex.connection->archive || data.empty()) return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  auto it = s.open.find(ex.id);
+  if (it == s.open.end()) return;
+  std::string& body = dir == exchange::Direction::request ? it->second.request_body : it->second.response_body;
+  std::size_t n = std::min(opts_.max_body - std::min(opts_.max_body, body.size()), data.size());
+  body.append(data.data(), n);
+}
+
+void ArchiveTap::on_response_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  // Interim (1xx) heads are not kept; 101 (protocol switch) is final.
+  if (!ex.connection || !ex.connection->archive || (head.status >= 100 && head.status < 200 && head.status != 101))
+    return;
+  Shard& s = shard(ex.id);
+  std::lock_guard lock(s.mu);
+  auto it = s.open.find(ex.id);
+  if (it == s.open.end()) return;
+  it->second.has_response = true;
+  it->second.response = head;
+}
+
+void ArchiveTap::finish(const exchange::Exchange& ex, bool complete, std::string_view reason) {
+  if (!ex.connection || !ex.connection->archive) return;
+  auto rec = std::make_shared<hooks::ExchangeRecord>();
+  bool tracked = false;
+  {
+    Shard& s = shard(ex.id);
+    std::lock_guard lock(s.mu);
+    auto it = s.open.find(ex.id);
+    if (it != s.open.end()) {
+      *rec = std::move(it->second);
+      s.open.erase(it);
+      tracked = true;
+    }
+  }
+  hooks::fill_from_exchange(*rec, ex, complete, reason, tracked);
+  // The authority and target the exchange went to (HTTP/1.1 heads carry
+  // them in Host and the request line only).
+  if (rec->request.authority.empty()) rec->request.authority = ex.authority;
+  std::size_t size = rec->request_body.size() + rec->response_body.size() + 2048;
+  service_.submit([rec] { return to_archive_record(*rec); }, size);
+}
+
+ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {
+  const exchange::ConnectionInfo& c = *rec.connection;
+  ExchangeRecord out;
+  std::string scheme = !rec.request.scheme.empty() ? rec.request.scheme : c.client_tls.empty() ? "http" : "https";
+  out.target_uri = scheme + "://" + rec.request.authority + rec.request.target;
+  out.request_http = http_request_block(rec.request, rec.request_body);
+  if (rec.has_response) out.response_http = http_response_block(rec.response, rec.response_body);
+  out.request_truncated = rec.request_body.size() < rec.request_body_bytes;
+  out.response_truncated = rec.has_response && rec.response_body.size() < rec.response_body_bytes;
+  // "addr:port" or "[v6]:port": the address alone.
+  std::string_view server = c.server;
+  if (auto colon = server.rfind(':'); colon != std::string_view::npos) server = server.substr(0, colon);
+  if (server.size() >= 2 && server.front() == '[') server = server.substr(1, server.size() - 2);
+  out.server_ip = std::string(server);
+  std::string line;
+  hooks::format_exchange(line, rec, 0);
+  out.metadata = nlohmann::json::parse(line, nullptr, false);
+  if (out.metadata.is_discarded()) out.metadata = nlohmann::json::object();
+  out.metadata["user"] = c.user;
+  out.metadata["groups"] = c.groups;
+  out.metadata["upstream_cert_sha256"] = c.upstream_cert_sha256;
+  out.metadata["upstream_verdict"] = c.upstream_verdict;
+  out.metadata["request_truncated"] = out.request_truncated;
+  out.metadata["response_truncated"] = out.response_truncated;
+  out.timestamp = rec.start;
+  return out;
+}
+
+}  // namespace sightline::archive

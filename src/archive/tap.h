@@ -1,0 +1,62 @@
+// Feeds archived connections' HTTP exchanges to the compliance archive.
+//
+// ArchiveTap is an exchange::Consumer in the server's Fanout. For
+// connections whose ConnectionInfo says `archive`, it keeps each exchange's
+// heads and bodies (each body up to `max_body`; what is cut is recorded as
+// truncated in the WARC record) until the exchange ends, then queues it on
+// the ArchiveService. Nothing is dropped here: unlike the hook bus's
+// exchange records there is no tracking limit; memory is bounded by the
+// archived exchanges in flight times 2 × max_body, and by the service's
+// queue with back-pressure (see service.h).
+//
+// Thread safety: events of one exchange come from the worker owning its
+// connection; state lives in one shard per worker (the worker index is the
+// top byte of the exchange id).
+#pragma once
+
+#include "archive/service.h"
+#include "exchange/exchange.h"
+#include "hooks/events.h"
+
+#include <array>
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+
+namespace sightline::archive {
+
+struct TapOptions {
+  std::size_t max_body = 16ull << 20;  // per body
+};
+
+class ArchiveTap final : public exchange::Consumer {
+ public:
+  ArchiveTap(ArchiveService& service, TapOptions opts) : service_(service), opts_(opts) {}
+
+  void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override;
+  void on_request_end(const exchange::Exchange&, const exchange::Headers&) override {}
+  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_response_end(const exchange::Exchange& ex, const exchange::Headers&) override { finish(ex, true, {}); }
+  void on_abort(const exchange::Exchange& ex, std::string_view reason) override { finish(ex, false, reason); }
+
+ private:
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, hooks::ExchangeRecord> open;
+  };
+  Shard& shard(std::uint64_t id) { return shards_[(id >> 56) & 0xff]; }
+  void finish(const exchange::Exchange& ex, bool complete, std::string_view reason);
+
+  ArchiveService& service_;
+  TapOptions opts_;
+  std::array<Shard, 256> shards_;
+};
+
+// The WARC exchange for an ended exchange record: HTTP/1.1-style request and
+// response blocks, and as metadata the event feed's exchange object (docs/
+// hooks.md) plus user, groups and the origin certificate's SHA-256 and
+// verdict.
+ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec);
+
+}  // namespace sightline::archive
