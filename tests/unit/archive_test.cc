@@ -1,6 +1,7 @@
 #include "archive/format.h"
 #include "archive/keys.h"
 #include "archive/segment.h"
+#include "archive/service.h"
 #include "archive/verify.h"
 #include "archive/warc.h"
 
@@ -11,6 +12,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -595,4 +601,150 @@ TEST_CASE("archive: segment names") {
   CHECK(parse_sync_mode("interval") == SyncMode::interval);
   CHECK(!parse_sync_mode("always"));
   CHECK(!valid_writer_id(""));
+}
+
+// --- the writer thread of the running proxy (service.h) ---
+
+namespace {
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(20)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+std::unique_ptr<ArchiveService> start_service(Archive& a, ServiceOptions opts) {
+  opts.writer.dir = a.dir.string();
+  opts.writer.writer_id = "svc";
+  std::string err;
+  auto svc = ArchiveService::start(opts, load_signing_key(a.key.string(), &err), &err);
+  REQUIRE_MESSAGE(svc, err);
+  return svc;
+}
+
+// A file size limit stands in for a full disk (root ignores permissions);
+// the limit is per process, so it applies to the writer thread too.
+struct FileSizeLimit {
+  rlimit old{};
+  void (*old_handler)(int) = nullptr;
+  bool active = true;
+  explicit FileSizeLimit(rlim_t bytes) {
+    old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    rlimit l = old;
+    l.rlim_cur = bytes;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &l) == 0);
+  }
+  void lift() {
+    if (!active) return;
+    active = false;
+    ::setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+  }
+  ~FileSizeLimit() { lift(); }
+};
+
+}  // namespace
+
+TEST_CASE("archive service: every submitted exchange is written, sealed on stop, and verifies") {
+  Archive a;
+  for (SyncMode mode : {SyncMode::record, SyncMode::interval, SyncMode::none}) {
+    CAPTURE(static_cast<int>(mode));
+    ServiceOptions opts;
+    opts.writer.sync = mode;
+    opts.writer.sync_interval = std::chrono::milliseconds(10);
+    auto svc = start_service(a, opts);
+    for (int i = 0; i < 300; ++i) svc->submit(sample_exchange(i));
+    svc->stop();
+    CHECK(svc->stats().written == 300);
+    CHECK(svc->stats().queued == 0);
+    CHECK(svc->stats().queued_bytes == 0);
+    CHECK(svc->stats().dropped == 0);
+  }
+  Report r = a.verify();
+  expect_intact(r);
+  CHECK(r.records == 3 * (300 * 3 + 1));  // three runs: 3 records per exchange + a warcinfo each
+}
+
+TEST_CASE("archive service: a full queue holds connections back until it drains below half") {
+  Archive a;
+  ServiceOptions opts;
+  opts.queue_bytes = 64 * 1024;
+  auto svc = start_service(a, opts);
+  // The first exchange's build blocks the writer thread until released.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  svc->submit(
+      [&] {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return release; });
+        return sample_exchange(0);
+      },
+      1000);
+  for (int i = 1; i <= 40; ++i) svc->submit(sample_exchange(i, 4000));
+  CHECK(svc->over_limit());
+  std::atomic<int> drained{0};
+  svc->when_drained([&] { drained.fetch_add(1); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(drained == 0);  // the writer is stuck: nobody may resume
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  REQUIRE(eventually([&] { return drained.load() == 1; }));
+  CHECK_FALSE(svc->over_limit());
+  // Below the limit already: at once, on the caller's thread.
+  REQUIRE(eventually([&] { return svc->stats().queued == 0; }));
+  svc->when_drained([&] { drained.fetch_add(1); });
+  CHECK(drained == 2);
+  svc->stop();
+  CHECK(svc->stats().written == 41);
+  expect_intact(a.verify());
+}
+
+TEST_CASE("archive service: fail closed keeps the exchange and retries; fail open drops and counts") {
+  Archive a;
+  SUBCASE("closed") {
+    ServiceOptions opts;
+    opts.retry_interval = std::chrono::milliseconds(20);
+    auto svc = start_service(a, opts);
+    svc->submit(sample_exchange(0));
+    REQUIRE(eventually([&] { return svc->stats().written == 1; }));
+    FileSizeLimit limit(1);  // nothing more fits
+    svc->submit(sample_exchange(1, 20000));
+    REQUIRE(eventually([&] { return svc->failing(); }));
+    CHECK(svc->failure().size() > 0);
+    CHECK(svc->stats().queued == 1);  // kept for the next attempt
+    CHECK(svc->stats().dropped == 0);
+    limit.lift();
+    bool ok = eventually([&] { return svc->stats().written == 2; }, std::chrono::seconds(3));
+    INFO(svc->failure());
+    REQUIRE(ok);
+    CHECK_FALSE(svc->failing());
+    CHECK(svc->stats().failures >= 1);
+    svc->stop();
+  }
+  SUBCASE("open") {
+    ServiceOptions opts;
+    opts.fail_open = true;
+    auto svc = start_service(a, opts);
+    svc->submit(sample_exchange(0));
+    REQUIRE(eventually([&] { return svc->stats().written == 1; }));
+    FileSizeLimit limit(1);
+    svc->submit(sample_exchange(1, 20000));
+    REQUIRE(eventually([&] { return svc->stats().dropped == 1; }));
+    CHECK(svc->failing());
+    limit.lift();
+    svc->submit(sample_exchange(2));
+    REQUIRE(eventually([&] { return svc->stats().written == 2; }));
+    CHECK_FALSE(svc->failing());
+    svc->stop();
+  }
+  expect_intact(a.verify());
 }
