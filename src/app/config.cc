@@ -458,13 +458,14 @@ class Parser {
 
     if (auto* t = section(root, "archive")) {
       ArchiveConfig& ac = cfg.archive;
-      if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "sync_interval", "max_segment_bytes",
+      std::uint64_t interval_ms = static_cast<std::uint64_t>(ac.sync_interval.count());
+      if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "interval_ms", "max_segment_bytes",
                                       "max_segment_age", "max_body", "queue_bytes", "on_failure",
                                       "writer_id"}) ||
           !get_path(*t, "archive", "dir", ac.dir) || !get_path(*t, "archive", "key", ac.key) ||
           !get_bool(*t, "archive", "all", ac.all) ||
           !get_choice(*t, "archive", "sync", {"record", "interval", "none"}, ac.sync) ||
-          !get_duration(*t, "archive", "sync_interval", ac.sync_interval) ||
+          !get_uint(*t, "archive", "interval_ms", 1, 3600000, interval_ms) ||
           !get_uint(*t, "archive", "max_segment_bytes", 1ull << 16, 1ull << 40, ac.max_segment_bytes) ||
           !get_duration(*t, "archive", "max_segment_age", ac.max_segment_age) ||
           !get_uint(*t, "archive", "max_body", 0, 1ull << 30, ac.max_body) ||
@@ -472,6 +473,7 @@ class Parser {
           !get_choice(*t, "archive", "on_failure", {"closed", "open"}, ac.on_failure) ||
           !get_string(*t, "archive", "writer_id", ac.writer_id))
         return false;
+      ac.sync_interval = milliseconds(interval_ms);
       bool id_ok = std::all_of(ac.writer_id.begin(), ac.writer_id.end(), [](char ch) {
         return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.';
       });

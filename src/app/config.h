@@ -104,7 +104,7 @@ struct ArchiveConfig {
   std::string key;           // Ed25519 private key (sightline archive keygen)
   bool all = false;          // archive every inspected exchange, whatever the policy says
   std::string sync = "record";              // "record" | "interval" | "none"
-  milliseconds sync_interval = std::chrono::seconds(1);
+  milliseconds sync_interval = std::chrono::seconds(1);  // interval_ms, for sync = "interval"
   std::uint64_t max_segment_bytes = 1ull << 30;
   milliseconds max_segment_age = std::chrono::hours(1);
   std::uint64_t max_body = 16ull << 20;     // per body; the rest is recorded as truncated

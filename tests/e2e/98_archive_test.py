@@ -173,6 +173,27 @@ def main(t):
         cp = verify(d1, pub)
         assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout + cp.stderr
 
+    with t.check("a changed byte in a proxy-written segment: verify names the record, exits 1"):
+        import shutil
+        bad = os.path.join(t.dir, "archive-tampered")
+        shutil.copytree(d1, bad)
+        seg = sorted(n for n in os.listdir(bad) if n.endswith(".warc.gz"))[0]
+        path = os.path.join(bad, seg)
+        ms = members(path)
+        # Rewrite the response record holding /1k?h1 with one body byte changed,
+        # as a tamperer would (a valid gzip member, the digests left as they were).
+        i = next(k for k, m in enumerate(ms) if b"WARC-Type: response" in m and b"/1k?h1" in m)
+        m = bytearray(ms[i])
+        m[-5] ^= 0x01
+        ms[i] = bytes(m)
+        os.chmod(path, 0o600)
+        with open(path, "wb") as f:
+            for m in ms:
+                f.write(gzip.compress(m))
+        cp = verify(bad, pub)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "modified" in cp.stdout, cp.stdout
+
     with t.check("archive by policy: only the rule with archive = true"):
         d2 = os.path.join(t.dir, "archive-policy")
         pol = os.path.join(t.dir, "archive-policy.toml")

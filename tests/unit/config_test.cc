@@ -231,6 +231,50 @@ TEST_CASE("[icap] section") {
   }
 }
 
+TEST_CASE("[archive] section") {
+  ConfigError err;
+  auto d = parse("", err);
+  REQUIRE(d);
+  CHECK_FALSE(d->archive.enabled());
+  CHECK(d->archive.sync == "record");       // durable by default
+  CHECK(d->archive.on_failure == "closed");  // refuse rather than lose records
+  auto cfg = parse(
+      "[archive]\ndir = \"/var/lib/a\"\nkey = \"/etc/a.key\"\nall = true\nsync = \"interval\"\n"
+      "interval_ms = 250\nmax_segment_bytes = 1048576\nmax_segment_age = \"10m\"\nmax_body = 1024\n"
+      "queue_bytes = 1048576\non_failure = \"open\"\nwriter_id = \"proxy_1.dc\"\n",
+      err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  const ArchiveConfig& a = cfg->archive;
+  CHECK(a.enabled());
+  CHECK(a.dir == "/var/lib/a");
+  CHECK(a.key == "/etc/a.key");
+  CHECK(a.all);
+  CHECK(a.sync == "interval");
+  CHECK(a.sync_interval == std::chrono::milliseconds(250));
+  CHECK(a.max_segment_bytes == 1048576);
+  CHECK(a.max_segment_age == std::chrono::minutes(10));
+  CHECK(a.max_body == 1024);
+  CHECK(a.queue_bytes == 1048576);
+  CHECK(a.on_failure == "open");
+  CHECK(a.writer_id == "proxy_1.dc");
+  for (const char* bad : {"[archive]\nsync = \"always\"\n", "[archive]\non_failure = \"maybe\"\n",
+                          "[archive]\ninterval_ms = 0\n", "[archive]\nwriter_id = \"a/b\"\n",
+                          "[archive]\nqueue_bytes = 10\n", "[archive]\nretention = 3\n"}) {
+    CAPTURE(bad);
+    ConfigError e;
+    CHECK_FALSE(parse(bad, e));
+    CHECK(e.message.find("key 'archive.") != std::string::npos);
+  }
+  // An archive needs its signing key.
+  auto no_key = parse("[[listener]]\naddress = \"127.0.0.1:3128\"\n[ca]\ncert = \"c\"\nkey = \"k\"\n"
+                      "[archive]\ndir = \"/var/lib/a\"\n",
+                      err);
+  REQUIRE_MESSAGE(no_key, err.message);
+  ConfigError ve;
+  CHECK_FALSE(validate(*no_key, ve));
+  CHECK(ve.message.find("archive.key") != std::string::npos);
+}
+
 TEST_CASE("the shipped example configuration parses") {
   ConfigError err;
   auto cfg = load_config_file(std::string(SIGHTLINE_TEST_DATA) + "/../../deploy/sightline.example.toml", err);
