@@ -1,12 +1,12 @@
 #include "identity/credentials.h"
 
+#include "core/text_file.h"
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <charconv>
-#include <fstream>
-#include <sstream>
 
 namespace sightline::identity {
 namespace {
@@ -211,25 +211,9 @@ std::string fold_case(std::string_view s) {
   return out;
 }
 
-bool read_file(const std::string& path, std::string& out, std::string& why) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    why = "cannot open";
-    return false;
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) {
-    why = "read error";
-    return false;
-  }
-  out = ss.str();
-  return true;
-}
-
 std::shared_ptr<const Credentials> Credentials::load(const std::string& path, FileError& err) {
   std::string text, why;
-  if (!read_file(path, text, why)) {
+  if (!core::read_whole_file(path, text, why)) {
     err.message = path + ": " + why;
     return nullptr;
   }
@@ -241,7 +225,7 @@ std::shared_ptr<const Credentials> Credentials::load(const std::string& path, Fi
 std::shared_ptr<const Credentials> Credentials::parse(std::string_view text, const std::string& name,
                                                       FileError& err) {
   auto creds = std::make_shared<Credentials>();
-  bool ok = for_each_line(text, [&](std::size_t lineno, std::string_view line) {
+  bool ok = core::for_each_line(text, [&](std::size_t lineno, std::string_view line) {
     auto where = name + ":" + std::to_string(lineno) + ": ";
     auto colon = line.find(':');
     std::string_view user = line.substr(0, colon);

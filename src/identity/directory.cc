@@ -1,5 +1,7 @@
 #include "identity/directory.h"
 
+#include "core/text_file.h"
+
 #include <algorithm>
 
 namespace sightline::identity {
@@ -9,7 +11,7 @@ namespace {
 template <typename T>
 std::shared_ptr<const T> load_file(const std::string& path, FileError& err) {
   std::string text, why;
-  if (!read_file(path, text, why)) {
+  if (!core::read_whole_file(path, text, why)) {
     err.message = path + ": " + why;
     return nullptr;
   }
@@ -30,7 +32,7 @@ std::shared_ptr<const UserMap> UserMap::load(const std::string& path, FileError&
 
 std::shared_ptr<const UserMap> UserMap::parse(std::string_view text, const std::string& name, FileError& err) {
   auto map = std::make_shared<UserMap>();
-  bool ok = for_each_line(text, [&](std::size_t lineno, std::string_view line) {
+  bool ok = core::for_each_line(text, [&](std::size_t lineno, std::string_view line) {
     auto where = name + ":" + std::to_string(lineno) + ": ";
     auto sp = line.find_first_of(" \t");
     std::string_view net = line.substr(0, sp);
@@ -73,7 +75,7 @@ std::shared_ptr<const Groups> Groups::load(const std::string& path, FileError& e
 std::shared_ptr<const Groups> Groups::parse(std::string_view text, const std::string& name, FileError& err) {
   auto groups = std::make_shared<Groups>();
   std::vector<std::string> seen;
-  bool ok = for_each_line(text, [&](std::size_t lineno, std::string_view line) {
+  bool ok = core::for_each_line(text, [&](std::size_t lineno, std::string_view line) {
     auto where = name + ":" + std::to_string(lineno) + ": ";
     auto colon = line.find(':');
     std::string_view group = trim(line.substr(0, colon));

@@ -1,5 +1,7 @@
 #include "identity/passwd.h"
 
+#include "core/text_file.h"
+
 #include <openssl/crypto.h>
 
 #include <fcntl.h>
@@ -59,7 +61,7 @@ bool write_all(int fd, std::string_view data) {
 bool set_password_line(const std::string& path, const std::string& user, const std::string& hash_text,
                        std::string& why) {
   std::string text;
-  if (std::filesystem::exists(path) && !read_file(path, text, why)) {
+  if (std::filesystem::exists(path) && !core::read_whole_file(path, text, why)) {
     why = path + ": " + why;
     return false;
   }

@@ -26,14 +26,12 @@ An nginx TLS origin and a Python plain-HTTP origin behind two proxies:
 
 import base64
 import hashlib
-import http.server
 import os
 import re
 import signal
 import socket
 import stat
 import sys
-import threading
 import time
 import urllib.request
 
@@ -42,33 +40,6 @@ import harness as h  # noqa: E402
 
 PASSWORDS = {"alice": "Tr0ub4dor&3-alice", "bob": "bob-correct-horse", "carol": "carol:with:colons"}
 PLAIN_BODY = b"plain origin says hello\n"
-
-
-class PlainOrigin:
-    """HTTP/1.1 origin that records each request's header names."""
-
-    def __init__(self):
-        seen = self.seen = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                seen.append({k.lower(): v for k, v in self.headers.items()})
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(PLAIN_BODY)))
-                self.end_headers()
-                self.wfile.write(PLAIN_BODY)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 def passwd(t, path, user, password):
@@ -110,7 +81,7 @@ def raw_plain(port, head):
 def main(t):
     pki = t.pki()
     origin = t.start_nginx(pki, certs=["valid-ec"])
-    plain = PlainOrigin()
+    plain = h.PlainOrigin(PLAIN_BODY)
     ec = origin.port("valid-ec")
     https_url = "https://localhost:%d/1k" % ec
     plain_url = "http://127.0.0.1:%d/hello" % plain.port
@@ -282,7 +253,7 @@ def main(t):
                                and e.get("target") == "/hello", since=mark)
         assert ex, "no plain exchange with user frank"
 
-    plain.close()
+    plain.kill()
 
 
 h.run_test("97_identity", main)

@@ -1,3 +1,4 @@
+#include "core/text_file.h"
 #include "identity/credentials.h"
 #include "identity/directory.h"
 #include "identity/passwd.h"
@@ -235,7 +236,7 @@ TEST_CASE("passwd: adds and replaces a line atomically, mode 0600") {
   CHECK(c->find("bob")->hash.verify("bob"));
   CHECK(c->find("carol")->hash.verify("three"));
   std::string text, w;
-  REQUIRE(read_file(path, text, w));
+  REQUIRE(sightline::core::read_whole_file(path, text, w));
   CHECK(text.find("# keep me\n") != std::string::npos);
   CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 1);  // no temp file left
   fs::remove_all(dir);
