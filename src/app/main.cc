@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
   run->add_option("--credentials", rf.credentials,
                   "explicit listeners require Proxy-Authorization checked against this file (see `passwd`)")
       ->check(CLI::ExistingFile);
-  run->add_option("--user-map", rf.user_map, "client CIDR → user map for listeners without passwords")
+  run->add_option("--user-map", rf.user_map, "client CIDR to user map for listeners without passwords")
       ->check(CLI::ExistingFile);
 
   std::string pw_file, pw_user, pw_scheme = "scrypt";
