@@ -152,7 +152,7 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log", "pcap", "keylog", "events", "icap", "archive"}))
+                               "shutdown", "log", "pcap", "keylog", "events", "icap", "archive", "identity"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -478,6 +478,24 @@ class Parser {
         return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.';
       });
       if (!id_ok) return fail(t->get("writer_id")->source(), "archive.writer_id", "letters, digits, '_' and '.' only");
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "identity")) {
+      IdentityConfig& id = cfg.identity;
+      if (!check_keys(*t, "identity", {"credentials", "user_map", "groups", "realm", "cache_ttl"}) ||
+          !get_path(*t, "identity", "credentials", id.credentials) ||
+          !get_path(*t, "identity", "user_map", id.user_map) ||
+          !get_path(*t, "identity", "groups", id.groups) ||
+          !get_string(*t, "identity", "realm", id.realm) ||
+          !get_duration(*t, "identity", "cache_ttl", id.cache_ttl))
+        return false;
+      // The realm is sent inside a quoted string.
+      bool realm_ok = !id.realm.empty() && std::all_of(id.realm.begin(), id.realm.end(), [](char ch) {
+        return ch >= ' ' && ch < 127 && ch != '"' && ch != '\\';
+      });
+      if (!realm_ok)
+        return fail(t->get("realm")->source(), "identity.realm", "expected printable ASCII without '\"' or '\\'");
     }
     if (bad_section_) return false;
 

@@ -114,6 +114,16 @@ struct ArchiveConfig {
   bool enabled() const { return !dir.empty(); }
 };
 
+// Who the client is (issue 9, docs/identity.md). Files reload on SIGHUP.
+struct IdentityConfig {
+  std::string credentials;  // explicit listeners require Proxy-Authorization: Basic; empty: off
+  std::string user_map;     // client address → user (transparent, static, explicit without credentials)
+  std::string groups;       // user → groups
+  std::string realm = "sightline";  // Proxy-Authenticate: Basic realm="..."
+  milliseconds cache_ttl = std::chrono::minutes(5);  // a verified password is trusted this long
+  bool enabled() const { return !credentials.empty() || !user_map.empty() || !groups.empty(); }
+};
+
 struct Config {
   std::string source;  // config file path, empty when none
 
@@ -179,6 +189,7 @@ struct Config {
   EventsConfig events;
   IcapConfig icap;
   ArchiveConfig archive;
+  IdentityConfig identity;
 };
 
 struct ConfigError {

@@ -6,6 +6,7 @@
 #include "app/server.h"
 #include "core/log.h"
 #include "icap/icap_client.h"
+#include "identity/passwd.h"
 #include "net/address.h"
 #include "policy/policy.h"
 #include "sightline_build.h"
@@ -118,6 +119,7 @@ struct RunFlags {
   std::string icap_reqmod, icap_respmod, icap_fail;
   std::string archive_dir, archive_key, archive_sync;
   bool archive_all = false;
+  std::string credentials, user_map;
 };
 
 int do_run(const RunFlags& f) {
@@ -180,6 +182,8 @@ int do_run(const RunFlags& f) {
   if (!f.archive_key.empty()) cfg->archive.key = f.archive_key;
   if (!f.archive_sync.empty()) cfg->archive.sync = f.archive_sync;
   if (f.archive_all) cfg->archive.all = true;
+  if (!f.credentials.empty()) cfg->identity.credentials = f.credentials;
+  if (!f.user_map.empty()) cfg->identity.user_map = f.user_map;
   if (!app::validate(*cfg, err)) {
     std::cerr << "sightline: " << err.message << "\n";
     return 2;
@@ -244,6 +248,20 @@ int main(int argc, char** argv) {
   run->add_option("--keylog-upstream", rf.keylog_upstream,
                   "append upstream-leg TLS secrets here (NSS key log; diagnostics only)");
 
+  run->add_option("--credentials", rf.credentials,
+                  "explicit listeners require Proxy-Authorization checked against this file (see `passwd`)")
+      ->check(CLI::ExistingFile);
+  run->add_option("--user-map", rf.user_map, "client CIDR to user map for listeners without passwords")
+      ->check(CLI::ExistingFile);
+
+  std::string pw_file, pw_user, pw_scheme = "scrypt";
+  bool pw_stdin = false;
+  auto* passwd = cli.add_subcommand("passwd", "set a user's password in a credentials file (0600, atomic)");
+  passwd->add_option("file", pw_file, "credentials file (created if missing)")->required();
+  passwd->add_option("user", pw_user, "user name")->required();
+  passwd->add_flag("--password-stdin", pw_stdin, "read the password from the first line of stdin");
+  passwd->add_option("--scheme", pw_scheme, "hash scheme")->check(CLI::IsMember({"scrypt", "pbkdf2-sha256"}));
+
   auto* pol = cli.add_subcommand("policy", "check policy files or explain a decision");
   pol->require_subcommand(1);
   std::vector<std::string> check_files;
@@ -277,6 +295,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (check->parsed()) return policy_check(check_files);
+  if (passwd->parsed()) return sightline::identity::passwd_command(pw_file, pw_user, pw_stdin, pw_scheme);
   if (arch->parsed()) return archive_command(af, arch_keygen->parsed());
   if (explain->parsed()) {
     if (explain_files.empty() && !ex_config.empty()) {

@@ -71,6 +71,17 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   return true;
 }
 
+// What the identity files hold (counts only: never a name or a hash).
+void log_identity(const identity::IdentityStore& store, std::string_view event, const char* trigger) {
+  auto dir = store.current();
+  log::Line l(log::Level::info, event);
+  if (trigger) l.str("result", "ok").str("trigger", trigger);
+  if (dir->credentials) l.str("credentials", store.files().credentials).num("users", dir->credentials->size());
+  if (dir->user_map) l.str("user_map", store.files().user_map).num("user_map_entries", dir->user_map->size());
+  if (dir->groups) l.str("groups", store.files().groups).num("group_count", dir->groups->group_count());
+  log::emit(l);
+}
+
 bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]] metrics::ProxyMetrics& m,
                    std::string* error) {
 #if SIGHTLINE_METRICS
@@ -150,6 +161,17 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
                                  {"default", policy::to_string(pol->default_action())}});
   } else {
     log::warn("policy", "no policy files configured: every connection is inspected");
+  }
+  if (cfg.identity.enabled()) {
+    const auto& ic = cfg.identity;
+    ctx.identity = std::make_unique<identity::IdentityStore>(
+        identity::IdentityFiles{ic.credentials, ic.user_map, ic.groups}, ic.realm, ic.cache_ttl);
+    std::vector<std::string> errors;
+    if (!ctx.identity->reload(errors)) {
+      if (error) *error = "identity: " + errors.front();
+      return false;
+    }
+    log_identity(*ctx.identity, "identity_loaded", nullptr);
   }
   ctx.auto_bypass = std::make_unique<policy::AutoBypass>(cfg.auto_bypass_ttl, cfg.auto_bypass_entries,
                                                         cfg.auto_bypass_threshold, cfg.auto_bypass_window);
@@ -254,6 +276,26 @@ void reload_policies(policy::PolicyStore& store, const char* trigger) {
     log::emit(log::Level::error, {{"event", "policy_reload"}, {"result", "error"},
                                   {"trigger", trigger}, {"msg", err.message}});
   }
+}
+
+// Reloads the identity files; each file that fails keeps its previous version.
+void reload_identity(identity::IdentityStore& store, const char* trigger) {
+  std::vector<std::string> errors;
+  bool ok = store.reload(errors);
+  if (g_metrics)
+    g_metrics->registry.inc(g_metrics->registry.main_shard(),
+                            ok ? g_metrics->identity_reload_ok : g_metrics->identity_reload_error);
+  if (ok) log_identity(store, "identity_reload", trigger);
+  for (const auto& e : errors)
+    log::emit(log::Line(log::Level::error, "identity_reload").str("result", "error").str("trigger", trigger).str("msg", e));
+}
+
+// SIGHUP reloads everything that reloads.
+void on_sighup(uv_signal_t* h, int) {
+  auto& ctx = *static_cast<proxy::ProxyContext*>(h->data);
+  if (ctx.policies) reload_policies(*ctx.policies, "SIGHUP");
+  if (ctx.identity) reload_identity(*ctx.identity, "SIGHUP");
+  if (!ctx.policies && !ctx.identity) log::info("reload", "SIGHUP: no policy or identity files configured, nothing to reload");
 }
 
 // Watches the directories of every policy and list file (editors replace
@@ -456,22 +498,13 @@ int run_server(const Config& cfg) {
     }
   }
 
+  // SIGHUP must not kill the process even when nothing reloads.
   core::UvHandle<uv_signal_t> hup;
+  hup.init(uv_signal_init, &main_loop);
+  hup.get()->data = &ctx;
+  uv_signal_start(hup.get(), on_sighup, SIGHUP);
   std::unique_ptr<PolicyWatcher> watcher;
-  if (ctx.policies) {
-    hup.init(uv_signal_init, &main_loop);
-    hup.get()->data = ctx.policies.get();
-    uv_signal_start(hup.get(), [](uv_signal_t* h, int) {
-      reload_policies(*static_cast<policy::PolicyStore*>(h->data), "SIGHUP");
-    }, SIGHUP);
-    watcher = std::make_unique<PolicyWatcher>(&main_loop, *ctx.policies);
-  } else {
-    // Nothing to reload; SIGHUP must still not kill the process.
-    hup.init(uv_signal_init, &main_loop);
-    uv_signal_start(hup.get(), [](uv_signal_t*, int) {
-      log::info("reload", "SIGHUP: no policy files configured, nothing to reload");
-    }, SIGHUP);
-  }
+  if (ctx.policies) watcher = std::make_unique<PolicyWatcher>(&main_loop, *ctx.policies);
 
   for (auto& w : workers) w->start_thread();
   for (const auto& l : cfg.listeners)

@@ -17,6 +17,7 @@ log::Line line(log::Level level, const Exchange& ex) {
   l.num("id", ex.id)
       .num("conn", ex.connection ? ex.connection->id : std::uint64_t{0})
       .str("client", ex.connection ? std::string_view(ex.connection->client) : std::string_view())
+      .str("user", ex.connection ? std::string_view(ex.connection->user) : std::string_view())
       .str("protocol", ex.protocol)
       .num("stream", static_cast<std::uint64_t>(ex.stream))
       .str("method", ex.method)
@@ -29,6 +30,7 @@ log::Line line(log::Level level, const Exchange& ex) {
       .fixed3("response_held_us", micros(t.response_head_in, t.response_head_out))
       .fixed3("duration_ms",
               micros(t.request_head_in, t.end == Clock::time_point{} ? Clock::now() : t.end) / 1e3);
+  if (ex.connection && !ex.connection->groups.empty()) l.json("groups", ex.connection->groups);
   if (!ex.icap_reqmod.empty()) l.str("icap_reqmod", ex.icap_reqmod).fixed3("icap_reqmod_ms", ex.icap_reqmod_ms);
   if (!ex.icap_respmod.empty()) l.str("icap_respmod", ex.icap_respmod).fixed3("icap_respmod_ms", ex.icap_respmod_ms);
   return l;

@@ -46,6 +46,18 @@ class Obj {
     else out_.append(buf, r.ptr);
     return *this;
   }
+  Obj& strs(std::string_view k, const std::vector<std::string>& v) {
+    key(k);
+    out_ += '[';
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (i) out_ += ',';
+      out_ += '"';
+      log::append_json_escaped(out_, v[i]);
+      out_ += '"';
+    }
+    out_ += ']';
+    return *this;
+  }
   Obj& boolean(std::string_view k, bool v) {
     key(k);
     out_ += v ? "true" : "false";
@@ -139,6 +151,7 @@ void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t bo
   Obj o(out);
   o.str("type", "exchange").time("ts", rec.end).num("id", rec.id).num("conn", c.id);
   o.str("client", c.client).str("server", c.server).str("target", c.target).str("sni", c.sni);
+  o.str("user", c.user).strs("groups", c.groups);
   o.str("rule", c.rule).str("client_tls", c.client_tls).str("upstream_tls", c.upstream_tls).str("alpn", c.alpn);
   o.str("protocol", rec.protocol).num("stream", rec.stream);
   o.time("start", rec.start).time("end", rec.end);
@@ -184,6 +197,7 @@ void format_connection(std::string& out, const ConnectionRecord& rec) {
   o.str("type", "connection").str("event", "close").time("ts", rec.ts).num("id", rec.id);
   o.str("client", rec.client).str("server", rec.server).str("target", rec.target).str("sni", rec.sni);
   o.str("action", rec.action).str("rule", rec.rule).str("policy", rec.policy);
+  o.str("user", rec.user).strs("groups", rec.groups);
   o.str("client_tls", tls_text(rec.client_tls)).str("upstream_tls", tls_text(rec.upstream_tls));
   o.str("alpn", rec.client_tls.alpn.empty() ? rec.upstream_tls.alpn : rec.client_tls.alpn);
   o.str("codec", rec.codec).str("upstream_verdict", rec.upstream_verdict).str("upstream_reason", rec.upstream_reason);

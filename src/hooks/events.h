@@ -95,6 +95,8 @@ struct ConnectionRecord {
   std::string action;          // intercept, bypass, splice, http, refuse, reject
   std::string policy;          // "rule 'name' (file:line)" or "default inspect"
   std::string rule;            // the rule's name alone, empty for the default
+  std::string user;            // identity (issue 9); empty: unknown
+  std::vector<std::string> groups;
   TlsDetails client_tls, upstream_tls;
   std::string upstream_verdict, upstream_reason;
   std::string codec;           // h2, http/1.1, opaque, empty

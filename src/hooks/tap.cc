@@ -120,6 +120,10 @@ ConnectionRecord connection_record_from_log(const nlohmann::json& j) {
   r.sni = str("sni");
   r.action = str("action");
   r.policy = str("policy");
+  r.user = str("user");
+  if (auto g = j.find("groups"); g != j.end() && g->is_array())
+    for (const auto& v : *g)
+      if (v.is_string()) r.groups.push_back(v.get<std::string>());
   r.client_tls = tls("client_tls");
   r.upstream_tls = tls("upstream_tls");
   r.upstream_verdict = str("upstream_verdict");

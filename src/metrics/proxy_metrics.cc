@@ -16,6 +16,7 @@ constexpr std::array<std::string_view, idx(StatusClass::count)> kClasses = {
     "1xx", "2xx", "3xx", "4xx", "5xx", "aborted"};
 constexpr std::array<std::string_view, idx(PolicyAction::count)> kPolicy = {"inspect", "bypass",
                                                                               "block"};
+constexpr std::array<std::string_view, idx(AuthResult::count)> kAuth = {"ok", "missing", "invalid", "busy"};
 
 std::string s(std::string_view v) { return std::string(v); }
 
@@ -32,6 +33,8 @@ Verdict verdict(std::string_view v) {
     if (kVerdicts[i] == v) return static_cast<Verdict>(i);
   return Verdict::invalid;
 }
+
+std::string_view to_string(AuthResult r) { return kAuth[idx(r)]; }
 
 StatusClass status_class(int status, bool aborted) {
   if (aborted || status < 100 || status > 599) return StatusClass::aborted;
@@ -109,6 +112,13 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
                                      {{"reason", "plain_http"}});
   archive_backpressure = r.counter("sightline_archive_backpressure_total",
                                    "Archived connections paused because the archive queue was full.");
+  for (std::size_t a = 0; a < kAuth.size(); ++a)
+    proxy_auth[a] = r.counter("sightline_proxy_auth_total",
+                              "Proxy-Authorization checks on explicit listeners, by result.", {{"result", s(kAuth[a])}});
+  identity_reload_ok = r.counter("sightline_identity_reloads_total", "Identity file reloads, by result.",
+                                 {{"result", "ok"}});
+  identity_reload_error = r.counter("sightline_identity_reloads_total", "Identity file reloads, by result.",
+                                    {{"result", "error"}});
   auto_bypass_activations = r.counter("sightline_auto_bypass_activations_total",
                                       "Pinned (client, name) pairs added to the auto-bypass table.");
   r.callback_gauge("sightline_build_info", "Build information.", {{"version", SIGHTLINE_VERSION}},

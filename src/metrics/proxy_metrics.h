@@ -22,6 +22,10 @@ enum class Verdict : std::uint8_t {
 enum class Proto : std::uint8_t { http1, http2, count };
 enum class StatusClass : std::uint8_t { s1xx, s2xx, s3xx, s4xx, s5xx, aborted, count };
 enum class PolicyAction : std::uint8_t { inspect, bypass, block, count };
+// Proxy-Authorization checks (issue 9 identity); busy: too many password
+// hashes in progress, answered 503.
+enum class AuthResult : std::uint8_t { ok, missing, invalid, busy, count };
+std::string_view to_string(AuthResult r);
 
 ConnAction conn_action(std::string_view action);
 Verdict verdict(std::string_view v);
@@ -61,6 +65,10 @@ struct ProxyMetrics {
   // Policy.
   PerValue<PolicyAction, CounterId> policy_decisions;
   CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;
+
+  // Identity (issue 9).
+  PerValue<AuthResult, CounterId> proxy_auth;
+  CounterId identity_reload_ok, identity_reload_error;
 
   // ICAP (issue 8), one entry per configured service in configuration
   // order (add_icap_service at startup); results by icap::Result::Kind

@@ -1,5 +1,6 @@
 #include "policy/policy.h"
 
+#include "core/text_file.h"
 #include "policy/names.h"
 
 #include <toml++/toml.h>
@@ -281,26 +282,6 @@ std::string join(const std::string& prefix, std::string_view key) {
   return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
 }
 
-bool read_whole_file(const std::string& path, std::string& out, std::string& why) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    why = std::generic_category().message(errno);
-    return false;
-  }
-  out.clear();
-  char buf[64 * 1024];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  bool bad = std::ferror(f) != 0;
-  int e = errno;
-  std::fclose(f);
-  if (bad) {
-    why = std::generic_category().message(e);
-    return false;
-  }
-  return true;
-}
-
 // Builds an Impl from one or more TOML documents.
 class Builder {
  public:
@@ -507,22 +488,10 @@ class Builder {
       return true;
     }
     std::string data, why;
-    if (!read_whole_file(path, data, why))
+    if (!core::read_whole_file(path, data, why))
       return fail(at.source(), key, "cannot read " + path + ": " + why);
     std::vector<Pattern> pats;
-    std::string_view rest = data;
-    if (rest.starts_with("\xEF\xBB\xBF")) rest.remove_prefix(3);  // UTF-8 BOM
-    std::size_t lineno = 0;
-    while (!rest.empty()) {
-      ++lineno;
-      auto eol = rest.find('\n');
-      std::string_view line = rest.substr(0, eol);
-      rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
-      if (auto hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
-      while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
-      while (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r'))
-        line.remove_suffix(1);
-      if (line.empty()) continue;
+    bool ok = core::for_each_line(data, [&](std::size_t lineno, std::string_view line) {
       Pattern p;
       if (!detail::parse_pattern(line, p, why)) {
         err_.message = path + ":" + std::to_string(lineno) + ": invalid domain pattern \"" +
@@ -530,7 +499,9 @@ class Builder {
         return false;
       }
       pats.push_back(std::move(p));
-    }
+      return true;
+    });
+    if (!ok) return false;
     impl_->sources.push_back(SourceFile{path, detail::sha256_hex(data), pats.size()});
     out = &lists_.emplace(path, std::move(pats)).first->second;
     return true;
@@ -675,7 +646,7 @@ std::shared_ptr<const Policy> Policy::load(const std::vector<std::string>& files
     for (const auto& f : files) {
       current = f;
       std::string text, why;
-      if (!read_whole_file(f, text, why)) {
+      if (!core::read_whole_file(f, text, why)) {
         err.message = f + ": cannot read policy file: " + why;
         return nullptr;
       }

@@ -12,6 +12,7 @@
 #include "http/h2_relay.h"
 #include "archive/service.h"
 #include "icap/icap_client.h"
+#include "identity/store.h"
 #include "tls/cert_cache.h"
 #include "tls/contexts.h"
 #include "tls/enterprise_ca.h"
@@ -94,6 +95,8 @@ struct ProxyContext {
   // Per-domain decisions; null: inspect everything.
   std::unique_ptr<policy::PolicyStore> policies;
   std::unique_ptr<policy::AutoBypass> auto_bypass;
+  // Users and groups (credentials, user map, groups files); null: no identity.
+  std::unique_ptr<identity::IdentityStore> identity;
   // Null when metrics are off.
   metrics::ProxyMetrics* metrics = nullptr;
   // Every HTTP exchange's events go here (shared by all workers: consumers

@@ -121,7 +121,13 @@ class PlainHttpProxy::RequestHandler final : public http::H1Parser::Handler {
     }
 
     using Icap = PlainHttpSettings::RequestPolicy::Icap;
-    auto policy = p_.settings_.decide ? p_.settings_.decide(*hp) : PlainHttpSettings::RequestPolicy{};
+    const std::string* proxy_auth = head.find("proxy-authorization");
+    auto policy = p_.settings_.decide ? p_.settings_.decide(*hp, proxy_auth ? *proxy_auth : std::string_view())
+                                      : PlainHttpSettings::RequestPolicy{};
+    if (!policy.challenge.empty()) {
+      p_.answer(407, policy.block, true, "Proxy-Authenticate: " + policy.challenge + "\r\n");
+      return;
+    }
     if (!policy.block.empty()) {
       p_.answer(policy.status, policy.block, true);
       return;
@@ -450,7 +456,8 @@ void PlainHttpProxy::maybe_end_client() {
 }
 
 // The proxy's own response; earlier exchanges are abandoned.
-void PlainHttpProxy::answer(int status, const std::string& reason, bool close_after) {
+void PlainHttpProxy::answer(int status, const std::string& reason, bool close_after,
+                            std::string_view extra_headers) {
   if (ending_) return;
   for (auto& st : awaiting_) consumer_.on_abort(st->ex, reason);
   awaiting_.clear();
@@ -459,6 +466,7 @@ void PlainHttpProxy::answer(int status, const std::string& reason, bool close_af
   const char* phrase = status == 400   ? "Bad Request"
                        : status == 403 ? "Forbidden"
                        : status == 503 ? "Service Unavailable"
+                       : status == 407 ? "Proxy Authentication Required"
                        : status == 431 ? "Request Header Fields Too Large"
                        : status == 501 ? "Not Implemented"
                        : status == 504 ? "Gateway Timeout"
@@ -467,7 +475,7 @@ void PlainHttpProxy::answer(int status, const std::string& reason, bool close_af
   std::string body = "sightline: " + reason + "\n";
   std::string resp = "HTTP/1.1 " + std::to_string(status) + " " + phrase +
                      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
-                     std::to_string(body.size()) + "\r\nCache-Control: no-store\r\n" +
+                     std::to_string(body.size()) + "\r\nCache-Control: no-store\r\n" + std::string(extra_headers) +
                      (close_after ? "Connection: close\r\n" : "") + "\r\n" + body;
   io_.set_close_reason(reason);
   io_.send(Side::client, resp);

@@ -38,6 +38,7 @@ struct PlainHttpSettings {
     std::string rule;
     std::optional<std::vector<std::string>> hooks;
     bool archive = false;
+    std::string challenge;  // with `block`: 407 with this Proxy-Authenticate value instead
     // ICAP services apply, but this path cannot hold messages for them
     // (docs/icap.md): `refuse` (a fail-closed service applies: nothing
     // uninspected may pass) answers 403; `skip` relays unadapted and calls
@@ -45,7 +46,9 @@ struct PlainHttpSettings {
     enum class Icap { none, skip, refuse } icap = Icap::none;
     bool icap_reqmod = false, icap_respmod = false;  // which methods apply
   };
-  std::function<RequestPolicy(const net::HostPort& origin)> decide;  // absent: allow all
+  // `proxy_authorization`: the request's header value, empty when absent.
+  std::function<RequestPolicy(const net::HostPort& origin, std::string_view proxy_authorization)>
+      decide;  // absent: allow all
   std::function<void()> on_icap_skip;
 };
 
@@ -74,7 +77,7 @@ class PlainHttpProxy final : public http::Relay, public net::UpstreamConn::Owner
   bool select_upstream(const std::string& host, std::uint16_t port);
   void release_upstream(bool reusable);
   void send_upstream(std::span<const char> data);
-  void answer(int status, const std::string& reason, bool close_after);
+  void answer(int status, const std::string& reason, bool close_after, std::string_view extra_headers = {});
   void finish_exchange();
   void maybe_end_client();
 

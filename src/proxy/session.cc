@@ -15,7 +15,10 @@
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 
+#include <openssl/crypto.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 namespace sightline::proxy {
@@ -54,6 +57,19 @@ const char* certificate_alert(unsigned long err) {
   }
 }
 
+// Password checks queued on libuv's thread pool, process-wide. The pool
+// also resolves names: past this many, clients get 503 instead of a queue
+// that delays everyone's DNS.
+constexpr int kMaxAuthInFlight = 16;
+std::atomic<int> g_auth_in_flight{0};
+
+const std::string* find_header(const std::vector<std::pair<std::string, std::string>>& headers,
+                               std::string_view name) {
+  for (const auto& [n, v] : headers)
+    if (http::iequals(n, name)) return &v;
+  return nullptr;
+}
+
 // Wire encoding of an ALPN list.
 std::string encode_alpn(const std::vector<std::string>& protos) {
   std::string out;
@@ -78,6 +94,19 @@ struct Session::WriteReq {
 struct Session::ResolveReq {
   uv_getaddrinfo_t req{};
   std::shared_ptr<Session> session;
+};
+
+// A password check on the thread pool. Holds the session (like ResolveReq)
+// and the identity snapshot whose hash it reads.
+struct Session::AuthReq {
+  uv_work_t req{};
+  std::shared_ptr<Session> session;
+  std::shared_ptr<const identity::Directory> directory;
+  const identity::PasswordHash* hash = nullptr;  // in `directory`, or the dummy
+  identity::BasicCredentials credentials;
+  std::string user;  // as in the credentials file; empty: unknown user
+  identity::AuthCache::Key key{};
+  bool ok = false;
 };
 
 Session::Session(SessionHost& host, const ProxyContext& ctx, std::uint64_t id, unsigned worker)
@@ -174,6 +203,7 @@ void Session::on_proxy_header_data(const char* data, std::size_t n) {
 
 void Session::after_proxy_header() {
   const ListenerInfo& listener = listener_;
+  identify_by_address();
   if (listener.kind == ListenerKind::redirect || listener.kind == ListenerKind::tproxy) {
     begin_transparent();
     return;
@@ -295,6 +325,23 @@ bool looks_like_plain_http(std::string_view s) {
 void Session::on_request_data(const char* data, std::size_t n) {
   inbuf_.append(data, n);
   if (looks_like_plain_http(inbuf_)) {
+    if (!requires_password()) {
+      start_plain_http();
+      return;
+    }
+    // The first request's credentials are checked here, off the loop if
+    // they are not cached; later requests must repeat the same ones
+    // (plain_request_policy). A head this parser refuses goes to the
+    // plain-HTTP parser, which answers it (and refuses it unauthenticated).
+    net::ProxyRequest head;
+    auto res = net::parse_proxy_request(inbuf_, ctx_.settings.max_request_head, head);
+    if (res.status == net::ParseStatus::need_more) return;
+    if (res.status == net::ParseStatus::error && res.http_status == 405) {
+      stop_reading(client_);
+      const std::string* value = find_header(head.headers, "proxy-authorization");
+      authenticate(value ? std::string_view(*value) : std::string_view(), true);
+      return;
+    }
     start_plain_http();
     return;
   }
@@ -312,6 +359,15 @@ void Session::on_request_data(const char* data, std::size_t n) {
   // Bytes sent after the head (a client that does not wait for "200") are
   // the start of its TLS stream.
   inbuf_.erase(0, request_.head_bytes);
+  if (requires_password()) {
+    const std::string* value = find_header(request_.headers, "proxy-authorization");
+    authenticate(value ? std::string_view(*value) : std::string_view(), false);
+    return;
+  }
+  after_request_head();
+}
+
+void Session::after_request_head() {
   // A destination blocked by name, port or address is refused before any
   // connection is made; the ClientHello's SNI is checked again later.
   if (auto d = decide(false); d.action == policy::Action::block) {
@@ -333,17 +389,15 @@ bool Session::start_plain_http() {
   state_ = State::relaying;
   set_action("http");
   codec_ = "http/1.1";
-  auto info = std::make_shared<exchange::ConnectionInfo>();
-  info->id = id_;
-  info->worker = worker_;
-  info->client = client_addr_;
-  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
+  auto info = connection_info();
   PlainHttpSettings ps;
   ps.limits = ctx_.settings.h1;
   ps.connect_timeout = ctx_.settings.connect_timeout;
   ps.high_watermark = ctx_.settings.relay_high_watermark;
   ps.via = ctx_.settings.via;
-  ps.decide = [this](const net::HostPort& origin) { return plain_request_policy(origin); };
+  ps.decide = [this](const net::HostPort& origin, std::string_view proxy_authorization) {
+    return plain_request_policy(origin, proxy_authorization);
+  };
   if (metrics::ProxyMetrics* m = ctx_.metrics) {
     unsigned shard = worker_;
     ps.on_icap_skip = [m, shard] { m->registry.inc(shard, m->icap_bypass_plain_http); };
@@ -574,6 +628,8 @@ policy::Decision Session::decide(bool with_sni) {
     q.dst_ip = policy::IpAddress::parse(host);
   }
   q.client_ip = policy::IpAddress::parse(client_ip_);
+  q.user = user_;
+  q.groups = groups_;
   policy::Decision d = policy_->decide(q);
   policy_rule_ = describe(d);
   rule_ = d.rule;
@@ -594,8 +650,27 @@ policy::Decision Session::decide(bool with_sni) {
 
 // Plain HTTP through the explicit proxy: each request names its origin, so
 // the policy decides per request (the connection log shows the last one).
-PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPort& origin) {
+PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPort& origin,
+                                                                std::string_view proxy_authorization) {
   PlainHttpSettings::RequestPolicy p;
+  if (requires_password()) {
+    // Every request repeats the credentials the connection authenticated
+    // with; anything else is challenged and the connection closed, so the
+    // client's retry is checked anew on a fresh connection.
+    bool same = auth_ == metrics::AuthResult::ok && !proxy_authorization.empty() &&
+                CRYPTO_memcmp(identity::AuthCache::digest(proxy_authorization).data(), auth_digest_.data(),
+                              auth_digest_.size()) == 0;
+    if (!same) {
+      auto why = proxy_authorization.empty() ? metrics::AuthResult::missing : metrics::AuthResult::invalid;
+      auth_ = why;
+      count_auth(why);
+      http_status_ = 407;
+      p.challenge = challenge_header();
+      p.block = proxy_authorization.empty() ? "proxy authentication required"
+                                            : "proxy credentials differ from the connection's";
+      return p;
+    }
+  }
   request_.authority = origin;
   policy::Decision d = decide(false);
   if (d.action == policy::Action::block) {
@@ -621,6 +696,146 @@ PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPo
   p.icap_reqmod = icap.reqmod;
   p.icap_respmod = icap.respmod;
   return p;
+}
+
+// What every exchange of this connection shares; callers add what they know.
+std::shared_ptr<exchange::ConnectionInfo> Session::connection_info() const {
+  auto info = std::make_shared<exchange::ConnectionInfo>();
+  info->id = id_;
+  info->worker = worker_;
+  info->client = client_addr_;
+  info->user = user_;
+  info->groups = groups_;
+  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
+  return info;
+}
+
+// ---------------------------------------------------------------------------
+// Identity
+
+// Explicit listeners ask for a password when a credentials file is
+// configured; the others cannot (nobody speaks HTTP to them).
+bool Session::requires_password() const {
+  return ctx_.identity && ctx_.identity->requires_password() && listener_.kind == ListenerKind::explicit_proxy &&
+         !listener_.static_target;
+}
+
+void Session::identify_by_address() {
+  if (!ctx_.identity || requires_password()) return;
+  directory_ = ctx_.identity->current();
+  if (!directory_ || !directory_->user_map) return;
+  if (auto ip = policy::IpAddress::parse(client_ip_))
+    if (auto user = directory_->user_map->lookup(*ip); !user.empty()) set_user(std::string(user));
+}
+
+void Session::set_user(std::string user) {
+  user_ = std::move(user);
+  groups_ = directory_ ? directory_->groups_of(user_) : std::vector<std::string>{};
+}
+
+void Session::count_auth(metrics::AuthResult r) {
+  if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->proxy_auth[metrics::idx(r)]);
+}
+
+std::string Session::challenge_header() const {
+  return "Basic realm=\"" + ctx_.identity->realm() + "\", charset=\"UTF-8\"";
+}
+
+// Checks `Proxy-Authorization` (a cached outcome at once, otherwise a hash
+// on the thread pool), then goes on with the request or answers 407.
+void Session::authenticate(std::string_view value, bool plain) {
+  auth_plain_ = plain;
+  directory_ = ctx_.identity->current();
+  if (value.empty()) {
+    challenge(metrics::AuthResult::missing, "proxy authentication required");
+    return;
+  }
+  auto basic = identity::parse_basic(value);
+  if (!basic) {
+    challenge(metrics::AuthResult::invalid, "proxy authentication: not Basic user:password");
+    return;
+  }
+  auth_digest_ = identity::AuthCache::digest(value);
+  const auto* entry = directory_->credentials ? directory_->credentials->find(basic->user) : nullptr;
+  auto& cache = ctx_.identity->cache();
+  auto key = identity::AuthCache::key(basic->user, basic->password, entry ? entry->hash.text : "");
+  switch (cache.find(key)) {
+    case identity::AuthCache::Result::ok:
+      on_authenticated(true, entry->user);
+      return;
+    case identity::AuthCache::Result::invalid:
+      on_authenticated(false, basic->user);
+      return;
+    case identity::AuthCache::Result::unknown:
+      break;
+  }
+  if (g_auth_in_flight.fetch_add(1, std::memory_order_relaxed) >= kMaxAuthInFlight) {
+    g_auth_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    auth_ = metrics::AuthResult::busy;
+    count_auth(*auth_);
+    respond_error(503, "Service Unavailable", "sightline: too many password checks in progress, retry\n",
+                  "proxy authentication busy");
+    return;
+  }
+  auto req = std::make_unique<AuthReq>();
+  req->req.data = req.get();
+  req->session = shared_from_this();
+  req->directory = directory_;
+  req->hash = entry ? &entry->hash : &identity::PasswordHash::dummy();
+  req->user = entry ? entry->user : std::string();
+  req->credentials = std::move(*basic);
+  req->key = key;
+  state_ = State::authenticating;
+  int rc = uv_queue_work(
+      host_.loop(), &req->req,
+      [](uv_work_t* w) {  // thread pool: the slow part
+        auto* r = static_cast<AuthReq*>(w->data);
+        r->ok = r->hash->verify(r->credentials.password) && !r->user.empty();
+      },
+      [](uv_work_t* w, int status) {
+        std::unique_ptr<AuthReq> owned(static_cast<AuthReq*>(w->data));
+        g_auth_in_flight.fetch_sub(1, std::memory_order_relaxed);
+        Session& self = *owned->session;
+        if (status != 0) {
+          self.close("password check cancelled");
+          return;
+        }
+        self.ctx_.identity->cache().put(owned->key, owned->ok);
+        if (self.state_ != State::authenticating) return;  // closed or timed out meanwhile
+        self.on_authenticated(owned->ok, owned->ok ? owned->user : owned->credentials.user);
+      });
+  if (rc != 0) {
+    g_auth_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    close(std::string("password check not queued: ") + uv_strerror(rc));
+    return;
+  }
+  (void)req.release();  // owned by the callback from here on
+}
+
+void Session::on_authenticated(bool ok, std::string user) {
+  if (!ok) {
+    // The name tried is logged (it tells an attack from a typo); never the password.
+    challenge(metrics::AuthResult::invalid, "proxy authentication failed for user \"" + user + "\"");
+    return;
+  }
+  auth_ = metrics::AuthResult::ok;
+  count_auth(*auth_);
+  set_user(std::move(user));
+  if (auth_plain_) {
+    start_plain_http();
+    return;
+  }
+  state_ = State::reading_request;
+  after_request_head();
+}
+
+// 407, and the connection closes: the client retries on a new one with
+// credentials (what curl and browsers do).
+void Session::challenge(metrics::AuthResult why, std::string reason) {
+  auth_ = why;
+  count_auth(why);
+  respond_error(407, "Proxy Authentication Required", "sightline: " + reason + "\n", reason,
+                "Proxy-Authenticate: " + challenge_header() + "\r\n");
 }
 
 std::string Session::describe(const policy::Decision& d) const {
@@ -1104,13 +1319,9 @@ void Session::resume_reading() {
 // default over TLS) gets the strict parser; anything else is relayed as is.
 // Plain HTTP on a transparent listener: the HTTP/1.1 codec on plain legs.
 std::unique_ptr<Relay> Session::make_plain_h1_relay() {
-  auto info = std::make_shared<exchange::ConnectionInfo>();
-  info->id = id_;
-  info->worker = worker_;
-  info->client = client_addr_;
+  auto info = connection_info();
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
-  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
   set_archive_info(*info);
   return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1,
                                          std::nullopt, icap_options());
@@ -1156,10 +1367,7 @@ http::IcapOptions Session::icap_options() {
 }
 
 std::unique_ptr<Relay> Session::make_relay() {
-  auto info = std::make_shared<exchange::ConnectionInfo>();
-  info->id = id_;
-  info->worker = worker_;
-  info->client = client_addr_;
+  auto info = connection_info();
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
   info->sni = hello_.sni;
@@ -1169,7 +1377,6 @@ std::unique_ptr<Relay> Session::make_relay() {
     info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
                          SSL_get_cipher_name(upstream_.ssl.get());
   info->alpn = upstream_alpn_;
-  if (rule_) { info->rule = rule_->name; info->hooks = rule_->options.hooks; }  // hook selection
   set_archive_info(*info);
   if (upstream_alpn_ == "h2") {
     codec_ = "h2";
@@ -1576,7 +1783,8 @@ void Session::shutdown_write(Leg& leg) {
   if (rc != 0) leg.shutdown_done = true;
 }
 
-void Session::respond_error(int status, const char* phrase, std::string body, std::string reason) {
+void Session::respond_error(int status, const char* phrase, std::string body, std::string reason,
+                            std::string_view extra_headers) {
   if (static_) {  // nobody asked in HTTP: the client only sees the close
     close(std::move(reason));
     return;
@@ -1588,6 +1796,7 @@ void Session::respond_error(int status, const char* phrase, std::string body, st
                      std::to_string(body.size()) +
                      "\r\nCache-Control: no-store\r\nConnection: close\r\n";
   if (status == 405) resp += "Allow: CONNECT\r\n";
+  resp += extra_headers;
   resp += "\r\n" + body;
   send_raw(client_, resp.data(), resp.size());
   // FIN after the response so the client reads it in full before the close.
@@ -1610,6 +1819,9 @@ void Session::on_timer() {
       return;
     case State::reading_request:
       close("timed out waiting for the request head");
+      return;
+    case State::authenticating:
+      close("timed out checking the proxy credentials");
       return;
     case State::connecting: {
       std::string why = "connect to " + request_.authority.to_string() + " timed out after " +
@@ -1752,6 +1964,9 @@ void Session::log_connection() {
       {"total_ms", ms_between(t_accept_, uv_hrtime())},
       {"close_reason", close_reason_},
   };
+  if (!user_.empty()) j["user"] = user_;
+  if (!groups_.empty()) j["groups"] = groups_;
+  if (auth_) j["auth"] = metrics::to_string(*auth_);
   if (!cache_result_.empty()) j["cert_cache"] = cache_result_;
   if (!codec_.empty()) j["codec"] = codec_;
   if (http_status_ != 0) j["status"] = http_status_;

@@ -11,6 +11,8 @@
 #include "proxy/plain_http.h"
 #include "http/h1_relay.h"
 #include "http/relay.h"
+#include "identity/store.h"
+#include "metrics/proxy_metrics.h"
 #include "tls/client_hello.h"
 #include "tls/contexts.h"
 #include "tls/ossl.h"
@@ -64,6 +66,7 @@ class Session final : public tls::ClientHandshakeHandler,
   enum class State {
     reading_proxy_header,
     reading_request,
+    authenticating,  // a password hash is being checked off the loop
     connecting,  // resolving and connecting
     peeking_hello,
     upstream_handshake,
@@ -92,9 +95,11 @@ class Session final : public tls::ClientHandshakeHandler,
 
   struct WriteReq;
   struct ResolveReq;
+  struct AuthReq;
 
   // Phases.
   void on_request_data(const char* data, std::size_t n);
+  void after_request_head();
   void on_proxy_header_data(const char* data, std::size_t n);
   void after_proxy_header();
   void begin_transparent();
@@ -108,7 +113,19 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_hello_data(const char* data, std::size_t n);
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
-  PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin);
+  PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin,
+                                                       std::string_view proxy_authorization);
+  std::shared_ptr<exchange::ConnectionInfo> connection_info() const;
+
+  // Identity (docs/identity.md).
+  bool requires_password() const;
+  void identify_by_address();
+  void set_user(std::string user);
+  void authenticate(std::string_view proxy_authorization, bool plain);
+  void on_authenticated(bool ok, std::string user);
+  void challenge(metrics::AuthResult why, std::string reason);
+  void count_auth(metrics::AuthResult r);
+  std::string challenge_header() const;
   bool archive_selected() const;
   std::optional<std::string> archive_refusal() const;
   bool archive_allows_more();
@@ -148,7 +165,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void stop_reading(Leg& leg);
   void flush(Leg& leg);
   void send_raw(Leg& leg, const char* data, std::size_t n);
-  void respond_error(int status, const char* phrase, std::string body, std::string reason);
+  void respond_error(int status, const char* phrase, std::string body, std::string reason,
+                     std::string_view extra_headers = {});
   void shutdown_write(Leg& leg);
 
   // Timers and teardown.
@@ -238,6 +256,14 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string codec_;  // "http/1.1", "h2", "opaque" once relaying
   std::string action_ = "none";  // until a decision is made
   int http_status_ = 0;
+
+  // Identity: the files' snapshot taken when the client was identified.
+  std::shared_ptr<const identity::Directory> directory_;
+  std::string user_;                  // empty: unknown
+  std::vector<std::string> groups_;
+  std::optional<metrics::AuthResult> auth_;  // Proxy-Authorization checked: the (last) outcome
+  identity::AuthCache::Key auth_digest_{};   // SHA-256 of the header value that authenticated
+  bool auth_plain_ = false;                  // the check in progress is for a plain-HTTP request
 };
 
 }  // namespace sightline::proxy

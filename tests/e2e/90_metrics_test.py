@@ -29,7 +29,6 @@ dashboard, SIGHUP policy reload and SIGTERM drain.
 """
 
 import http.client
-import http.server
 import json
 import math
 import os
@@ -38,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -199,35 +197,6 @@ def file_size(path):
         return 0
 
 
-class PlainOrigin:
-    """A plain-HTTP/1.1 origin on 127.0.0.1 answering every GET with PLAIN_BODY."""
-
-    def __init__(self):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(PLAIN_BODY)))
-                self.end_headers()
-                self.wfile.write(PLAIN_BODY)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        h._register(self)
-
-    def kill(self):
-        h._unregister(self)
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def slow_download(t, proxy, pki, port, out, rate, name):
     return h.Background(t, ["curl", "--silent", "--show-error", "--max-time", "90", "--http1.1",
                             "--proxy", "http://127.0.0.1:%d" % proxy.port, "--cacert", pki.root,
@@ -319,7 +288,7 @@ def main(t):
     certs = ["valid-ec"] + [c for c, _ in INVALID]
     origin = t.start_nginx(pki, certs=certs, big=True)
     one_k = open(origin.files["/1k"], "rb").read()
-    plain = PlainOrigin()
+    plain = h.PlainOrigin(PLAIN_BODY)
     pol_dir = os.path.join(t.dir, "policy")
     os.makedirs(pol_dir)
     pol_file = os.path.join(pol_dir, "metrics.toml")

@@ -410,9 +410,12 @@ class _SinkHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class UploadSink:
-    def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SinkHandler)
+class _LocalHttpServer:
+    """An http.server on 127.0.0.1 (a free port) serving from a thread,
+    stopped with every other process the harness started."""
+
+    def __init__(self, handler):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -423,6 +426,35 @@ class UploadSink:
         _unregister(self)
         self.server.shutdown()
         self.server.server_close()
+
+
+class UploadSink(_LocalHttpServer):
+    def __init__(self):
+        super().__init__(_SinkHandler)
+
+
+class PlainOrigin(_LocalHttpServer):
+    """A plain-HTTP/1.1 origin on 127.0.0.1 answering every GET with `body`;
+    `seen` holds each request's headers ({lower-case name: value})."""
+
+    def __init__(self, body):
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        super().__init__(Handler)
 
 
 # --------------------------------------------------------------------------

@@ -72,6 +72,9 @@ TEST_CASE("errors name file, line and key") {
            Case{"[[listener]]\naddress = \"127.0.0.1:80\"\nmode = \"magic\"\n", "key 'listener.mode'"},
            Case{"ca = 5\n", "key 'ca': expected a table"},
            Case{"[client\n", "test.toml:1:"},
+           Case{"[identity]\nrealm = \"a\\\"b\"\n", "key 'identity.realm': expected printable ASCII"},
+           Case{"[identity]\ncache_ttl = \"0s\"\n", "key 'identity.cache_ttl': expected a positive duration"},
+           Case{"[identity]\npassword_file = \"x\"\n", "key 'identity.password_file': unknown key"},
        }) {
     CAPTURE(c.text);
     ConfigError err;
@@ -91,6 +94,24 @@ TEST_CASE("validation and listen overrides") {
   CHECK(cfg.listeners.size() == 3);
   CHECK(cfg.listeners[2].mode == ListenerMode::redirect);
   CHECK_FALSE(set_listen_addresses(cfg, {"example.com:1"}, {}, {}, err));
+}
+
+TEST_CASE("[identity] section") {
+  ConfigError err;
+  auto def = parse("", err);
+  REQUIRE_MESSAGE(def, err.message);
+  CHECK_FALSE(def->identity.enabled());
+  CHECK(def->identity.realm == "sightline");
+  CHECK(def->identity.cache_ttl == std::chrono::minutes(5));
+  auto cfg = parse("[identity]\ncredentials = \"users\"\nuser_map = \"/srv/map\"\ngroups = \"g/groups\"\n"
+                   "realm = \"Bank proxy\"\ncache_ttl = \"10m\"\n", err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  CHECK(cfg->identity.enabled());
+  CHECK(cfg->identity.credentials == "/etc/sightline/users");  // relative to the config file
+  CHECK(cfg->identity.user_map == "/srv/map");
+  CHECK(cfg->identity.groups == "/etc/sightline/g/groups");
+  CHECK(cfg->identity.realm == "Bank proxy");
+  CHECK(cfg->identity.cache_ttl == std::chrono::minutes(10));
 }
 
 TEST_CASE("[policy] auto-bypass threshold and window") {

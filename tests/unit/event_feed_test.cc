@@ -154,6 +154,20 @@ TEST_CASE("exchange record JSON: escaping, base64 bodies, truncation flags") {
   CHECK(j["client"] == "127.0.0.1:5000");
   CHECK(j["sni"] == "example.com");
   CHECK(j["rule"] == "debug");
+  CHECK(j["user"] == "");  // unknown
+  CHECK(j["groups"] == json::array());
+  {
+    ExchangeRecord named = r;
+    auto c = std::make_shared<sightline::exchange::ConnectionInfo>(*r.connection);
+    c->user = "bob";
+    c->groups = {"g1", "g2"};
+    named.connection = c;
+    std::string l2;
+    format_exchange(l2, named, 0);
+    json n = parse_line(l2);
+    CHECK(n["user"] == "bob");
+    CHECK(n["groups"] == json{"g1", "g2"});
+  }
   CHECK(j["start"] == "2023-11-14T22:13:20.123456Z");
   CHECK(j["end"] == "2023-11-14T22:13:20.128456Z");
   CHECK(j["ts"] == j["end"]);
@@ -234,7 +248,9 @@ TEST_CASE("connection record from the connection log line, and its JSON") {
               {"total_ms", 20.25},
               {"close_reason", "closed \"cleanly\""},
               {"codec", "h2"},
-              {"policy", "rule 'debug' (p.toml:1)"}};
+              {"policy", "rule 'debug' (p.toml:1)"},
+              {"user", "alice"},
+              {"groups", {"supervised", "tr\"aders"}}};
   ConnectionRecord rec = connection_record_from_log(log);
   rec.rule = "debug";
   std::string line;
@@ -247,6 +263,8 @@ TEST_CASE("connection record from the connection log line, and its JSON") {
   CHECK(j["action"] == "intercept");
   CHECK(j["rule"] == "debug");
   CHECK(j["policy"] == "rule 'debug' (p.toml:1)");
+  CHECK(j["user"] == "alice");
+  CHECK(j["groups"] == json{"supervised", "tr\"aders"});
   CHECK(j["client_tls"] == "TLSv1.3 TLS_AES_256_GCM_SHA384");
   CHECK(j["upstream_tls"] == "");
   CHECK(j["alpn"] == "h2");
