@@ -1,6 +1,13 @@
 #include "archive/format.h"
 
+#include "hooks/pcap.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 
 namespace sightline::archive {
@@ -145,6 +152,37 @@ std::optional<std::string> read_text_file(const std::string& path) {
   auto f = MappedFile::open(path, nullptr);
   if (!f) return std::nullopt;
   return std::string(f->bytes());
+}
+
+std::string errno_text(std::string_view what, const std::string& path, int err) {
+  return std::string(what) + " " + path + ": " + std::strerror(err);
+}
+
+bool fsync_dir(const std::string& dir) {
+  hooks::pcap::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  return fd && ::fsync(fd.get()) == 0;
+}
+
+std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return errno_text("write", path, n < 0 ? errno : ENOSPC);
+    done += static_cast<std::size_t>(n);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> write_file_durably(const std::string& path, std::string_view text, unsigned mode) {
+  std::string tmp = path + ".tmp";
+  ::unlink(tmp.c_str());
+  hooks::pcap::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode)));
+  if (!fd) return errno_text("create", tmp, errno);
+  if (auto e = write_all_at(fd.get(), text, 0, tmp)) return e;
+  if (::fsync(fd.get()) != 0) return errno_text("fsync", tmp, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return errno_text("rename", tmp, errno);
+  return std::nullopt;
 }
 
 RecordInfo inspect_record(const Member& m) {

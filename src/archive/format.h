@@ -65,6 +65,14 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);
 // A small file's whole text (manifest, signature); nullopt if unreadable.
 std::optional<std::string> read_text_file(const std::string& path);
 
+// --- durable file output (the writer, the index, exports, holds, tombstones) ---
+std::string errno_text(std::string_view what, const std::string& path, int err);  // "what path: strerror"
+bool fsync_dir(const std::string& dir);
+std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path);
+// Temporary name (path + ".tmp"), fsync, rename: a reader sees the whole file
+// or none. nullopt: written; otherwise the error text.
+std::optional<std::string> write_file_durably(const std::string& path, std::string_view text, unsigned mode = 0440);
+
 // One member of a segment, checked on its own (no chain walk).
 struct RecordInfo {
   std::uint64_t offset = 0;
