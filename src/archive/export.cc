@@ -13,13 +13,8 @@ namespace sightline::archive {
 
 namespace {
 
-std::string hex_chain(const Digest& d) { return "sha256:" + to_hex(d); }
-
 std::optional<Digest> chain_value(const nlohmann::json& v) {
-  if (!v.is_string()) return std::nullopt;
-  std::string s = v.get<std::string>();
-  if (!s.starts_with("sha256:")) return std::nullopt;
-  return digest_from_hex(std::string_view(s).substr(7));
+  return v.is_string() ? parse_sha256_field(v.get<std::string>()) : std::nullopt;
 }
 
 // The export's own warcinfo: outside every writer's chain, so seq 0 and a
@@ -79,9 +74,9 @@ std::string export_manifest_json(const ExportManifest& m) {
                        {"type", r.type},
                        {"source", e.source.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(e.source)},
                        {"seq", r.seq},
-                       {"digest", hex_chain(r.digest)},
-                       {"chain_prev", hex_chain(e.chain_prev)},
-                       {"chain", hex_chain(r.chain)}});
+                       {"digest", sha256_field(r.digest)},
+                       {"chain_prev", sha256_field(e.chain_prev)},
+                       {"chain", sha256_field(r.chain)}});
   }
   nlohmann::ordered_json j = {{"format", kExportFormat},
                               {"kind", "export"},
@@ -183,8 +178,8 @@ std::optional<ExportResult> export_archive(const ExportOptions& opts, std::strin
     const Manifest& sealed = *ex->manifest;
     if (!sources.count(hit.file)) {
       auto text = read_text_file(opts.dir + "/" + hit.file + std::string(kManifestSuffix));
-      sources[hit.file] = {hit.file, text ? to_hex(sha256(*text)) : std::string(), hex_chain(sealed.chain_start),
-                           hex_chain(sealed.chain_head), sealed.sealed};
+      sources[hit.file] = {hit.file, text ? to_hex(sha256(*text)) : std::string(), sha256_field(sealed.chain_start),
+                           sha256_field(sealed.chain_head), sealed.sealed};
       result.sources.push_back(hit.file);
     }
     for (const ReadRecord& rr : ex->records) {

@@ -14,6 +14,12 @@ namespace sightline::archive {
 
 namespace {
 
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+}  // namespace
+
 std::optional<std::uint64_t> parse_u64(std::string_view s) {
   std::uint64_t v = 0;
   auto r = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -21,11 +27,12 @@ std::optional<std::uint64_t> parse_u64(std::string_view s) {
   return v;
 }
 
-bool all_digits(std::string_view s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
-}
+std::string sha256_field(const Digest& d) { return "sha256:" + to_hex(d); }
 
-}  // namespace
+std::optional<Digest> parse_sha256_field(std::string_view text) {
+  if (!text.starts_with("sha256:")) return std::nullopt;
+  return digest_from_hex(text.substr(7));
+}
 
 bool valid_writer_id(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
@@ -77,8 +84,8 @@ std::string manifest_json(const Manifest& m) {
                        {"length", r.length},
                        {"id", r.id},
                        {"type", r.type},
-                       {"digest", "sha256:" + to_hex(r.digest)},
-                       {"chain", "sha256:" + to_hex(r.chain)}});
+                       {"digest", sha256_field(r.digest)},
+                       {"chain", sha256_field(r.chain)}});
   }
   nlohmann::ordered_json j = {
       {"format", "sightline-archive-manifest/1"},
@@ -88,8 +95,8 @@ std::string manifest_json(const Manifest& m) {
       {"writer", m.writer},
       {"segment_seq", m.segment_seq},
       {"previous_segment", m.previous_segment.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(m.previous_segment)},
-      {"chain_start", "sha256:" + to_hex(m.chain_start)},
-      {"chain_head", "sha256:" + to_hex(m.chain_head)},
+      {"chain_start", sha256_field(m.chain_start)},
+      {"chain_head", sha256_field(m.chain_head)},
       {"created", m.created},
       {"sealed", m.sealed},
       {"key_fingerprint", m.key_fingerprint},
@@ -107,9 +114,7 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
   if (j.is_discarded() || !j.is_object()) return fail("manifest is not JSON");
   auto digest = [](const nlohmann::json& v) -> std::optional<Digest> {
     if (!v.is_string()) return std::nullopt;
-    std::string s = v.get<std::string>();
-    if (!s.starts_with("sha256:")) return std::nullopt;
-    return digest_from_hex(std::string_view(s).substr(7));
+    return parse_sha256_field(v.get<std::string>());
   };
   try {
     if (j.at("format") != "sightline-archive-manifest/1") return fail("unknown manifest format");
@@ -200,8 +205,7 @@ RecordInfo inspect_record(const Member& m) {
   if (const auto* v = field("WARC-Record-ID")) info.id = *v;
   if (const auto* v = field("WARC-Type")) info.type = *v;
   if (const auto* v = field(kSeqHeader)) info.seq = parse_u64(*v);
-  if (const auto* v = field(kChainHeader); v && v->starts_with("sha256:"))
-    info.chain = digest_from_hex(std::string_view(*v).substr(7));
+  if (const auto* v = field(kChainHeader)) info.chain = parse_sha256_field(*v);
   const auto* block_digest = field("WARC-Block-Digest");
   if (!block_digest || *block_digest != warc_digest(rec->block)) {
     info.problem = "WARC-Block-Digest does not match the block";

@@ -58,6 +58,13 @@ struct Manifest {
   std::string key_fingerprint;
 };
 
+// "sha256:<hex>", how manifests, tombstones and exports write chain values
+// and record digests, and back.
+std::string sha256_field(const Digest& d);
+std::optional<Digest> parse_sha256_field(std::string_view text);
+// A whole decimal number, nothing else.
+std::optional<std::uint64_t> parse_u64(std::string_view s);
+
 // The exact bytes that are signed (pretty JSON, one trailing newline).
 std::string manifest_json(const Manifest& m);
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);

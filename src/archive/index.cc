@@ -5,7 +5,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <charconv>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -52,13 +51,6 @@ std::string json_text(const nlohmann::json& j, const char* key) {
   return {};
 }
 
-std::optional<std::int64_t> digits(std::string_view s) {
-  std::int64_t v = 0;
-  auto r = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size()) return std::nullopt;
-  return v;
-}
-
 std::int64_t entry_time(const IndexEntry& e) { return parse_time(e.time).value_or(0); }
 
 }  // namespace
@@ -79,7 +71,7 @@ SegmentIndex build_index(std::string_view segment, std::string_view bytes) {
     };
     std::string type = field("WARC-Type");
     IndexedRecord where{type, field("WARC-Record-ID"), 0, m.offset, m.compressed_length};
-    where.seq = static_cast<std::uint64_t>(digits(field(kSeqHeader)).value_or(0));
+    where.seq = parse_u64(field(kSeqHeader)).value_or(0);
     if (type == "request") {
       IndexEntry e;
       e.id = where.id;
@@ -100,7 +92,7 @@ SegmentIndex build_index(std::string_view segment, std::string_view bytes) {
       std::string_view line = first_line(rec->block);
       std::size_t sp = line.find(' ');
       if (sp != std::string_view::npos) {
-        auto code = digits(line.substr(sp + 1, 3));
+        auto code = parse_u64(line.substr(sp + 1, 3));
         if (code) e.status = static_cast<int>(*code);
       }
     } else if (type == "metadata") {
@@ -251,8 +243,8 @@ std::optional<std::vector<std::string>> segment_files(const std::string& dir, st
 std::optional<std::int64_t> parse_time(std::string_view t, bool end_of_day) {
   auto num = [&](std::size_t at, std::size_t len) -> std::optional<int> {
     if (at + len > t.size()) return std::nullopt;
-    auto v = digits(t.substr(at, len));
-    if (!v || t.substr(at, len).find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
+    auto v = parse_u64(t.substr(at, len));
+    if (!v) return std::nullopt;
     return static_cast<int>(*v);
   };
   auto y = num(0, 4), mo = num(5, 2), d = num(8, 2);
@@ -280,15 +272,15 @@ std::optional<std::int64_t> parse_time(std::string_view t, bool end_of_day) {
     if (pos == start) return std::nullopt;
     std::string frac(t.substr(start, std::min<std::size_t>(pos - start, 6)));
     frac.resize(6, '0');
-    micros = *digits(frac);
+    micros = static_cast<std::int64_t>(*parse_u64(frac));
   }
   std::int64_t offset = 0;
   std::string_view zone = t.substr(pos);
   if (zone == "Z" || zone == "z") {
   } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') && zone[3] == ':') {
-    auto oh = digits(zone.substr(1, 2)), om = digits(zone.substr(4, 2));
+    auto oh = parse_u64(zone.substr(1, 2)), om = parse_u64(zone.substr(4, 2));
     if (!oh || !om) return std::nullopt;
-    offset = (*oh * 3600 + *om * 60) * (zone[0] == '+' ? 1 : -1);
+    offset = static_cast<std::int64_t>(*oh * 3600 + *om * 60) * (zone[0] == '+' ? 1 : -1);
   } else {
     return std::nullopt;
   }

@@ -26,8 +26,6 @@ constexpr std::string_view kPrunedNext = "pruned.json.next";
 
 std::string path_in(const std::string& dir, std::string_view name) { return dir + "/" + std::string(name); }
 
-std::string hex_chain(const Digest& d) { return "sha256:" + to_hex(d); }
-
 Hold hold_from_json(const nlohmann::json& j) {
   auto s = [&](const char* k) { return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string(); };
   return {s("id"), s("segment"), s("user"), s("since"), s("until"), s("reason"), s("by"), s("created")};
@@ -301,8 +299,8 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
     t.segment = f;
     t.writer = m->writer;
     t.segment_seq = m->segment_seq;
-    t.chain_start = hex_chain(m->chain_start);
-    t.chain_head = hex_chain(m->chain_head);
+    t.chain_start = sha256_field(m->chain_start);
+    t.chain_head = sha256_field(m->chain_head);
     t.manifest_sha256 = text ? to_hex(sha256(*text)) : std::string();
     t.sealed = m->sealed;
     t.records = m->records.size();

@@ -80,7 +80,7 @@ class Verifier {
         // A prune that stopped between its tombstone and the last file.
         const Tombstone& t = pruned_.at({writer, seq});
         add(FindingKind::pruned, files.name, tombstone_detail(t) + "; its manifest remains (interrupted prune)");
-        prev.head = digest_of(t.chain_head);
+        prev.head = parse_sha256_field(t.chain_head);
         prev.name = files.name;
       } else if (!files.sealed_file) {
         add(FindingKind::segment_deleted, files.name, "segment file is missing; its manifest remains");
@@ -360,10 +360,6 @@ class Verifier {
     }
   }
 
-  static std::optional<Digest> digest_of(const std::string& chain) {
-    if (!chain.starts_with("sha256:")) return std::nullopt;
-    return digest_from_hex(std::string_view(chain).substr(7));
-  }
   static std::string tombstone_detail(const Tombstone& t) {
     return "deleted on " + t.deleted + " (" + t.reason + "); sealed " + t.sealed + ", " + std::to_string(t.records) +
            " records, chain head " + t.chain_head;
@@ -381,11 +377,11 @@ class Verifier {
     std::optional<Digest> head = prev.head;
     for (const Tombstone* t : gap) {
       add(FindingKind::pruned, t->segment, tombstone_detail(*t));
-      if (head && digest_of(t->chain_start) != head)
+      if (head && parse_sha256_field(t->chain_start) != head)
         add(FindingKind::chain_broken, t->segment,
             "tombstone's chain start does not continue " +
                 (prev.name.empty() ? std::string("the writer's start") : prev.name));
-      head = digest_of(t->chain_head);
+      head = parse_sha256_field(t->chain_head);
       prev.name = t->segment;
     }
     prev.seq = seq - 1;
