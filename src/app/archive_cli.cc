@@ -122,20 +122,30 @@ int show(const Flags& f) {
     return 2;
   }
   auto hit = archive::find_exchange(f.dir, f.id, &err);
-  auto ex = hit ? archive::read_exchange(f.dir, *hit, key.get(), &err) : std::nullopt;
+  if (!hit) {
+    std::cerr << "sightline: " << err << "\n";
+    return 2;
+  }
+  std::optional<archive::SealedManifest> sealed;
+  std::string untrusted = "not checked (no --key)";
+  if (archive::parse_segment_name(hit->file)->open) untrusted = "open segment: not sealed or signed yet";
+  else if (key) sealed = archive::SealedManifest::load(f.dir, hit->file, key.get(), &untrusted);
+  auto ex = archive::read_exchange(f.dir, *hit, sealed ? &*sealed : nullptr, &err);
   if (!ex) {
     std::cerr << "sightline: " << err << "\n";
     return 2;
   }
-  bool intact = ex->integrity.empty();
+  bool intact = ex->checked && ex->integrity.empty();
+  std::string integrity = intact ? "each record matches the signed manifest (digest, seq, chain)"
+                          : ex->checked ? ex->integrity
+                                        : untrusted + (ex->integrity.empty() ? "" : "; " + ex->integrity);
   if (f.raw) {
     for (const auto& r : ex->records) std::cout << r.data;
   } else {
     const auto& e = hit->entry;
     std::cout << "exchange   " << e.id << "\nsegment    " << hit->file << "\ntime       " << e.time
               << "\nuser       " << (e.user.empty() ? "-" : e.user) << "\nclient     " << e.client << "\ntarget     "
-              << e.method << " " << e.target << "\nintegrity  "
-              << (intact ? "each record matches the signed manifest (digest, seq, chain)" : ex->integrity) << "\n";
+              << e.method << " " << e.target << "\nintegrity  " << integrity << "\n";
     for (const auto& r : ex->records) {
       auto rec = archive::parse_record(r.data, nullptr);
       std::cout << "\n== " << r.where.type << " " << r.where.id << " (record " << r.where.seq << ")\n";
@@ -149,7 +159,7 @@ int show(const Flags& f) {
       }
     }
   }
-  if (!intact && key) std::cerr << "sightline: integrity: " << ex->integrity << "\n";
+  if (!intact && key) std::cerr << "sightline: integrity: " << integrity << "\n";
   return intact || !key ? 0 : 1;
 }
 

@@ -165,31 +165,35 @@ std::optional<ExportResult> export_archive(const ExportOptions& opts, std::strin
   ExportManifest m;
   std::string body;  // the exported members, after the warcinfo
   std::map<std::string, ExportSource> sources;
+  std::optional<SealedManifest> sealed;  // of the current hit's segment (hits are grouped by segment)
   for (const Hit& hit : hits) {
     if (parse_segment_name(hit.file)->open) {
       ++result.skipped_open;
       continue;
     }
-    auto ex = read_exchange(opts.dir, hit, opts.signing_key, error);
+    if (!sealed || sealed->manifest.segment != hit.file) {
+      std::string why;
+      sealed = SealedManifest::load(opts.dir, hit.file, opts.signing_key, &why);
+      if (!sealed) return fail("refusing to export from " + why + " (run `sightline archive verify`)");
+      auto text = read_text_file(opts.dir + "/" + hit.file + std::string(kManifestSuffix));
+      const Manifest& m0 = sealed->manifest;
+      sources[hit.file] = {hit.file, text ? to_hex(sha256(*text)) : std::string(), sha256_field(m0.chain_start),
+                           sha256_field(m0.chain_head), m0.sealed};
+      result.sources.push_back(hit.file);
+    }
+    auto ex = read_exchange(opts.dir, hit, &*sealed, error);
     if (!ex) return std::nullopt;
     if (!ex->integrity.empty())
       return fail("refusing to export exchange " + hit.entry.id + " of " + hit.file + ": " + ex->integrity +
                   " (run `sightline archive verify`)");
-    const Manifest& sealed = *ex->manifest;
-    if (!sources.count(hit.file)) {
-      auto text = read_text_file(opts.dir + "/" + hit.file + std::string(kManifestSuffix));
-      sources[hit.file] = {hit.file, text ? to_hex(sha256(*text)) : std::string(), sha256_field(sealed.chain_start),
-                           sha256_field(sealed.chain_head), sealed.sealed};
-      result.sources.push_back(hit.file);
-    }
+    const Manifest& m0 = sealed->manifest;
     for (const ReadRecord& rr : ex->records) {
-      auto at = std::find_if(sealed.records.begin(), sealed.records.end(),
-                             [&](const ManifestRecord& r) { return r.id == rr.info.id; });
+      std::size_t i = sealed->by_id.at(rr.info.id);  // read_exchange matched every record to the manifest
       ExportRecord e;
-      e.record = *at;  // read_exchange matched every record to the manifest
+      e.record = m0.records[i];
       e.record.offset = body.size();  // relative to the body; shifted below
       e.source = hit.file;
-      e.chain_prev = at == sealed.records.begin() ? sealed.chain_start : (at - 1)->chain;
+      e.chain_prev = i == 0 ? m0.chain_start : m0.records[i - 1].chain;
       body += rr.compressed;
       m.records.push_back(std::move(e));
       ++result.records;

@@ -153,6 +153,21 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
   }
 }
 
+std::optional<std::string> peek_manifest_sha256(const std::string& manifest_path) {
+  hooks::pcap::UniqueFd fd(::open(manifest_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::nullopt;
+  char head[1024];
+  ssize_t n = ::pread(fd.get(), head, sizeof head, 0);
+  if (n <= 0) return std::nullopt;
+  std::string_view text(head, static_cast<std::size_t>(n));
+  constexpr std::string_view key = "\n \"sha256\": \"";
+  std::size_t at = text.find(key);
+  if (at == std::string_view::npos || at + key.size() + 65 > text.size()) return std::nullopt;
+  std::string_view hex = text.substr(at + key.size(), 64);
+  if (text[at + key.size() + 64] != '"' || !digest_from_hex(hex)) return std::nullopt;
+  return std::string(hex);
+}
+
 std::optional<std::string> read_text_file(const std::string& path) {
   auto f = MappedFile::open(path, nullptr);
   if (!f) return std::nullopt;

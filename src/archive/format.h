@@ -69,6 +69,11 @@ std::optional<std::uint64_t> parse_u64(std::string_view s);
 std::string manifest_json(const Manifest& m);
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);
 
+// The "sha256" field of a manifest file, read from its first bytes only (the
+// field order is fixed): a cheap check that an index is the sealed file's,
+// even when the manifest lists a million records. Not a verification.
+std::optional<std::string> peek_manifest_sha256(const std::string& manifest_path);
+
 // A small file's whole text (manifest, signature); nullopt if unreadable.
 std::optional<std::string> read_text_file(const std::string& path);
 

@@ -198,9 +198,7 @@ std::optional<LoadedIndex> load_index(const std::string& dir, const std::string&
       // The manifest names the sealed file's hash: comparing with it costs no
       // read of the segment. The index is derived data either way; show and
       // export check every record against the signed manifest.
-      auto text = read_text_file(seg_path + std::string(kManifestSuffix));
-      auto m = text ? parse_manifest(*text, nullptr) : std::nullopt;
-      if (m && m->file_sha256 == idx->sha256) {
+      if (peek_manifest_sha256(seg_path + std::string(kManifestSuffix)) == idx->sha256) {
         out.index = std::move(*idx);
         return out;
       }
@@ -212,9 +210,8 @@ std::optional<LoadedIndex> load_index(const std::string& dir, const std::string&
   out.index.open = seg->open;
   out.rebuilt = true;
   if (!seg->open) {
-    auto text = read_text_file(seg_path + std::string(kManifestSuffix));
-    auto m = text ? parse_manifest(*text, nullptr) : std::nullopt;
-    if (m && m->file_sha256 != out.index.sha256)
+    auto sealed_sha = peek_manifest_sha256(seg_path + std::string(kManifestSuffix));
+    if (sealed_sha && *sealed_sha != out.index.sha256)
       out.warning = file + ": segment differs from its manifest; run `sightline archive verify`";
     if (auto e = write_file_durably(idx_path, index_text(out.index), 0640))
       out.warning += (out.warning.empty() ? "" : "; ") + ("index not saved: " + *e);
@@ -350,9 +347,9 @@ std::optional<SearchResult> search(const std::string& dir, const Filter& f, std:
     }
     for (const IndexEntry* e : candidates) out.hits.push_back({file, *e});
   }
+  // WARC-Date is UTC with a fixed width: text order is time order.
   std::stable_sort(out.hits.begin(), out.hits.end(), [](const Hit& a, const Hit& b) {
-    std::int64_t ta = entry_time(a.entry), tb = entry_time(b.entry);
-    return ta != tb ? ta < tb : a.entry.id < b.entry.id;
+    return a.entry.time != b.entry.time ? a.entry.time < b.entry.time : a.entry.id < b.entry.id;
   });
   return out;
 }
@@ -382,25 +379,33 @@ std::optional<Hit> find_exchange(const std::string& dir, std::string_view id, st
   return found;
 }
 
-std::optional<ReadExchange> read_exchange(const std::string& dir, const Hit& hit, EVP_PKEY* key, std::string* error) {
+std::optional<SealedManifest> SealedManifest::load(const std::string& dir, const std::string& segment, EVP_PKEY* key,
+                                                   std::string* why) {
+  FindingKind kind{};
+  std::string reason;
+  auto m = load_trusted_manifest(dir, segment, key, &kind, &reason);
+  if (!m) {
+    if (why) *why = segment + ": " + std::string(to_string(kind)) + ": " + reason;
+    return std::nullopt;
+  }
+  SealedManifest out;
+  out.manifest = std::move(*m);
+  for (std::size_t i = 0; i < out.manifest.records.size(); ++i) out.by_id.emplace(out.manifest.records[i].id, i);
+  return out;
+}
+
+const ManifestRecord* SealedManifest::find(const std::string& id) const {
+  auto it = by_id.find(id);
+  return it == by_id.end() ? nullptr : &manifest.records[it->second];
+}
+
+std::optional<ReadExchange> read_exchange(const std::string& dir, const Hit& hit, const SealedManifest* sealed,
+                                          std::string* error) {
   auto mapped = MappedFile::open(dir + "/" + hit.file, error);
   if (!mapped) return std::nullopt;
   std::string_view bytes = mapped->bytes();
   ReadExchange out;
-  auto seg = parse_segment_name(hit.file);
-  if (seg && seg->open) {
-    out.integrity = "open segment: not yet sealed or signed";
-  } else if (!key) {
-    out.integrity = "not checked (no key given)";
-  } else {
-    FindingKind kind{};
-    std::string why;
-    out.manifest = load_trusted_manifest(dir, hit.file, key, &kind, &why);
-    if (!out.manifest) out.integrity = std::string(to_string(kind)) + ": " + why;
-  }
-  std::unordered_map<std::string, const ManifestRecord*> sealed;
-  if (out.manifest)
-    for (const auto& r : out.manifest->records) sealed.emplace(r.id, &r);
+  out.checked = sealed != nullptr;
   for (const auto& where : hit.entry.records) {
     ReadRecord rr;
     rr.where = where;
@@ -419,11 +424,11 @@ std::optional<ReadExchange> read_exchange(const std::string& dir, const Hit& hit
     rr.info = inspect_record(m);
     std::string problem = rr.info.problem;
     if (problem.empty() && rr.info.id != where.id) problem = "another record than the index names (stale index?)";
-    if (problem.empty() && out.manifest) {
-      auto it = sealed.find(rr.info.id);
-      if (it == sealed.end()) problem = "not in the sealed manifest";
-      else if (it->second->digest != rr.info.digest || it->second->chain != rr.info.chain ||
-               it->second->seq != rr.info.seq || it->second->offset != where.offset)
+    if (problem.empty() && sealed) {
+      const ManifestRecord* want = sealed->find(rr.info.id);
+      if (!want) problem = "not in the sealed manifest";
+      else if (want->digest != rr.info.digest || want->chain != rr.info.chain || want->seq != rr.info.seq ||
+               want->offset != where.offset)
         problem = "differs from the sealed record";
     }
     if (!problem.empty())

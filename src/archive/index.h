@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace sightline::archive {
@@ -102,14 +103,28 @@ struct ReadRecord {
 };
 struct ReadExchange {
   std::vector<ReadRecord> records;
-  // Why the records cannot be trusted (a digest that does not match the
-  // sealed manifest, a bad signature, an open segment, no key); empty: every
-  // record's digest, seq and chain value match the signed manifest.
+  // The records' problems: a digest that does not match their content, or
+  // (when checked) a digest, seq or chain value that differs from the signed
+  // manifest. Empty and checked: every record is the sealed one.
   std::string integrity;
-  std::optional<Manifest> manifest;  // the segment's trusted manifest
+  bool checked = false;  // against a signed manifest
 };
-// Reads the hit's records from its segment; `key` verifies the manifest.
-std::optional<ReadExchange> read_exchange(const std::string& dir, const Hit& hit, EVP_PKEY* key, std::string* error);
+
+// A segment's manifest whose signature verified, with its records by id:
+// loaded once per segment, it checks any number of records read back.
+struct SealedManifest {
+  Manifest manifest;
+  std::unordered_map<std::string, std::size_t> by_id;  // index into manifest.records
+  // nullopt with *why (the verify finding and its reason) when not trusted.
+  static std::optional<SealedManifest> load(const std::string& dir, const std::string& segment, EVP_PKEY* key,
+                                            std::string* why);
+  const ManifestRecord* find(const std::string& id) const;
+};
+
+// Reads the hit's records from its segment and checks each against `sealed`
+// (null: only against their own digests).
+std::optional<ReadExchange> read_exchange(const std::string& dir, const Hit& hit, const SealedManifest* sealed,
+                                          std::string* error);
 
 // True when a body is printable text (UTF-8 without control bytes but tab/CR/LF).
 bool printable_text(std::string_view body);

@@ -190,6 +190,7 @@ TEST_CASE("archive search: the index is written, and rebuilt when missing, stale
   auto first = load_index(a.dir.string(), seg, &err);
   REQUIRE_MESSAGE(first, err);
   CHECK(first->warning.empty());
+  CHECK(peek_manifest_sha256(a.segs[1].string() + ".manifest.json") == first->index.sha256);
   fs::path idx = a.segs[1].string() + ".idx";
   REQUIRE(fs::exists(idx));
   auto again = load_index(a.dir.string(), seg, &err);
@@ -219,9 +220,11 @@ TEST_CASE("archive search: the index is written, and rebuilt when missing, stale
     auto r = search(a.dir.string(), f, &err);
     REQUIRE(r);
     REQUIRE(r->hits.size() == 1);
-    auto ex = read_exchange(a.dir.string(), r->hits[0], a.verify_key.get(), &err);
+    auto sealed = SealedManifest::load(a.dir.string(), r->hits[0].file, a.verify_key.get(), &err);
+    REQUIRE_MESSAGE(sealed, err);
+    auto ex = read_exchange(a.dir.string(), r->hits[0], &*sealed, &err);
     REQUIRE(ex);
-    CHECK(ex->integrity.empty());  // the records themselves are intact...
+    CHECK((ex->checked && ex->integrity.empty()));  // the records themselves are intact...
     CHECK(ex->records.size() == 3);
     return;                          // ...and still name their real user (see show)
   }
@@ -251,15 +254,22 @@ TEST_CASE("archive show: find by id, records checked against the signed manifest
   CHECK(!find_exchange(a.dir.string(), "00000000-0000", &err));
 
   auto hit = find_exchange(a.dir.string(), uuid, &err);
-  auto ex = read_exchange(a.dir.string(), *hit, a.verify_key.get(), &err);
+  auto sealed = SealedManifest::load(a.dir.string(), hit->file, a.verify_key.get(), &err);
+  REQUIRE_MESSAGE(sealed, err);
+  auto ex = read_exchange(a.dir.string(), *hit, &*sealed, &err);
   REQUIRE_MESSAGE(ex, err);
+  CHECK(ex->checked);
   CHECK(ex->integrity.empty());
   REQUIRE(ex->records.size() == 3);
   CHECK(ex->records[0].data.find("GET /item/7 HTTP/1.1") != std::string::npos);
   CHECK(ex->records[2].data.find("\"carol\"") != std::string::npos);
   auto nokey = read_exchange(a.dir.string(), *hit, nullptr, &err);
   REQUIRE(nokey);
-  CHECK(nokey->integrity.find("not checked") != std::string::npos);
+  CHECK(!nokey->checked);
+  CHECK(nokey->integrity.empty());
+  Archive other;  // another archive's key does not vouch for this one
+  CHECK(!SealedManifest::load(a.dir.string(), hit->file, other.verify_key.get(), &err));
+  CHECK(err.find("bad_signature") != std::string::npos);
 
   // A response changed (the member recompressed); the signed manifest still holds.
   fs::path seg = a.dir / hit->file;
@@ -275,7 +285,7 @@ TEST_CASE("archive show: find by id, records checked against the signed manifest
   // The member's new length may shift the records after it: search rebuilds the index.
   hit = find_exchange(a.dir.string(), uuid, &err);
   REQUIRE_MESSAGE(hit, err);
-  auto bad = read_exchange(a.dir.string(), *hit, a.verify_key.get(), &err);
+  auto bad = read_exchange(a.dir.string(), *hit, &*sealed, &err);
   REQUIRE_MESSAGE(bad, err);
   CHECK(bad->integrity.find("WARC-Block-Digest does not match") != std::string::npos);
 }
