@@ -274,7 +274,11 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
       continue;
     }
     auto sealed = parse_time(m->sealed);
-    if (!sealed || *sealed >= cutoff) continue;
+    if (!sealed) {
+      result.skipped.push_back(f + ": manifest's sealed time '" + m->sealed + "' unreadable");
+      continue;
+    }
+    if (*sealed >= cutoff) continue;
     std::optional<SegmentIndex> index;
     bool index_failed = false;
     auto applies = [&](const Hold& h) {
