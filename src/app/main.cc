@@ -1,5 +1,6 @@
 // sightline command line. CLI11 parses it (a Debian package, and its
 // subcommand support fits `run` now and `policy`/`archive` later).
+#include "app/archive_cli.h"
 #include "app/config.h"
 #include "archive/keys.h"
 #include "archive/verify.h"
@@ -93,7 +94,7 @@ int archive_command(const ArchiveFlags& f, bool keygen) {
     return 0;
   }
   if (f.dir.empty() || f.verify_key.empty()) {
-    std::cerr << "usage: sightline archive verify DIR --key FILE\n";
+    std::cerr << "usage: sightline archive verify DIR|EXPORT.warc.gz --key FILE\n";
     return 2;
   }
   auto key = archive::load_verify_key(f.verify_key, &err);
@@ -279,13 +280,15 @@ int main(int argc, char** argv) {
   explain->add_option("-c,--config", ex_config, "take the policy files from this config");
 
   ArchiveFlags af;
-  auto* arch = cli.add_subcommand("archive", "compliance archive: signing key, verification");
+  auto* arch = cli.add_subcommand("archive", "compliance archive: signing key, verification, search, export, retention");
   arch->require_subcommand(1);
   auto* arch_keygen = arch->add_subcommand("keygen", "make an Ed25519 signing key: FILE (0600) and FILE.pub");
   arch_keygen->add_option("file", af.key_file, "private key file to create");
   auto* arch_verify = arch->add_subcommand("verify", "check an archive directory; exit 0 only when intact");
-  arch_verify->add_option("dir", af.dir, "archive directory");
+  arch_verify->add_option("dir", af.dir, "archive directory, or an export (FILE.warc.gz)");
   arch_verify->add_option("--key", af.verify_key, "archive public key PEM (the private key works too)");
+
+  sightline::app::ArchiveRetrievalCli archive_retrieval(arch);
 
   auto* version = cli.add_subcommand("version", "print the version");
 
@@ -296,6 +299,7 @@ int main(int argc, char** argv) {
   }
   if (check->parsed()) return policy_check(check_files);
   if (passwd->parsed()) return sightline::identity::passwd_command(pw_file, pw_user, pw_stdin, pw_scheme);
+  if (auto rc = archive_retrieval.run()) return *rc;
   if (arch->parsed()) return archive_command(af, arch_keygen->parsed());
   if (explain->parsed()) {
     if (explain_files.empty() && !ex_config.empty()) {

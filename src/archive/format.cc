@@ -1,11 +1,24 @@
 #include "archive/format.h"
 
+#include "hooks/pcap.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 
 namespace sightline::archive {
 
 namespace {
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+}  // namespace
 
 std::optional<std::uint64_t> parse_u64(std::string_view s) {
   std::uint64_t v = 0;
@@ -14,11 +27,12 @@ std::optional<std::uint64_t> parse_u64(std::string_view s) {
   return v;
 }
 
-bool all_digits(std::string_view s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
-}
+std::string sha256_field(const Digest& d) { return "sha256:" + to_hex(d); }
 
-}  // namespace
+std::optional<Digest> parse_sha256_field(std::string_view text) {
+  if (!text.starts_with("sha256:")) return std::nullopt;
+  return digest_from_hex(text.substr(7));
+}
 
 bool valid_writer_id(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
@@ -70,8 +84,8 @@ std::string manifest_json(const Manifest& m) {
                        {"length", r.length},
                        {"id", r.id},
                        {"type", r.type},
-                       {"digest", "sha256:" + to_hex(r.digest)},
-                       {"chain", "sha256:" + to_hex(r.chain)}});
+                       {"digest", sha256_field(r.digest)},
+                       {"chain", sha256_field(r.chain)}});
   }
   nlohmann::ordered_json j = {
       {"format", "sightline-archive-manifest/1"},
@@ -81,8 +95,8 @@ std::string manifest_json(const Manifest& m) {
       {"writer", m.writer},
       {"segment_seq", m.segment_seq},
       {"previous_segment", m.previous_segment.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(m.previous_segment)},
-      {"chain_start", "sha256:" + to_hex(m.chain_start)},
-      {"chain_head", "sha256:" + to_hex(m.chain_head)},
+      {"chain_start", sha256_field(m.chain_start)},
+      {"chain_head", sha256_field(m.chain_head)},
       {"created", m.created},
       {"sealed", m.sealed},
       {"key_fingerprint", m.key_fingerprint},
@@ -100,9 +114,7 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
   if (j.is_discarded() || !j.is_object()) return fail("manifest is not JSON");
   auto digest = [](const nlohmann::json& v) -> std::optional<Digest> {
     if (!v.is_string()) return std::nullopt;
-    std::string s = v.get<std::string>();
-    if (!s.starts_with("sha256:")) return std::nullopt;
-    return digest_from_hex(std::string_view(s).substr(7));
+    return parse_sha256_field(v.get<std::string>());
   };
   try {
     if (j.at("format") != "sightline-archive-manifest/1") return fail("unknown manifest format");
@@ -141,10 +153,56 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
   }
 }
 
+std::optional<std::string> peek_manifest_sha256(const std::string& manifest_path) {
+  hooks::pcap::UniqueFd fd(::open(manifest_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::nullopt;
+  char head[1024];
+  ssize_t n = ::pread(fd.get(), head, sizeof head, 0);
+  if (n <= 0) return std::nullopt;
+  std::string_view text(head, static_cast<std::size_t>(n));
+  constexpr std::string_view key = "\n \"sha256\": \"";
+  std::size_t at = text.find(key);
+  if (at == std::string_view::npos || at + key.size() + 65 > text.size()) return std::nullopt;
+  std::string_view hex = text.substr(at + key.size(), 64);
+  if (text[at + key.size() + 64] != '"' || !digest_from_hex(hex)) return std::nullopt;
+  return std::string(hex);
+}
+
 std::optional<std::string> read_text_file(const std::string& path) {
   auto f = MappedFile::open(path, nullptr);
   if (!f) return std::nullopt;
   return std::string(f->bytes());
+}
+
+std::string errno_text(std::string_view what, const std::string& path, int err) {
+  return std::string(what) + " " + path + ": " + std::strerror(err);
+}
+
+bool fsync_dir(const std::string& dir) {
+  hooks::pcap::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  return fd && ::fsync(fd.get()) == 0;
+}
+
+std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return errno_text("write", path, n < 0 ? errno : ENOSPC);
+    done += static_cast<std::size_t>(n);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> write_file_durably(const std::string& path, std::string_view text, unsigned mode) {
+  std::string tmp = path + ".tmp";
+  ::unlink(tmp.c_str());
+  hooks::pcap::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode)));
+  if (!fd) return errno_text("create", tmp, errno);
+  if (auto e = write_all_at(fd.get(), text, 0, tmp)) return e;
+  if (::fsync(fd.get()) != 0) return errno_text("fsync", tmp, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return errno_text("rename", tmp, errno);
+  return std::nullopt;
 }
 
 RecordInfo inspect_record(const Member& m) {
@@ -162,8 +220,7 @@ RecordInfo inspect_record(const Member& m) {
   if (const auto* v = field("WARC-Record-ID")) info.id = *v;
   if (const auto* v = field("WARC-Type")) info.type = *v;
   if (const auto* v = field(kSeqHeader)) info.seq = parse_u64(*v);
-  if (const auto* v = field(kChainHeader); v && v->starts_with("sha256:"))
-    info.chain = digest_from_hex(std::string_view(*v).substr(7));
+  if (const auto* v = field(kChainHeader)) info.chain = parse_sha256_field(*v);
   const auto* block_digest = field("WARC-Block-Digest");
   if (!block_digest || *block_digest != warc_digest(rec->block)) {
     info.problem = "WARC-Block-Digest does not match the block";

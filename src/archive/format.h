@@ -58,12 +58,32 @@ struct Manifest {
   std::string key_fingerprint;
 };
 
+// "sha256:<hex>", how manifests, tombstones and exports write chain values
+// and record digests, and back.
+std::string sha256_field(const Digest& d);
+std::optional<Digest> parse_sha256_field(std::string_view text);
+// A whole decimal number, nothing else.
+std::optional<std::uint64_t> parse_u64(std::string_view s);
+
 // The exact bytes that are signed (pretty JSON, one trailing newline).
 std::string manifest_json(const Manifest& m);
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);
 
+// The "sha256" field of a manifest file, read from its first bytes only (the
+// field order is fixed): a cheap check that an index is the sealed file's,
+// even when the manifest lists a million records. Not a verification.
+std::optional<std::string> peek_manifest_sha256(const std::string& manifest_path);
+
 // A small file's whole text (manifest, signature); nullopt if unreadable.
 std::optional<std::string> read_text_file(const std::string& path);
+
+// --- durable file output (the writer, the index, exports, holds, tombstones) ---
+std::string errno_text(std::string_view what, const std::string& path, int err);  // "what path: strerror"
+bool fsync_dir(const std::string& dir);
+std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path);
+// Temporary name (path + ".tmp"), fsync, rename: a reader sees the whole file
+// or none. nullopt: written; otherwise the error text.
+std::optional<std::string> write_file_durably(const std::string& path, std::string_view text, unsigned mode = 0440);
 
 // One member of a segment, checked on its own (no chain walk).
 struct RecordInfo {

@@ -21,10 +21,6 @@ namespace {
 
 using hooks::pcap::UniqueFd;
 
-std::string errno_text(std::string_view what, const std::string& path, int err) {
-  return std::string(what) + " " + path + ": " + std::strerror(err);
-}
-
 // Records serialized, chained and compressed, not yet written.
 struct Batch {
   std::string bytes;
@@ -61,37 +57,6 @@ WarcRecord http_record(std::string_view type, const std::string& id, const std::
   if (truncated) r.headers.push_back({"WARC-Truncated", "length"});
   r.block = block;
   return r;
-}
-
-bool fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = ::fsync(fd) == 0;
-  ::close(fd);
-  return ok;
-}
-
-std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint64_t offset, const std::string& path) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return errno_text("write", path, n < 0 ? errno : ENOSPC);
-    done += static_cast<std::size_t>(n);
-  }
-  return std::nullopt;
-}
-
-// Temporary name, fsync, rename: a reader sees the whole file or none.
-std::optional<std::string> write_file_durably(const std::string& path, std::string_view text) {
-  std::string tmp = path + ".tmp";
-  ::unlink(tmp.c_str());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0440));
-  if (!fd) return errno_text("create", tmp, errno);
-  if (auto e = write_all_at(fd.get(), text, 0, tmp)) return e;
-  if (::fsync(fd.get()) != 0) return errno_text("fsync", tmp, errno);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return errno_text("rename", tmp, errno);
-  return std::nullopt;
 }
 
 }  // namespace

@@ -1,7 +1,11 @@
 #include "archive/verify.h"
 
+#include "archive/export.h"
 #include "archive/format.h"
 #include "archive/keys.h"
+#include "archive/retention.h"
+
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -43,12 +47,20 @@ std::vector<std::size_t> longest_increasing(const std::vector<std::size_t>& v) {
 
 class Verifier {
  public:
-  Verifier(std::string dir, EVP_PKEY* key) : dir_(std::move(dir)), key_(key), fingerprint_(key_fingerprint(key)) {}
+  Verifier(std::string dir, EVP_PKEY* key) : dir_(std::move(dir)), key_(key) {}
+
+  // Tombstones of segments deleted by retention (pruned.json, signature checked).
+  void set_tombstones(const std::vector<Tombstone>& entries) {
+    for (const auto& t : entries) pruned_[{t.writer, t.segment_seq}] = t;
+  }
+  void add_problem(FindingKind kind, const std::string& file, std::string detail) { add(kind, file, std::move(detail)); }
 
   void writer(const std::string& writer, const std::map<std::uint64_t, SegmentFiles>& segments) {
     Link prev;
     for (const auto& [seq, files] : segments) {
-      if (seq != prev.seq + 1) {
+      if (seq != prev.seq + 1 && pruned_gap(writer, seq, prev)) {
+        // Every missing segment was deleted by retention: prev now is the last of them.
+      } else if (seq != prev.seq + 1) {
         std::string detail = seq == prev.seq + 2
                                  ? "segment " + std::to_string(prev.seq + 1) + " of writer " + writer + " is missing"
                                  : "segments " + std::to_string(prev.seq + 1) + " to " + std::to_string(seq - 1) +
@@ -64,6 +76,12 @@ class Verifier {
         ++report_.segments;
         open_segment(files.name + ".open", prev.head);
         prev.head.reset();
+      } else if (!files.sealed_file && pruned_.count({writer, seq})) {
+        // A prune that stopped between its tombstone and the last file.
+        const Tombstone& t = pruned_.at({writer, seq});
+        add(FindingKind::pruned, files.name, tombstone_detail(t) + "; its manifest remains (interrupted prune)");
+        prev.head = parse_sha256_field(t.chain_head);
+        prev.name = files.name;
       } else if (!files.sealed_file) {
         add(FindingKind::segment_deleted, files.name, "segment file is missing; its manifest remains");
         auto m = trusted_manifest(files.name, false);
@@ -77,6 +95,58 @@ class Verifier {
   }
 
   Report take() { return std::move(report_); }
+
+  // An export: its signed export manifest is the ground truth for its
+  // records, whose chain values belong to the original archive.
+  void export_file(const std::string& name) {
+    ++report_.segments;
+    auto text = read_text_file(path(name + std::string(kManifestSuffix)));
+    auto sig = read_text_file(path(name + std::string(kSignatureSuffix)));
+    if (!text) {
+      add(FindingKind::missing_manifest, name, "not a segment name, and no export manifest");
+      return;
+    }
+    if (!sig) {
+      add(FindingKind::bad_signature, name, "export signature file missing");
+      return;
+    }
+    if (!verify_base64(key_, *text, *sig)) {
+      add(FindingKind::bad_signature, name, "export manifest signature does not verify: manifest or signature modified");
+      return;
+    }
+    std::string why;
+    auto em = parse_export_manifest(*text, &why);
+    if (!em) {
+      add(FindingKind::bad_manifest, name, why);
+      return;
+    }
+    if (em->file != name) {
+      add(FindingKind::bad_manifest, name, "signed export manifest belongs to " + em->file);
+      return;
+    }
+    std::string err;
+    auto file = MappedFile::open(path(name), &err);
+    if (!file) {
+      add(FindingKind::modified, name, "export unreadable: " + err);
+      return;
+    }
+    Manifest m;
+    m.file_size = em->file_size;
+    for (const auto& e : em->records) {
+      if (chain_next(e.chain_prev, e.record.digest) != e.record.chain)
+        add_record(FindingKind::bad_manifest, name, e.record.seq, e.record.offset, e.record.id,
+                   "export manifest: chain value does not follow from chain_prev and digest");
+      m.records.push_back(e.record);
+    }
+    std::size_t before = report_.findings.size();
+    compare_records(m, name, file->bytes());
+    cross_check_sources(*em, name);
+    if (report_.findings.size() == before) {
+      std::string_view bytes = file->bytes();
+      if (bytes.size() != em->file_size || to_hex(sha256(bytes)) != em->file_sha256)
+        add(FindingKind::modified, name, "file differs from its sealed hash although every record matches");
+    }
+  }
 
  private:
   std::string path(std::string_view name) const { return dir_ + "/" + std::string(name); }
@@ -95,23 +165,10 @@ class Verifier {
 
   // The manifest if its signature verifies by the archive key; findings otherwise.
   std::optional<Manifest> trusted_manifest(const std::string& name, bool report) {
-    auto text = read_text_file(path(name + std::string(kManifestSuffix)));
-    auto sig = read_text_file(path(name + std::string(kSignatureSuffix)));
-    auto complain = [&](FindingKind k, std::string detail) {
-      if (report) add(k, name, std::move(detail));
-      return std::optional<Manifest>();
-    };
-    if (!text) return complain(FindingKind::missing_manifest, "manifest unreadable");
-    if (!sig) return complain(FindingKind::bad_signature, "signature file missing");
+    FindingKind kind{};
     std::string why;
-    auto m = parse_manifest(*text, &why);
-    if (!verify_base64(key_, *text, *sig)) {
-      std::string detail = "manifest signature does not verify: manifest or signature modified";
-      if (m && m->key_fingerprint != fingerprint_)
-        detail += " (manifest names key " + m->key_fingerprint + ", verifying with " + fingerprint_ + ")";
-      return complain(FindingKind::bad_signature, detail);
-    }
-    if (!m) return complain(FindingKind::bad_manifest, why);
+    auto m = load_trusted_manifest(dir_, name, key_, &kind, &why);
+    if (!m && report) add(kind, name, why);
     return m;
   }
 
@@ -303,10 +360,65 @@ class Verifier {
     }
   }
 
+  static std::string tombstone_detail(const Tombstone& t) {
+    return "deleted on " + t.deleted + " (" + t.reason + "); sealed " + t.sealed + ", " + std::to_string(t.records) +
+           " records, chain head " + t.chain_head;
+  }
+
+  // Whether every segment between prev and `seq` has a tombstone that
+  // continues prev's chain; if so notes them and moves prev to the last one.
+  bool pruned_gap(const std::string& writer, std::uint64_t seq, Link& prev) {
+    std::vector<const Tombstone*> gap;
+    for (std::uint64_t s = prev.seq + 1; s < seq; ++s) {
+      auto it = pruned_.find({writer, s});
+      if (it == pruned_.end()) return false;
+      gap.push_back(&it->second);
+    }
+    std::optional<Digest> head = prev.head;
+    for (const Tombstone* t : gap) {
+      add(FindingKind::pruned, t->segment, tombstone_detail(*t));
+      if (head && parse_sha256_field(t->chain_start) != head)
+        add(FindingKind::chain_broken, t->segment,
+            "tombstone's chain start does not continue " +
+                (prev.name.empty() ? std::string("the writer's start") : prev.name));
+      head = parse_sha256_field(t->chain_head);
+      prev.name = t->segment;
+    }
+    prev.seq = seq - 1;
+    prev.head = head;
+    return true;
+  }
+
+  // Source segments present in this directory: each exported record must be
+  // the record their signed manifests list (an export verified on its own
+  // relies on its own signature; an auditor can run this against the archive).
+  void cross_check_sources(const ExportManifest& em, const std::string& name) {
+    for (const auto& src : em.sources) {
+      struct stat st {};
+      if (::stat(path(src.segment + std::string(kManifestSuffix)).c_str(), &st) != 0) continue;
+      auto m = trusted_manifest(src.segment, false);
+      auto text = read_text_file(path(src.segment + std::string(kManifestSuffix)));
+      if (!m || !text || to_hex(sha256(*text)) != src.manifest_sha256) {
+        add(FindingKind::bad_manifest, name, "source " + src.segment + ": its manifest is not the one the export names");
+        continue;
+      }
+      std::unordered_map<std::string, const ManifestRecord*> by_id;
+      for (const auto& r : m->records) by_id.emplace(r.id, &r);
+      for (const auto& e : em.records) {
+        if (e.source != src.segment) continue;
+        auto it = by_id.find(e.record.id);
+        if (it == by_id.end() || it->second->seq != e.record.seq || it->second->digest != e.record.digest ||
+            it->second->chain != e.record.chain)
+          add_record(FindingKind::bad_manifest, name, e.record.seq, e.record.offset, e.record.id,
+                     "does not match the sealed record of " + src.segment);
+      }
+    }
+  }
+
   std::string dir_;
   EVP_PKEY* key_;
-  std::string fingerprint_;
   Report report_;
+  std::map<std::pair<std::string, std::uint64_t>, Tombstone> pruned_;
 };
 
 }  // namespace
@@ -324,6 +436,7 @@ std::string_view to_string(FindingKind k) {
     case FindingKind::segment_deleted: return "segment_deleted";
     case FindingKind::chain_broken: return "chain_broken";
     case FindingKind::unsealed: return "unsealed";
+    case FindingKind::pruned: return "pruned";
   }
   return "unknown";
 }
@@ -344,17 +457,53 @@ std::size_t Report::problems() const {
       std::count_if(findings.begin(), findings.end(), [](const Finding& f) { return f.problem(); }));
 }
 
-std::optional<Report> verify_archive(const std::string& dir, EVP_PKEY* public_key, std::string* error) {
+std::optional<Manifest> load_trusted_manifest(const std::string& dir, const std::string& segment, EVP_PKEY* key,
+                                              FindingKind* kind, std::string* why) {
+  std::string base = dir + "/" + segment;
+  auto text = read_text_file(base + std::string(kManifestSuffix));
+  auto sig = read_text_file(base + std::string(kSignatureSuffix));
+  auto complain = [&](FindingKind k, std::string detail) {
+    if (kind) *kind = k;
+    if (why) *why = std::move(detail);
+    return std::optional<Manifest>();
+  };
+  if (!text) return complain(FindingKind::missing_manifest, "manifest unreadable");
+  if (!sig) return complain(FindingKind::bad_signature, "signature file missing");
+  std::string reason;
+  auto m = parse_manifest(*text, &reason);
+  if (!verify_base64(key, *text, *sig)) {
+    std::string detail = "manifest signature does not verify: manifest or signature modified";
+    std::string fingerprint = key_fingerprint(key);
+    if (m && m->key_fingerprint != fingerprint)
+      detail += " (manifest names key " + m->key_fingerprint + ", verifying with " + fingerprint + ")";
+    return complain(FindingKind::bad_signature, detail);
+  }
+  if (!m) return complain(FindingKind::bad_manifest, reason);
+  return m;
+}
+
+std::optional<Report> verify_archive(const std::string& path, EVP_PKEY* public_key, std::string* error) {
   namespace fs = std::filesystem;
-  std::map<std::string, std::map<std::uint64_t, SegmentFiles>> writers;
   std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
+    fs::path p(path);
+    Verifier v(p.has_parent_path() ? p.parent_path().string() : ".", public_key);
+    v.export_file(p.filename().string());
+    return v.take();
+  }
+  const std::string& dir = path;
+  std::map<std::string, std::map<std::uint64_t, SegmentFiles>> writers;
+  std::vector<std::string> exports;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::string n = it->path().filename().string();
     std::string_view base = n;
     bool is_manifest = base.ends_with(kManifestSuffix);
     if (is_manifest) base.remove_suffix(kManifestSuffix.size());
     auto seg = parse_segment_name(base);
-    if (!seg) continue;
+    if (!seg) {
+      if (!is_manifest && base.ends_with(kSealedSuffix)) exports.push_back(n);
+      continue;
+    }
     SegmentFiles& files = writers[seg->writer][seg->seq];
     files.name = seg->sealed_name;
     if (is_manifest) files.manifest = true;
@@ -366,7 +515,12 @@ std::optional<Report> verify_archive(const std::string& dir, EVP_PKEY* public_ke
     return std::nullopt;
   }
   Verifier v(dir, public_key);
+  std::string why;
+  if (auto tombstones = load_tombstones(dir, public_key, &why)) v.set_tombstones(tombstones->entries);
+  else v.add_problem(FindingKind::bad_signature, std::string(kPrunedFile), why);
   for (const auto& [writer, segments] : writers) v.writer(writer, segments);
+  std::sort(exports.begin(), exports.end());
+  for (const auto& name : exports) v.export_file(name);
   return v.take();
 }
 

@@ -4,6 +4,7 @@
 // ground truth its records are classified against.
 #pragma once
 
+#include "archive/format.h"
 #include "tls/ossl.h"
 
 #include <cstdint>
@@ -26,6 +27,7 @@ enum class FindingKind {
   segment_deleted,   // a sealed segment missing from the writer's sequence
   chain_broken,      // records that do not chain (checked without a manifest)
   unsealed,          // an open segment (live or crashed writer): a note, not a problem
+  pruned,            // a segment deleted by retention, vouched for by a signed tombstone: a note
 };
 std::string_view to_string(FindingKind k);
 
@@ -36,7 +38,7 @@ struct Finding {
   std::optional<std::uint64_t> offset;  // of its gzip member in the segment
   std::string record_id;
   std::string detail;
-  bool problem() const { return kind != FindingKind::unsealed; }
+  bool problem() const { return kind != FindingKind::unsealed && kind != FindingKind::pruned; }
 };
 // One line: "modified  SEGMENT record 5 @1234 <urn:uuid:..>: detail"
 std::string format_finding(const Finding& f);
@@ -50,7 +52,15 @@ struct Report {
 };
 
 // `public_key`: the archive key (public, or private whose public half is used).
-// An unreadable directory is reported as an error, not as findings.
-std::optional<Report> verify_archive(const std::string& dir, EVP_PKEY* public_key, std::string* error);
+// An unreadable directory is reported as an error, not as findings. `path` is
+// an archive directory (segments, tombstones and any exports in it), or one
+// export file (FILE.warc.gz next to its export manifest).
+std::optional<Report> verify_archive(const std::string& path, EVP_PKEY* public_key, std::string* error);
+
+// DIR/SEGMENT's manifest if its signature verifies by `key`; otherwise nullopt,
+// with the finding it amounts to (missing_manifest, bad_signature,
+// bad_manifest) and why.
+std::optional<Manifest> load_trusted_manifest(const std::string& dir, const std::string& segment, EVP_PKEY* key,
+                                              FindingKind* kind, std::string* why);
 
 }  // namespace sightline::archive
