@@ -111,6 +111,7 @@ struct ArchiveConfig {
   std::uint64_t queue_bytes = 64ull << 20;  // back-pressure on archived connections above this
   std::string on_failure = "closed";        // "closed" refuses archived traffic; "open" lets it pass
   std::string writer_id;                    // default: the host name
+  std::uint64_t retention_days = 0;         // prune sealed segments older than this; 0: keep all
   bool enabled() const { return !dir.empty(); }
 };
 

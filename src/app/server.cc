@@ -53,6 +53,7 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   so.writer.sync_interval = ac.sync_interval;
   so.queue_bytes = static_cast<std::size_t>(ac.queue_bytes);
   so.fail_open = ac.on_failure == "open";
+  so.retention_days = static_cast<unsigned>(ac.retention_days);
   ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
   if (!ctx.archive) {
     if (error) *error = "archive: " + why;
@@ -67,7 +68,8 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
                 .str("sync", ac.sync)
                 .str("on_failure", ac.on_failure)
                 .boolean("all", ac.all)
-                .num("max_body", ac.max_body));
+                .num("max_body", ac.max_body)
+                .num("retention_days", ac.retention_days));
   return true;
 }
 
@@ -397,6 +399,7 @@ int run_server(const Config& cfg) {
     counter("sightline_archive_bytes_total", "HTTP bytes (heads and captured bodies) written to the archive.",
             st.bytes);
     counter("sightline_archive_failures_total", "Archive write, sync or seal attempts that failed.", st.failures);
+    counter("sightline_archive_pruned_total", "Sealed segments deleted by archive.retention_days.", st.pruned);
     counter("sightline_archive_dropped_total",
             "Exchanges not archived: on_failure = \"open\" while failing, or unwritable at shutdown.", st.dropped);
     m.registry.callback_gauge("sightline_archive_queue_depth", "Exchanges waiting to be written to the archive.", {},

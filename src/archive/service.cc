@@ -1,5 +1,6 @@
 #include "archive/service.h"
 
+#include "archive/retention.h"
 #include "core/log.h"
 
 namespace sightline::archive {
@@ -20,6 +21,7 @@ std::unique_ptr<ArchiveService> ArchiveService::start(ServiceOptions opts, tls::
   WriterOptions wo = opts.writer;
   if (wo.sync == SyncMode::record) wo.sync = SyncMode::none;
   RecoveryReport rep;
+  tls::EvpPkeyPtr prune_key = key ? tls::up_ref(key.get()) : nullptr;
   auto writer = SegmentWriter::open(wo, std::move(key), &rep, error);
   if (!writer) return nullptr;
   if (!rep.open_segment.empty())
@@ -30,13 +32,43 @@ std::unique_ptr<ArchiveService> ArchiveService::start(ServiceOptions opts, tls::
                   .num("cut_bytes", rep.cut_bytes)
                   .str("cut_reason", rep.cut_reason)
                   .boolean("sealed", rep.sealed));
-  auto svc = std::unique_ptr<ArchiveService>(new ArchiveService(std::move(opts), std::move(writer)));
+  auto svc = std::unique_ptr<ArchiveService>(
+      new ArchiveService(std::move(opts), std::move(writer), std::move(prune_key)));
   svc->thread_ = std::thread([s = svc.get()] { s->run(); });
   return svc;
 }
 
-ArchiveService::ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer)
-    : opts_(std::move(opts)), writer_(std::move(writer)) {}
+ArchiveService::ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer, tls::EvpPkeyPtr key)
+    : opts_(std::move(opts)), writer_(std::move(writer)), key_(std::move(key)) {}
+
+// Retention on the writer thread: deleting files never runs on a loop, and
+// never concurrently with this writer's own sealing.
+void ArchiveService::maybe_prune(std::chrono::steady_clock::time_point now) {
+  if (opts_.retention_days == 0 || now < next_prune_) return;
+  next_prune_ = now + opts_.prune_interval;
+  PruneOptions po;
+  po.dir = opts_.writer.dir;
+  po.retention_days = opts_.retention_days;
+  po.signing_key = key_.get();
+  std::string err;
+  auto res = prune(po, &err);
+  if (!res) {
+    log::emit(log::Line(log::Level::error, "archive_prune_failed").str("msg", err));
+    return;
+  }
+  for (const auto& t : res->deleted)
+    log::emit(log::Line(log::Level::info, "archive_pruned")
+                  .str("segment", t.segment)
+                  .str("sealed", t.sealed)
+                  .num("records", t.records)
+                  .str("chain_head", t.chain_head)
+                  .str("manifest_sha256", t.manifest_sha256)
+                  .str("reason", t.reason));
+  for (const auto& h : res->held) log::emit(log::Line(log::Level::info, "archive_prune_held").str("detail", h));
+  for (const auto& s : res->skipped)
+    log::emit(log::Line(log::Level::warn, "archive_prune_skipped").str("detail", s));
+  stats_.pruned.fetch_add(res->deleted.size(), std::memory_order_relaxed);
+}
 
 ArchiveService::~ArchiveService() { stop(); }
 
@@ -151,6 +183,7 @@ bool ArchiveService::write_batch(std::unique_lock<std::mutex>& lock) {
   auto now = WallClock::now();
   if (!err) err = writer_->maybe_sync(now);
   if (!err) err = writer_->maybe_rotate(now);
+  maybe_prune(std::chrono::steady_clock::now());
   lock.lock();
   if (err) set_failing(*err);
   run_drained_if_below_half();
@@ -168,6 +201,7 @@ void ArchiveService::run() {
         auto now = WallClock::now();
         auto err = writer_->maybe_sync(now);
         if (!err) err = writer_->maybe_rotate(now);
+        maybe_prune(std::chrono::steady_clock::now());
         lock.lock();
         if (err) set_failing(*err);
       }

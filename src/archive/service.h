@@ -41,6 +41,11 @@ struct ServiceOptions {
   std::size_t queue_bytes = 64ull << 20;
   bool fail_open = false;
   std::chrono::milliseconds retry_interval{1000};
+  // Retention (retention.h): sealed segments older than this many days are
+  // pruned (legal holds excepted) at start and every prune_interval; 0 keeps
+  // everything.
+  unsigned retention_days = 0;
+  std::chrono::seconds prune_interval{3600};
 };
 
 class ArchiveService {
@@ -52,6 +57,7 @@ class ArchiveService {
     std::atomic<std::uint64_t> dropped{0};    // fail open only: exchanges not archived
     std::atomic<std::uint64_t> queued{0};     // exchanges waiting now
     std::atomic<std::uint64_t> queued_bytes{0};
+    std::atomic<std::uint64_t> pruned{0};  // segments deleted by retention
   };
 
   // Opens (and recovers) the archive, then starts the writer thread.
@@ -82,7 +88,8 @@ class ArchiveService {
   const std::string& dir() const { return opts_.writer.dir; }
 
  private:
-  ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer);
+  ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer, tls::EvpPkeyPtr key);
+  void maybe_prune(std::chrono::steady_clock::time_point now);
   void run();
   bool write_batch(std::unique_lock<std::mutex>& lock);
   void set_failing(const std::string& why);
@@ -91,6 +98,8 @@ class ArchiveService {
 
   ServiceOptions opts_;
   std::unique_ptr<SegmentWriter> writer_;
+  tls::EvpPkeyPtr key_;  // for pruned.json's signature
+  std::chrono::steady_clock::time_point next_prune_{};
   Stats stats_;
 
   mutable std::mutex mu_;
