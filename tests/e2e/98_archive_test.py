@@ -194,12 +194,22 @@ def main(t):
         assert cp.returncode == 1, cp.stdout + cp.stderr
         assert "modified" in cp.stdout, cp.stdout
 
-    with t.check("archive by policy: only the rule with archive = true"):
+    with t.check("archive by policy: the supervised group's traffic to one service only, with the user"):
         d2 = os.path.join(t.dir, "archive-policy")
         pol = os.path.join(t.dir, "archive-policy.toml")
         with open(pol, "w") as f:
-            f.write('[[rule]]\nname = "supervised"\naction = "inspect"\nports = [%d]\narchive = true\n' % port)
-        p2 = t.start_proxy(pki, name="by-policy", args=["--archive-dir", d2, "--archive-key", key, "--policy", pol])
+            f.write('[[rule]]\nname = "supervised"\naction = "inspect"\ngroups = ["supervised"]\n'
+                    'ports = [%d]\narchive = true\n' % port)
+        users = os.path.join(t.dir, "users.map")
+        with open(users, "w") as f:
+            f.write("127.0.0.1/32 alice\n")
+        groups = os.path.join(t.dir, "groups")
+        with open(groups, "w") as f:
+            f.write("supervised: alice\n")
+        p2 = t.start_proxy(pki, name="by-policy",
+                           args=["--archive-dir", d2, "--archive-key", key, "--policy", pol,
+                                 "--user-map", users],
+                           extra='[identity]\ngroups = "%s"\n' % groups)
         for pp in (port, other_port):
             cp = h.curl_via(p2.port, "https://localhost:%d/1k?p" % pp, cafile=pki.root, extra=["--http1.1"])
             assert cp.returncode == 0 and cp.stdout == one_k, h.curl_err(cp)
@@ -207,7 +217,11 @@ def main(t):
         assert p2.stop() == 0
         got = sorted(exchanges(d2))
         assert got == ["https://localhost:%d/1k?p" % port], got
-        assert exchanges(d2)[got[0]]["metadata"]["rule"] == "supervised"
+        meta = exchanges(d2)[got[0]]["metadata"]
+        assert meta["rule"] == "supervised" and meta["user"] == "alice" and meta["groups"] == ["supervised"], meta
+        cp = subprocess.run([h.sightline_bin(), "archive", "search", d2, "--user", "alice"],
+                            capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0 and "/1k?p" in cp.stdout, cp.stdout + cp.stderr
         assert verify(d2, pub).returncode == 0
 
     with t.check("fail closed on a full disk: 503, nothing lost, recovers when there is room"):
