@@ -1158,7 +1158,6 @@ def w5_lines(summ):
                    "p99 %+.3f ms (%s vs %s ms p50)" % (on["p50_ms"] - off["p50_ms"],
                                                     on.get("p99_ms", 0) - off.get("p99_ms", 0),
                                                     fmt(on["p50_ms"]), fmt(off["p50_ms"])))
-    out.append("- compliance archive on: n/a (not implemented yet)")
     return out
 
 

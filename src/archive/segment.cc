@@ -196,7 +196,9 @@ struct SegmentWriter::State {
     }
     WarcRecord meta;
     // Names from the wire may not be UTF-8; the archive must not refuse them.
-    meta.block = ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    meta.block = !ex.metadata_json.empty()
+                     ? ex.metadata_json
+                     : ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     meta.headers = {{"WARC-Type", "metadata"},
                     {"WARC-Record-ID", meta_id},
                     {"WARC-Date", date},

@@ -1,5 +1,6 @@
 #include "archive/tap.h"
 
+#include "core/log.h"
 #include "hooks/event_json.h"
 #include "hooks/exchange_tap.h"
 
@@ -76,16 +77,24 @@ ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {
   if (auto colon = server.rfind(':'); colon != std::string_view::npos) server = server.substr(0, colon);
   if (server.size() >= 2 && server.front() == '[') server = server.substr(1, server.size() - 2);
   out.server_ip = std::string(server);
-  std::string line;
-  hooks::format_exchange(line, rec, 0);
-  out.metadata = nlohmann::json::parse(line, nullptr, false);
-  if (out.metadata.is_discarded()) out.metadata = nlohmann::json::object();
-  out.metadata["user"] = c.user;
-  out.metadata["groups"] = c.groups;
-  out.metadata["upstream_cert_sha256"] = c.upstream_cert_sha256;
-  out.metadata["upstream_verdict"] = c.upstream_verdict;
-  out.metadata["request_truncated"] = out.request_truncated;
-  out.metadata["response_truncated"] = out.response_truncated;
+  // The event feed's object (it has user and groups), closed with what only
+  // the archive records. Formatted as text: no JSON tree per exchange.
+  std::string& m = out.metadata_json;
+  hooks::format_exchange(m, rec, 0);
+  while (!m.empty() && (m.back() == '\n' || m.back() == '}')) {
+    bool brace = m.back() == '}';
+    m.pop_back();
+    if (brace) break;
+  }
+  m += ",\"upstream_cert_sha256\":\"";
+  log::append_json_escaped(m, c.upstream_cert_sha256);
+  m += "\",\"upstream_verdict\":\"";
+  log::append_json_escaped(m, c.upstream_verdict);
+  m += "\",\"request_truncated\":";
+  m += out.request_truncated ? "true" : "false";
+  m += ",\"response_truncated\":";
+  m += out.response_truncated ? "true" : "false";
+  m += '}';
   out.timestamp = rec.start;
   return out;
 }

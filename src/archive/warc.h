@@ -44,6 +44,9 @@ struct ExchangeRecord {
   // User, client address, policy rule, TLS of both legs, upstream certificate,
   // verdict, timings: written as the metadata record (application/json).
   nlohmann::json metadata = nlohmann::json::object();
+  // The same as JSON text, already serialized (a caller that formats it
+  // directly skips building a tree); used instead of `metadata` when set.
+  std::string metadata_json;
   WallClock::time_point timestamp = WallClock::now();
 };
 
