@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,14 @@ def verify(d, key):
 def status(proxy):
     body = urllib.request.urlopen("http://127.0.0.1:%d/status" % proxy.admin_port, timeout=5).read()
     return json.loads(body)["archive"]
+
+
+def metric(proxy, name):
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % proxy.admin_port, timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("%s not in /metrics" % name)
 
 
 def wait_for(pred, timeout):
@@ -269,6 +278,26 @@ def main(t):
         cp = verify(d3, pub)
         assert cp.returncode == 0, cp.stdout + cp.stderr
         mount.kill()
+
+    with t.check("a 64 KiB archive queue under h2load: connections pause and resume, nothing is lost"):
+        d5 = os.path.join(t.dir, "archive-small-queue")
+        sport = h.free_port()
+        p6 = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
+                                 'target = "localhost:%d"\n\n[archive]\ndir = "%s"\nkey = "%s"\n'
+                                 'all = true\nqueue_bytes = 65536\n' % (sport, port, d5, key)),
+                     name="small-queue", port=sport)
+        n = 3000
+        cp = subprocess.run(["h2load", "-n", str(n), "-c", "16", "-m", "1", "--h1",
+                             "https://127.0.0.1:%d/1k" % sport], capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0 and "%d succeeded" % n in cp.stdout, cp.stdout[-800:] + cp.stderr[-400:]
+        assert wait_for(lambda: status(p6)["written"] == n, 30), status(p6)
+        bp = metric(p6, "sightline_archive_backpressure_total")
+        assert p6.stop() == 0
+        cp = verify(d5, pub)
+        assert cp.returncode == 0, cp.stdout[-1000:]
+        segs, recs = re.search(r"(\d+) segments, (\d+) records", cp.stdout).groups()
+        assert int(recs) == 3 * n + int(segs), cp.stdout[-300:]  # 3 per exchange, a warcinfo per segment
+        t.note("%d pauses" % bp)
 
     with t.check("kill -9 under load, 3 times: the torn tail is cut and the archive verifies"):
         d4 = os.path.join(t.dir, "archive-crash")
