@@ -24,14 +24,7 @@ std::unique_ptr<ArchiveService> ArchiveService::start(ServiceOptions opts, tls::
   tls::EvpPkeyPtr prune_key = key ? tls::up_ref(key.get()) : nullptr;
   auto writer = SegmentWriter::open(wo, std::move(key), &rep, error);
   if (!writer) return nullptr;
-  if (!rep.open_segment.empty())
-    log::emit(log::Line(rep.cut_bytes ? log::Level::warn : log::Level::info, "archive_recovered")
-                  .str("segment", rep.open_segment)
-                  .num("kept_records", rep.kept_records)
-                  .num("cut_records", rep.cut_records)
-                  .num("cut_bytes", rep.cut_bytes)
-                  .str("cut_reason", rep.cut_reason)
-                  .boolean("sealed", rep.sealed));
+  // The writer logs what recovery kept and cut (archive_recovered).
   auto svc = std::unique_ptr<ArchiveService>(
       new ArchiveService(std::move(opts), std::move(writer), std::move(prune_key)));
   svc->thread_ = std::thread([s = svc.get()] { s->run(); });

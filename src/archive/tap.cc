@@ -2,62 +2,15 @@
 
 #include "core/log.h"
 #include "hooks/event_json.h"
-#include "hooks/exchange_tap.h"
 
 #include <algorithm>
 
 namespace sightline::archive {
 
-void ArchiveTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
-  if (!ex.connection || !ex.connection->archive) return;
-  Shard& s = shard(ex.id);
-  std::lock_guard lock(s.mu);
-  hooks::ExchangeRecord& rec = s.open[ex.id];
-  rec.request = head;
-  rec.start = hooks::WallClock::now();
-  rec.bodies_captured = true;
-}
-
-void ArchiveTap::on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) {
-  if (!ex.connection || !ex.connection->archive || data.empty()) return;
-  Shard& s = shard(ex.id);
-  std::lock_guard lock(s.mu);
-  auto it = s.open.find(ex.id);
-  if (it == s.open.end()) return;
-  std::string& body = dir == exchange::Direction::request ? it->second.request_body : it->second.response_body;
-  std::size_t n = std::min(opts_.max_body - std::min(opts_.max_body, body.size()), data.size());
-  body.append(data.data(), n);
-}
-
-void ArchiveTap::on_response_head(const exchange::Exchange& ex, const exchange::Head& head) {
-  // Interim (1xx) heads are not kept; 101 (protocol switch) is final.
-  if (!ex.connection || !ex.connection->archive || (head.status >= 100 && head.status < 200 && head.status != 101))
-    return;
-  Shard& s = shard(ex.id);
-  std::lock_guard lock(s.mu);
-  auto it = s.open.find(ex.id);
-  if (it == s.open.end()) return;
-  it->second.has_response = true;
-  it->second.response = head;
-}
-
 void ArchiveTap::finish(const exchange::Exchange& ex, bool complete, std::string_view reason) {
-  if (!ex.connection || !ex.connection->archive) return;
-  auto rec = std::make_shared<hooks::ExchangeRecord>();
-  bool tracked = false;
-  {
-    Shard& s = shard(ex.id);
-    std::lock_guard lock(s.mu);
-    auto it = s.open.find(ex.id);
-    if (it != s.open.end()) {
-      *rec = std::move(it->second);
-      s.open.erase(it);
-      tracked = true;
-    }
-  }
-  hooks::fill_from_exchange(*rec, ex, complete, reason, tracked);
-  // The authority and target the exchange went to (HTTP/1.1 heads carry
-  // them in Host and the request line only).
+  if (!archived(ex)) return;
+  auto rec = capture_.finish(ex, complete, reason);
+  // The authority the exchange went to (HTTP/1.1 heads carry it in Host only).
   if (rec->request.authority.empty()) rec->request.authority = ex.authority;
   std::size_t size = rec->request_body.size() + rec->response_body.size() + 2048;
   service_.submit([rec] { return to_archive_record(*rec); }, size);

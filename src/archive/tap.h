@@ -9,19 +9,16 @@
 // archived exchanges in flight times 2 × max_body, and by the service's
 // queue with back-pressure (see service.h).
 //
-// Thread safety: events of one exchange come from the worker owning its
-// connection; state lives in one shard per worker (the worker index is the
-// top byte of the exchange id).
 #pragma once
 
 #include "archive/service.h"
 #include "exchange/exchange.h"
 #include "hooks/events.h"
+#include "hooks/exchange_tap.h"
 
-#include <array>
-#include <mutex>
+#include <cstdint>
+#include <span>
 #include <string_view>
-#include <unordered_map>
 
 namespace sightline::archive {
 
@@ -31,26 +28,27 @@ struct TapOptions {
 
 class ArchiveTap final : public exchange::Consumer {
  public:
-  ArchiveTap(ArchiveService& service, TapOptions opts) : service_(service), opts_(opts) {}
+  ArchiveTap(ArchiveService& service, TapOptions opts) : service_(service), capture_({SIZE_MAX, opts.max_body}) {}
 
-  void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override;
-  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override;
+  void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override {
+    if (archived(ex)) capture_.start(ex, head);
+  }
+  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override {
+    if (archived(ex)) capture_.body(ex, dir, data);
+  }
   void on_request_end(const exchange::Exchange&, const exchange::Headers&) override {}
-  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override {
+    if (archived(ex)) capture_.response_head(ex, head);
+  }
   void on_response_end(const exchange::Exchange& ex, const exchange::Headers&) override { finish(ex, true, {}); }
   void on_abort(const exchange::Exchange& ex, std::string_view reason) override { finish(ex, false, reason); }
 
  private:
-  struct Shard {
-    std::mutex mu;
-    std::unordered_map<std::uint64_t, hooks::ExchangeRecord> open;
-  };
-  Shard& shard(std::uint64_t id) { return shards_[(id >> 56) & 0xff]; }
+  static bool archived(const exchange::Exchange& ex) { return ex.connection && ex.connection->archive; }
   void finish(const exchange::Exchange& ex, bool complete, std::string_view reason);
 
   ArchiveService& service_;
-  TapOptions opts_;
-  std::array<Shard, 256> shards_;
+  hooks::ExchangeCapture capture_;
 };
 
 // The WARC exchange for an ended exchange record: HTTP/1.1-style request and

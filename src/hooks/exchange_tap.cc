@@ -26,38 +26,33 @@ void publish_to(const std::vector<Channel*>& channels, std::shared_ptr<const Rec
 
 }  // namespace
 
-ExchangeTap::ExchangeTap(const Bus& bus, ExchangeTapOptions opts)
-    : bus_(bus), opts_(opts), body_cap_(bus.body_cap()) {}
-
-void ExchangeTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
-  // A rule whose `hooks` option leaves out every exchange consumer costs nothing more.
-  if (!ex.connection || selected(bus_, &ex.connection->hooks, Kind::exchanges).empty()) return;
+bool ExchangeCapture::start(const exchange::Exchange& ex, const exchange::Head& head) {
   Shard& s = shard(ex.id);
   std::lock_guard lock(s.mu);
-  if (s.open.size() >= opts_.max_open) {
-    untracked_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  State& st = s.open[ex.id];
-  st.request = head;
-  st.start = WallClock::now();
+  if (s.open.size() >= limits_.max_open) return false;
+  ExchangeRecord& rec = s.open[ex.id];
+  rec.request = head;
+  rec.start = WallClock::now();
+  rec.bodies_captured = limits_.body_cap > 0;
+  return true;
 }
 
-void ExchangeTap::on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) {
-  if (body_cap_ == 0 || data.empty()) return;
+void ExchangeCapture::body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) {
+  if (limits_.body_cap == 0 || data.empty()) return;
   Shard& s = shard(ex.id);
   std::lock_guard lock(s.mu);
   auto it = s.open.find(ex.id);
   if (it == s.open.end()) return;
   std::string& body = dir == exchange::Direction::request ? it->second.request_body : it->second.response_body;
-  if (body.size() >= body_cap_) return;
-  std::size_t room = std::min(body_cap_ - body.size(), opts_.body_budget - std::min(opts_.body_budget, s.body_bytes));
+  if (body.size() >= limits_.body_cap) return;
+  std::size_t room = std::min(limits_.body_cap - body.size(),
+                              limits_.body_budget - std::min(limits_.body_budget, s.body_bytes));
   std::size_t n = std::min(room, data.size());
   body.append(data.data(), n);
   s.body_bytes += n;
 }
 
-void ExchangeTap::on_response_head(const exchange::Exchange& ex, const exchange::Head& head) {
+void ExchangeCapture::response_head(const exchange::Exchange& ex, const exchange::Head& head) {
   // Interim (1xx) heads are not kept; 101 (protocol switch) is final.
   if (head.status >= 100 && head.status < 200 && head.status != 101) return;
   Shard& s = shard(ex.id);
@@ -66,6 +61,34 @@ void ExchangeTap::on_response_head(const exchange::Exchange& ex, const exchange:
   if (it == s.open.end()) return;
   it->second.has_response = true;
   it->second.response = head;
+}
+
+std::shared_ptr<ExchangeRecord> ExchangeCapture::finish(const exchange::Exchange& ex, bool complete,
+                                                        std::string_view reason) {
+  auto rec = std::make_shared<ExchangeRecord>();
+  bool tracked = false;
+  {
+    Shard& s = shard(ex.id);
+    std::lock_guard lock(s.mu);
+    auto it = s.open.find(ex.id);
+    if (it != s.open.end()) {
+      *rec = std::move(it->second);
+      s.body_bytes -= std::min(s.body_bytes, rec->request_body.size() + rec->response_body.size());
+      s.open.erase(it);
+      tracked = true;
+    }
+  }
+  fill_from_exchange(*rec, ex, complete, reason, tracked);
+  return rec;
+}
+
+ExchangeTap::ExchangeTap(const Bus& bus, ExchangeTapOptions opts)
+    : bus_(bus), capture_({opts.max_open, bus.body_cap(), opts.body_budget}) {}
+
+void ExchangeTap::on_request_head(const exchange::Exchange& ex, const exchange::Head& head) {
+  // A rule whose `hooks` option leaves out every exchange consumer costs nothing more.
+  if (!ex.connection || selected(bus_, &ex.connection->hooks, Kind::exchanges).empty()) return;
+  if (!capture_.start(ex, head)) untracked_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void ExchangeTap::on_response_end(const exchange::Exchange& ex, const exchange::Headers&) {
@@ -77,32 +100,10 @@ void ExchangeTap::on_abort(const exchange::Exchange& ex, std::string_view reason
 }
 
 void ExchangeTap::finish(const exchange::Exchange& ex, bool complete, std::string_view reason) {
-  std::optional<State> st;
-  {
-    Shard& s = shard(ex.id);
-    std::lock_guard lock(s.mu);
-    auto it = s.open.find(ex.id);
-    if (it != s.open.end()) {
-      st = std::move(it->second);
-      s.body_bytes -= std::min(s.body_bytes, st->request_body.size() + st->response_body.size());
-      s.open.erase(it);
-    }
-  }
+  auto rec = capture_.finish(ex, complete, reason);
   if (!ex.connection) return;
   auto channels = selected(bus_, &ex.connection->hooks, Kind::exchanges);
   if (channels.empty()) return;
-
-  auto rec = std::make_shared<ExchangeRecord>();
-  if (st) {
-    rec->request = std::move(st->request);
-    rec->has_response = st->has_response;
-    rec->response = std::move(st->response);
-    rec->bodies_captured = body_cap_ > 0;
-    rec->request_body = std::move(st->request_body);
-    rec->response_body = std::move(st->response_body);
-    rec->start = st->start;
-  }
-  fill_from_exchange(*rec, ex, complete, reason, st.has_value());
   publish_to<ExchangeRecord>(channels, std::move(rec));
 }
 

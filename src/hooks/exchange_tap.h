@@ -23,6 +23,8 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -39,6 +41,39 @@ namespace sightline::hooks {
 void fill_from_exchange(ExchangeRecord& rec, const exchange::Exchange& ex, bool complete,
                         std::string_view reason, bool tracked);
 
+// What the exchange feed streams past for the exchanges being recorded:
+// heads, the first bytes of each body, the start time. One shard per worker
+// (exchange ids carry the worker index in their top byte), so its mutex is
+// never contended in practice and only keeps the type honest.
+class ExchangeCapture {
+ public:
+  struct Limits {
+    std::size_t max_open = SIZE_MAX;     // tracked exchanges per worker
+    std::size_t body_cap = 0;            // captured bytes per body
+    std::size_t body_budget = SIZE_MAX;  // captured body bytes per worker
+  };
+  explicit ExchangeCapture(Limits limits) : limits_(limits) {}
+
+  // False when the worker's table is full (the exchange is not tracked).
+  bool start(const exchange::Exchange& ex, const exchange::Head& head);
+  void body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data);
+  void response_head(const exchange::Exchange& ex, const exchange::Head& head);
+  // The ended exchange's record: what was captured (nothing when it was not
+  // tracked) and its summary (fill_from_exchange).
+  std::shared_ptr<ExchangeRecord> finish(const exchange::Exchange& ex, bool complete, std::string_view reason);
+
+ private:
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, ExchangeRecord> open;
+    std::size_t body_bytes = 0;
+  };
+  Shard& shard(std::uint64_t id) { return shards_[(id >> 56) & 0xff]; }
+
+  Limits limits_;
+  std::array<Shard, 256> shards_;
+};
+
 struct ExchangeTapOptions {
   std::size_t max_open = 16384;           // per worker
   std::size_t body_budget = 64ull << 20;  // captured bytes per worker
@@ -51,9 +86,13 @@ class ExchangeTap final : public exchange::Consumer {
   ExchangeTap(const Bus& bus, ExchangeTapOptions opts = {});
 
   void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override;
-  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override;
+  void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override {
+    capture_.body(ex, dir, data);
+  }
   void on_request_end(const exchange::Exchange&, const exchange::Headers&) override {}
-  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override;
+  void on_response_head(const exchange::Exchange& ex, const exchange::Head& head) override {
+    capture_.response_head(ex, head);
+  }
   void on_response_end(const exchange::Exchange& ex, const exchange::Headers& trailers) override;
   void on_abort(const exchange::Exchange& ex, std::string_view reason) override;
 
@@ -61,25 +100,10 @@ class ExchangeTap final : public exchange::Consumer {
   std::uint64_t untracked() const { return untracked_.load(std::memory_order_relaxed); }
 
  private:
-  struct State {
-    exchange::Head request;
-    bool has_response = false;
-    exchange::Head response;
-    std::string request_body, response_body;
-    WallClock::time_point start{};
-  };
-  struct Shard {
-    std::mutex mu;
-    std::unordered_map<std::uint64_t, State> open;
-    std::size_t body_bytes = 0;
-  };
-  Shard& shard(std::uint64_t id) { return shards_[(id >> 56) & 0xff]; }
   void finish(const exchange::Exchange& ex, bool complete, std::string_view reason);
 
   const Bus& bus_;
-  ExchangeTapOptions opts_;
-  std::size_t body_cap_;
-  std::array<Shard, 256> shards_;
+  ExchangeCapture capture_;
   std::atomic<std::uint64_t> untracked_{0};
 };
 
