@@ -112,6 +112,7 @@ struct ArchiveConfig {
   std::string on_failure = "closed";        // "closed" refuses archived traffic; "open" lets it pass
   std::string writer_id;                    // default: the host name
   std::uint64_t retention_days = 0;         // prune sealed segments older than this; 0: keep all
+  std::uint64_t compression = 1;            // gzip level per record: 0 (stored) .. 9 (smallest)
   bool enabled() const { return !dir.empty(); }
 };
 

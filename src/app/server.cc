@@ -54,6 +54,7 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   so.queue_bytes = static_cast<std::size_t>(ac.queue_bytes);
   so.fail_open = ac.on_failure == "open";
   so.retention_days = static_cast<unsigned>(ac.retention_days);
+  so.writer.compression_level = static_cast<int>(ac.compression);
   ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
   if (!ctx.archive) {
     if (error) *error = "archive: " + why;

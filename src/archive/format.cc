@@ -1,5 +1,7 @@
 #include "archive/format.h"
 
+#include "core/log.h"
+
 #include "hooks/pcap.h"
 
 #include <fcntl.h>
@@ -77,16 +79,6 @@ std::optional<SegmentName> parse_segment_name(std::string_view n) {
 }
 
 std::string manifest_json(const Manifest& m) {
-  nlohmann::ordered_json records = nlohmann::ordered_json::array();
-  for (const auto& r : m.records) {
-    records.push_back({{"seq", r.seq},
-                       {"offset", r.offset},
-                       {"length", r.length},
-                       {"id", r.id},
-                       {"type", r.type},
-                       {"digest", sha256_field(r.digest)},
-                       {"chain", sha256_field(r.chain)}});
-  }
   nlohmann::ordered_json j = {
       {"format", "sightline-archive-manifest/1"},
       {"segment", m.segment},
@@ -100,9 +92,36 @@ std::string manifest_json(const Manifest& m) {
       {"created", m.created},
       {"sealed", m.sealed},
       {"key_fingerprint", m.key_fingerprint},
-      {"records", std::move(records)},
   };
-  return j.dump(1) + "\n";
+  std::string out = j.dump(1);
+  // The record list is written as text, one object per line: a segment
+  // holds up to millions of records, and a JSON tree of them cost more than
+  // writing the records themselves.
+  out.pop_back();  // the closing brace
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  out += ",\n \"records\": [";
+  out.reserve(out.size() + m.records.size() * 260);
+  bool first = true;
+  for (const auto& r : m.records) {
+    out += first ? "\n  {\"seq\":" : ",\n  {\"seq\":";
+    first = false;
+    out += std::to_string(r.seq);
+    out += ",\"offset\":";
+    out += std::to_string(r.offset);
+    out += ",\"length\":";
+    out += std::to_string(r.length);
+    out += ",\"id\":\"";
+    log::append_json_escaped(out, r.id);
+    out += "\",\"type\":\"";
+    log::append_json_escaped(out, r.type);
+    out += "\",\"digest\":\"";
+    out += sha256_field(r.digest);
+    out += "\",\"chain\":\"";
+    out += sha256_field(r.chain);
+    out += "\"}";
+  }
+  out += first ? "]\n}\n" : "\n ]\n}\n";
+  return out;
 }
 
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) {

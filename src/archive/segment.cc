@@ -27,6 +27,7 @@ struct Batch {
   std::vector<ManifestRecord> records;
   Digest head{};
   std::uint64_t next_seq = 0;
+  int level = -1;  // gzip level
 };
 
 void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string type, WarcRecord r) {
@@ -35,7 +36,7 @@ void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::stri
   std::string unchained = serialize_unchained(r);
   Digest digest = sha256(unchained);
   b.head = chain_next(b.head, digest);
-  auto member = gzip_member(add_chain_header(unchained, b.head));
+  auto member = gzip_member(add_chain_header(unchained, b.head), b.level);
   // deflate fails only without memory; an empty member then fails the batch.
   std::string gz = member ? std::move(*member) : std::string();
   b.records.push_back({seq, segment_bytes + b.bytes.size(), gz.size(), std::move(id), std::move(type), digest, b.head});
@@ -100,6 +101,7 @@ struct SegmentWriter::State {
     Batch b;
     b.head = head;
     b.next_seq = next_seq;
+    b.level = opts.compression_level;
     return b;
   }
 

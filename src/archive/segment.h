@@ -36,6 +36,7 @@ struct WriterOptions {
   std::chrono::seconds max_age{3600};    // rotate (maybe_rotate) once a segment is this old
   SyncMode sync = SyncMode::record;
   std::chrono::milliseconds sync_interval{1000};
+  int compression_level = -1;  // gzip: 0 (stored) .. 9 (smallest); -1: zlib's default (6)
 };
 
 // What open() found of a previous run. A crashed writer's open segment is

@@ -193,19 +193,23 @@ std::string add_chain_header(std::string_view unchained, const Digest& chain) {
 namespace {
 
 // One deflate state per thread, reset between members: deflateInit2 costs
-// about 50 µs (it allocates and clears ~270 KiB), more than compressing a
+// about 50 us (it allocates and clears ~270 KiB), more than compressing a
 // typical record. memLevel 6 keeps the per-member reset (clearing the hash
 // table) small; records are small, so the ratio barely changes.
 class Deflater {
  public:
-  Deflater() { ok_ = deflateInit2(&zs_, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 6, Z_DEFAULT_STRATEGY) == Z_OK; }
   ~Deflater() {
     if (ok_) deflateEnd(&zs_);
   }
-  Deflater(const Deflater&) = delete;
-  Deflater& operator=(const Deflater&) = delete;
 
-  std::optional<std::string> member(std::string_view data) {
+  std::optional<std::string> member(std::string_view data, int level) {
+    if (!ok_ || level != level_) {
+      if (ok_) deflateEnd(&zs_);
+      zs_ = z_stream{};
+      // windowBits 15 + 16: a gzip wrapper, so each record is a whole gzip member.
+      ok_ = deflateInit2(&zs_, level, Z_DEFLATED, 31, 6, Z_DEFAULT_STRATEGY) == Z_OK;
+      level_ = level;
+    }
     if (!ok_ || deflateReset(&zs_) != Z_OK) return std::nullopt;
     std::string out(deflateBound(&zs_, static_cast<uLong>(data.size())), '\0');
     zs_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
@@ -221,14 +225,14 @@ class Deflater {
  private:
   z_stream zs_{};
   bool ok_ = false;
+  int level_ = 0;
 };
 
 }  // namespace
 
-// windowBits 15 + 16: a gzip wrapper, so each record is a whole gzip member.
-std::optional<std::string> gzip_member(std::string_view data) {
+std::optional<std::string> gzip_member(std::string_view data, int level) {
   thread_local Deflater deflater;
-  return deflater.member(data);
+  return deflater.member(data, level);
 }
 
 const std::string* ParsedRecord::header(std::string_view name) const {

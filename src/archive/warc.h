@@ -89,7 +89,8 @@ std::string serialize_unchained(const WarcRecord& r);
 std::string add_chain_header(std::string_view unchained, const Digest& chain);
 
 // One gzip member (RFC 1952) holding `data`; nullopt only if zlib fails.
-std::optional<std::string> gzip_member(std::string_view data);
+// `level`: zlib's 0 (stored) to 9 (smallest), -1 its default (6).
+std::optional<std::string> gzip_member(std::string_view data, int level = -1);
 
 // --- reading ---
 struct ParsedRecord {

@@ -253,9 +253,9 @@ TEST_CASE("archive tamper: manifest edited, signature replaced or missing") {
   fs::path sig = a.segment.string() + ".manifest.json.sig";
   SUBCASE("manifest edited") {
     std::string text = read_file(manifest);
-    auto at = text.find("\"seq\": 5");
+    auto at = text.find("\"seq\":5,");
     REQUIRE(at != std::string::npos);
-    text.replace(at, 8, "\"seq\": 6");
+    text.replace(at, 7, "\"seq\":6");
     write_file(manifest, text);
     expect_single(a.verify(), FindingKind::bad_signature);
   }

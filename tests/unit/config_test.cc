@@ -262,7 +262,7 @@ TEST_CASE("[archive] section") {
   auto cfg = parse(
       "[archive]\ndir = \"/var/lib/a\"\nkey = \"/etc/a.key\"\nall = true\nsync = \"interval\"\n"
       "interval_ms = 250\nmax_segment_bytes = 1048576\nmax_segment_age = \"10m\"\nmax_body = 1024\n"
-      "queue_bytes = 1048576\non_failure = \"open\"\nwriter_id = \"proxy_1.dc\"\nretention_days = 2555\n",
+      "queue_bytes = 1048576\non_failure = \"open\"\nwriter_id = \"proxy_1.dc\"\nretention_days = 2555\ncompression = 6\n",
       err);
   REQUIRE_MESSAGE(cfg, err.message);
   const ArchiveConfig& a = cfg->archive;
@@ -279,6 +279,7 @@ TEST_CASE("[archive] section") {
   CHECK(a.on_failure == "open");
   CHECK(a.writer_id == "proxy_1.dc");
   CHECK(a.retention_days == 2555);  // 7 years
+  CHECK(a.compression == 6);
   for (const char* bad : {"[archive]\nsync = \"always\"\n", "[archive]\non_failure = \"maybe\"\n",
                           "[archive]\ninterval_ms = 0\n", "[archive]\nwriter_id = \"a/b\"\n",
                           "[archive]\nqueue_bytes = 10\n", "[archive]\nretention = 3\n"}) {
