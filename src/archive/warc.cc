@@ -1,5 +1,7 @@
 #include "archive/warc.h"
 
+#include "tls/ossl.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <sys/mman.h>
@@ -78,17 +80,40 @@ std::string http_response_block(const exchange::Head& head, std::string_view bod
   return out;
 }
 
-Digest sha256(std::string_view data) {
-  Digest d{};
-  // One-shot EVP_Digest cannot fail for SHA-256 short of memory exhaustion.
-  EVP_Digest(data.data(), data.size(), d.data(), nullptr, EVP_sha256(), nullptr);
-  return d;
+namespace {
+
+// SHA-256 with the algorithm fetched once and a context per thread: the
+// one-shot EVP_Digest fetches the implementation on every call (OpenSSL 3),
+// which cost more than hashing a small record.
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {}
+  Digest of(std::initializer_list<std::string_view> parts) {
+    static const EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);  // kept for the process
+    Digest d{};
+    // Cannot fail for SHA-256 short of memory exhaustion.
+    EVP_DigestInit_ex(ctx_.get(), md ? md : EVP_sha256(), nullptr);
+    for (auto p : parts) EVP_DigestUpdate(ctx_.get(), p.data(), p.size());
+    EVP_DigestFinal_ex(ctx_.get(), d.data(), nullptr);
+    return d;
+  }
+
+ private:
+  tls::EvpMdCtxPtr ctx_;
+};
+
+Sha256& thread_sha256() {
+  thread_local Sha256 h;
+  return h;
 }
 
+}  // namespace
+
+Digest sha256(std::string_view data) { return thread_sha256().of({data}); }
+
 Digest chain_next(const Digest& prev, const Digest& record_digest) {
-  std::string both(reinterpret_cast<const char*>(prev.data()), prev.size());
-  both.append(reinterpret_cast<const char*>(record_digest.data()), record_digest.size());
-  return sha256(both);
+  auto view = [](const Digest& d) { return std::string_view(reinterpret_cast<const char*>(d.data()), d.size()); };
+  return thread_sha256().of({view(prev), view(record_digest)});
 }
 
 std::string to_hex(std::string_view bytes) {
@@ -133,8 +158,17 @@ std::string base32(const Digest& d) {
 std::string warc_digest(std::string_view data) { return "sha256:" + base32(sha256(data)); }
 
 std::string new_record_id() {
+  // Random bytes drawn 4 KiB at a time: RAND_bytes per id (three per
+  // exchange) spent more in the DRBG's locking than in generating.
+  thread_local unsigned char pool[4096];
+  thread_local std::size_t used = sizeof pool;
   unsigned char b[16];
-  if (RAND_bytes(b, sizeof b) != 1) {
+  if (used + sizeof b > sizeof pool && RAND_bytes(pool, sizeof pool) == 1) used = 0;
+  if (used + sizeof b <= sizeof pool) {
+    std::memcpy(b, pool + used, sizeof b);
+    std::memset(pool + used, 0, sizeof b);  // each id's bytes are handed out once
+    used += sizeof b;
+  } else {
     // Only a broken RNG gets here; record ids then still differ per call.
     static std::uint64_t fallback = 0;
     std::uint64_t v = ++fallback ^ static_cast<std::uint64_t>(WallClock::now().time_since_epoch().count());
