@@ -88,7 +88,7 @@ void ArchiveService::submit(std::function<ExchangeRecord()> build, std::size_t s
 void ArchiveService::when_drained(std::function<void()> fn) {
   {
     std::lock_guard lock(mu_);
-    if (stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes / 2 && !stopping_) {
+    if (stats_.queued_bytes.load(std::memory_order_relaxed) > resume_below() && !stopping_) {
       drained_.push_back(std::move(fn));
       return;
     }
@@ -130,8 +130,8 @@ void ArchiveService::clear_failing() {
 }
 
 // Called with mu_ held; releases it while the callbacks run.
-void ArchiveService::run_drained_if_below_half() {
-  if (drained_.empty() || stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes / 2) return;
+void ArchiveService::run_drained_if_room() {
+  if (drained_.empty() || stats_.queued_bytes.load(std::memory_order_relaxed) > resume_below()) return;
   std::vector<std::function<void()>> fns;
   fns.swap(drained_);
   mu_.unlock();
@@ -179,7 +179,7 @@ bool ArchiveService::write_batch(std::unique_lock<std::mutex>& lock) {
   maybe_prune(std::chrono::steady_clock::now());
   lock.lock();
   if (err) set_failing(*err);
-  run_drained_if_below_half();
+  run_drained_if_room();
   return true;
 }
 

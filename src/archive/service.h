@@ -21,6 +21,7 @@
 #include "archive/segment.h"
 #include "archive/warc.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -72,7 +73,11 @@ class ArchiveService {
   void submit(std::function<ExchangeRecord()> build, std::size_t size);
   void submit(ExchangeRecord rec);
   bool over_limit() const { return stats_.queued_bytes.load(std::memory_order_relaxed) > opts_.queue_bytes; }
-  // Runs `fn` on the writer thread once the queue is below half its limit
+  // Paused connections resume this far below the limit: enough hysteresis
+  // not to pause again at once, small enough that a pause lasts about the
+  // time to write 4 MiB, not half the queue (seconds with a large queue).
+  std::size_t resume_below() const { return opts_.queue_bytes - std::min(opts_.queue_bytes / 2, std::size_t{4} << 20); }
+  // Runs `fn` on the writer thread once the queue is below resume_below()
   // (at once, on the caller's thread, when it already is).
   void when_drained(std::function<void()> fn);
   // The last write failed and none has succeeded since.
@@ -94,7 +99,7 @@ class ArchiveService {
   bool write_batch(std::unique_lock<std::mutex>& lock);
   void set_failing(const std::string& why);
   void clear_failing();
-  void run_drained_if_below_half();
+  void run_drained_if_room();
 
   ServiceOptions opts_;
   std::unique_ptr<SegmentWriter> writer_;

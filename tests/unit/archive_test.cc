@@ -527,7 +527,7 @@ TEST_CASE("archive service: every submitted exchange is written, sealed on stop,
   CHECK(r.records == 3 * (300 * 3 + 1));  // three runs: 3 records per exchange + a warcinfo each
 }
 
-TEST_CASE("archive service: a full queue holds connections back until it drains below half") {
+TEST_CASE("archive service: a full queue holds connections back until it drains below the resume mark") {
   Archive a;
   ServiceOptions opts;
   opts.queue_bytes = 64 * 1024;
