@@ -30,13 +30,14 @@ struct Batch {
   int level = -1;  // gzip level
 };
 
-void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string type, WarcRecord r) {
+void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string type, WarcRecord r,
+                bool store = false) {
   std::uint64_t seq = b.next_seq++;
   r.headers.push_back({std::string(kSeqHeader), std::to_string(seq)});
   std::string unchained = serialize_unchained(r);
   Digest digest = sha256(unchained);
   b.head = chain_next(b.head, digest);
-  auto member = gzip_member(add_chain_header(unchained, b.head), b.level);
+  auto member = gzip_member(add_chain_header(unchained, b.head), store ? 0 : b.level);
   // deflate fails only without memory; an empty member then fails the batch.
   std::string gz = member ? std::move(*member) : std::string();
   b.records.push_back({seq, segment_bytes + b.bytes.size(), gz.size(), std::move(id), std::move(type), digest, b.head});
@@ -188,13 +189,13 @@ struct SegmentWriter::State {
     bool has_response = !ex.response_http.empty();
     WarcRecord req = http_record("request", req_id, date, ex, warcinfo_id, ex.request_http, ex.request_truncated);
     if (has_response) req.headers.push_back({"WARC-Concurrent-To", resp_id});
-    add_record(b, bytes, req_id, "request", std::move(req));
+    add_record(b, bytes, req_id, "request", std::move(req), ex.request_store);
     if (has_response) {
       WarcRecord resp =
           http_record("response", resp_id, date, ex, warcinfo_id, ex.response_http, ex.response_truncated);
       resp.headers.push_back({"WARC-Concurrent-To", req_id});
       if (!ex.server_ip.empty()) resp.headers.push_back({"WARC-IP-Address", ex.server_ip});
-      add_record(b, bytes, resp_id, "response", std::move(resp));
+      add_record(b, bytes, resp_id, "response", std::move(resp), ex.response_store);
     }
     WarcRecord meta;
     // Names from the wire may not be UTF-8; the archive must not refuse them.

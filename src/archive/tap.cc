@@ -23,6 +23,8 @@ ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {
   out.target_uri = scheme + "://" + rec.request.authority + rec.request.target;
   out.request_http = http_request_block(rec.request, rec.request_body);
   if (rec.has_response) out.response_http = http_response_block(rec.response, rec.response_body);
+  out.request_store = body_incompressible(rec.request);
+  out.response_store = rec.has_response && body_incompressible(rec.response);
   out.request_truncated = rec.request_body.size() < rec.request_body_bytes;
   out.response_truncated = rec.has_response && rec.response_body.size() < rec.response_body_bytes;
   // "addr:port" or "[v6]:port": the address alone.

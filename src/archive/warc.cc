@@ -63,6 +63,26 @@ std::string http_request_block(const exchange::Head& head, std::string_view body
   return out;
 }
 
+bool body_incompressible(const exchange::Head& head) {
+  for (const auto& h : head.headers) {
+    if (iequals(h.name, "content-encoding")) {
+      std::string_view v = h.value;
+      if (!v.empty() && !iequals(v, "identity")) return true;
+    } else if (iequals(h.name, "content-type")) {
+      std::string t;
+      for (char c : h.value.substr(0, h.value.find(';'))) t += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.pop_back();
+      if ((t.starts_with("image/") && t != "image/svg+xml") || t.starts_with("audio/") || t.starts_with("video/") ||
+          t.starts_with("font/woff") || t == "application/octet-stream" || t == "application/zip" ||
+          t == "application/gzip" || t == "application/x-gzip" || t == "application/zstd" ||
+          t == "application/x-7z-compressed" || t == "application/x-rar-compressed" || t == "application/x-bzip2" ||
+          t == "application/x-xz" || t == "application/pdf")
+        return true;
+    }
+  }
+  return false;
+}
+
 std::string http_response_block(const exchange::Head& head, std::string_view body) {
   std::string out;
   out.reserve(256 + body.size());

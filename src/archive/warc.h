@@ -40,6 +40,11 @@ struct ExchangeRecord {
   std::string response_http;  // empty: no response (the exchange failed first)
   bool request_truncated = false;   // body cut at the archive's cap
   bool response_truncated = false;
+  // The body is already compressed (Content-Encoding) or of a type that
+  // does not compress: its record is stored in its gzip member (level 0)
+  // instead of deflated again, which would cost CPU for nothing.
+  bool request_store = false;
+  bool response_store = false;
   std::string server_ip;  // WARC-IP-Address of the response; empty: omitted
   // User, client address, policy rule, TLS of both legs, upstream certificate,
   // verdict, timings: written as the metadata record (application/json).
@@ -55,6 +60,10 @@ struct ExchangeRecord {
 // headers describe the original message, not the stored bytes. An HTTP/2
 // request without a Host field gets one from :authority.
 std::string http_request_block(const exchange::Head& head, std::string_view body);
+// True when a message with this head carries a body not worth deflating:
+// a Content-Encoding other than identity, or a media type that is already
+// compressed (images but SVG, audio, video, archives, fonts, octet-stream).
+bool body_incompressible(const exchange::Head& head);
 std::string http_response_block(const exchange::Head& head, std::string_view body);
 
 // --- digests and encodings ---

@@ -605,3 +605,43 @@ TEST_CASE("archive service: fail closed keeps the exchange and retries; fail ope
   }
   expect_intact(a.verify());
 }
+
+TEST_CASE("archive: bodies already compressed are stored in their member, not deflated again") {
+  auto head = [](std::vector<exchange::Header> h) {
+    exchange::Head r;
+    r.status = 200;
+    r.headers = std::move(h);
+    return r;
+  };
+  CHECK(body_incompressible(head({{"Content-Encoding", "gzip"}})));
+  CHECK(body_incompressible(head({{"content-encoding", "br"}})));
+  CHECK_FALSE(body_incompressible(head({{"Content-Encoding", "identity"}})));
+  CHECK(body_incompressible(head({{"Content-Type", "image/png"}})));
+  CHECK(body_incompressible(head({{"Content-Type", "Application/Octet-Stream; x=y"}})));
+  CHECK(body_incompressible(head({{"Content-Type", "video/mp4"}})));
+  CHECK_FALSE(body_incompressible(head({{"Content-Type", "image/svg+xml"}})));
+  CHECK_FALSE(body_incompressible(head({{"Content-Type", "text/html; charset=utf-8"}})));
+  CHECK_FALSE(body_incompressible(head({{"Content-Type", "application/json"}})));
+  CHECK_FALSE(body_incompressible(head({})));
+
+  Archive a;
+  auto w = a.open();
+  ExchangeRecord deflated = sample_exchange(1, 20000);  // 20 kB of 'x': compresses to almost nothing
+  ExchangeRecord stored = sample_exchange(2, 20000);
+  stored.request_store = true;
+  REQUIRE(!w->append(deflated));
+  REQUIRE(!w->append(stored));
+  REQUIRE(!w->seal());
+  auto segs = a.files(".warc.gz");
+  REQUIRE(segs.size() == 1);
+  std::string file = read_file(segs[0]);
+  MemberScan scan = scan_members(file);
+  REQUIRE(scan.complete());
+  // warcinfo, then request/response/metadata per exchange.
+  REQUIRE(scan.members.size() == 7);
+  const Member& req1 = scan.members[1];
+  const Member& req2 = scan.members[4];
+  CHECK(req1.compressed_length < req1.data.size() / 10);
+  CHECK(req2.compressed_length > req2.data.size());  // stored: the record plus the gzip framing
+  expect_intact(a.verify());
+}
