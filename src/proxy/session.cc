@@ -1,5 +1,7 @@
 #include "proxy/session.h"
 
+#include "archive/warc.h"
+
 #include "core/log.h"
 #include "http/h1_relay.h"
 #include "http/h2_relay.h"
@@ -1256,13 +1258,8 @@ void Session::set_archive_info(exchange::ConnectionInfo& info) {
   if (X509* cert = SSL_get0_peer_certificate(upstream_.ssl.get())) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
-    if (X509_digest(cert, EVP_sha256(), md, &len) == 1) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      for (unsigned i = 0; i < len; ++i) {
-        info.upstream_cert_sha256 += kHex[md[i] >> 4];
-        info.upstream_cert_sha256 += kHex[md[i] & 15];
-      }
-    }
+    if (X509_digest(cert, EVP_sha256(), md, &len) == 1)
+      info.upstream_cert_sha256 = archive::to_hex(std::string_view(reinterpret_cast<const char*>(md), len));
   }
 }
 
