@@ -100,8 +100,10 @@ bool parse_sni(std::span<const std::uint8_t> ext, std::string& sni, bool& sni_is
       }
       host.push_back(c);
     }
+    // ".." is checked before dropping the root dot, so "a.." cannot become "a.".
+    const bool empty_label = host.front() == '.' || host.find("..") != std::string::npos;
     if (host.back() == '.') host.pop_back();
-    if (host.empty() || host.front() == '.' || host.find("..") != std::string::npos) {
+    if (empty_label || host.empty()) {
       why = "server_name has an empty label";
       return false;
     }

@@ -112,22 +112,41 @@ TEST_CASE("not TLS and malformed inputs") {
   CHECK(parse_client_hello(split, info).status == HelloStatus::malformed);
 }
 
-TEST_CASE("an IP literal sent as server_name counts as no SNI") {
-  // Minimal TLS 1.2-style ClientHello with server_name "::1".
+// Minimal TLS 1.2-style ClientHello carrying one host_name.
+std::vector<std::uint8_t> hello_with_sni(const std::string& name) {
   std::vector<std::uint8_t> body = {0x03, 0x03};
-  body.insert(body.end(), 32, 0x11);          // random
-  body.push_back(0);                          // session id
+  body.insert(body.end(), 32, 0x11);                  // random
+  body.push_back(0);                                  // session id
   body.insert(body.end(), {0x00, 0x02, 0x13, 0x01});  // one cipher suite
-  body.insert(body.end(), {0x01, 0x00});      // null compression
-  std::vector<std::uint8_t> sni = {0x00, 0x00, 0x00, 0x08, 0x00, 0x06, 0x00, 0x00, 0x03, ':', ':', '1'};
+  body.insert(body.end(), {0x01, 0x00});              // null compression
+  const auto n = static_cast<std::uint8_t>(name.size());
+  std::vector<std::uint8_t> sni = {0x00, 0x00, 0x00, static_cast<std::uint8_t>(n + 5), 0x00,
+                                   static_cast<std::uint8_t>(n + 3), 0x00, 0x00, n};
+  sni.insert(sni.end(), name.begin(), name.end());
   body.push_back(0x00);
   body.push_back(static_cast<std::uint8_t>(sni.size()));
   body.insert(body.end(), sni.begin(), sni.end());
   std::vector<std::uint8_t> wire = {22, 3, 1, 0, static_cast<std::uint8_t>(body.size() + 4), 1, 0, 0,
                                     static_cast<std::uint8_t>(body.size())};
   wire.insert(wire.end(), body.begin(), body.end());
+  return wire;
+}
+
+TEST_CASE("an IP literal sent as server_name counts as no SNI") {
   ClientHelloInfo info;
-  REQUIRE(parse_client_hello(wire, info).status == HelloStatus::done);
+  REQUIRE(parse_client_hello(hello_with_sni("::1"), info).status == HelloStatus::done);
   CHECK(info.sni.empty());
   CHECK(info.sni_is_ip);
+}
+
+TEST_CASE("server_name is lower-cased, loses its root dot, and has no empty label") {
+  ClientHelloInfo info;
+  REQUIRE(parse_client_hello(hello_with_sni("WWW.Example.COM."), info).status == HelloStatus::done);
+  CHECK(info.sni == "www.example.com");
+  // Found by the fuzzer: "a.." once lost one dot and came out as "a.".
+  for (const char* bad : {"a..", ".", "..", ".a", "a..b", "a.b.."}) {
+    CAPTURE(bad);
+    ClientHelloInfo out;
+    CHECK(parse_client_hello(hello_with_sni(bad), out).status == HelloStatus::malformed);
+  }
 }
