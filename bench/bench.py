@@ -631,16 +631,21 @@ class Env:
                            h1_h2load=True, note="W5: ICAP REQMOD and RESPMOD to c-icap's echo service"), svc)
             else:
                 log("c-icap not installed; W5 ICAP row skipped")
-        if wanted("sightline-archive") and not a.no_w5:
+        # sightline-archive-interval (sync = "interval", 1 s) only when named
+        # in --systems: it shows what the durable default costs in syncs.
+        for name, sync in (("sightline-archive", "record"), ("sightline-archive-interval", "interval")):
+            if a.no_w5 or not wanted(name) or (sync != "record" and (want is None or name not in want)):
+                continue
             p = free_port()
             key = d + "/archive.key"
             if not os.path.exists(key):
                 subprocess.run([self.sightline, "archive", "keygen", key], check=True, capture_output=True)
-            svc = self.sightline_service("sightline-archive", self.sightline,
+            svc = self.sightline_service(name, self.sightline,
                                          [(p, "static", "127.0.0.1:%d" % O)], workers=a.w5_workers,
-                                         extra='[archive]\ndir = "%s/archive"\nkey = "%s"\nall = true\n' % (d, key))
-            add(System("sightline-archive", "static", p, self.root, workloads=["W1", "W2h1"],
-                       h1_h2load=True, note="W5: compliance archive of every exchange (sync = record)"), svc)
+                                         extra='[archive]\ndir = "%s/%s"\nkey = "%s"\nall = true\nsync = "%s"\n' %
+                                         (d, name, key, sync))
+            add(System(name, "static", p, self.root, workloads=["W1", "W2h1"],
+                       h1_h2load=True, note="W5: compliance archive of every exchange (sync = %s)" % sync), svc)
         nm = os.path.abspath(a.sightline_nometrics) if a.sightline_nometrics else None
         if wanted("sightline-nometrics") and not a.no_w5:
             if nm and os.access(nm, os.X_OK):
@@ -1137,6 +1142,8 @@ def w5_lines(summ):
         ("PCAP on (PCAP-NG files of all inspected traffic) vs off", "sightline-pcap", "sightline-base"),
         ("ICAP REQMOD + RESPMOD to c-icap echo on every exchange vs off", "sightline-icap", "sightline-base"),
         ("compliance archive of every exchange (sync = record) vs off", "sightline-archive", "sightline-base"),
+        ("compliance archive of every exchange (sync = interval, 1 s) vs off", "sightline-archive-interval",
+         "sightline-base"),
     ]
     for label, on_name, off_name in pairs:
         parts = []
@@ -1430,11 +1437,11 @@ def profile(env, args):
     pointers or symbols for its internal functions), then time including
     callees from a DWARF-unwound recording, which attributes libcrypto's
     anonymous code to the OpenSSL API sightline called."""
-    s = next(x for x in env.systems if x.name == "sightline")
+    s = next(x for x in env.systems if x.name == args.profile_system)
     outdir = os.path.join(HERE, "results")
     os.makedirs(outdir, exist_ok=True)
-    report = ["# sightline profile, %s, commit %s\n" % (
-        datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), git_rev())]
+    report = ["# %s profile, %s, commit %s\n" % (
+        s.name, datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), git_rev())]
     for wl in ("W1", "W2h1"):
         for mode, cg in (("self", ["-g"]), ("inclusive", ["--call-graph", "dwarf,16384"])):
             data = os.path.join(env.dir, "perf-%s-%s.data" % (wl, mode))
@@ -1525,6 +1532,8 @@ def main():
     ap.add_argument("--update-results", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--profile", action="store_true", help="perf profile of sightline under W1 and W2 only")
+    ap.add_argument("--profile-system", default="sightline",
+                    help="with --profile: the variant to profile, e.g. sightline-archive")
     ap.add_argument("--cmdline", default="bench/run")
     ap.add_argument("--commit", help="the git revision sightline was built from (default: the work tree)")
     args = ap.parse_args()
@@ -1542,7 +1551,9 @@ def main():
         args.w3_transfers = 1
     if args.profile:
         args.systems = "direct,sightline"
-        args.no_w5 = True
+        args.no_w5 = args.profile_system == "sightline"
+        if not args.no_w5:
+            args.systems += "," + args.profile_system
 
     def on_signal(signum, _frame):
         raise SystemExit("stopped by signal %d" % signum)

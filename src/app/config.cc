@@ -91,6 +91,24 @@ class Parser {
     return true;
   }
 
+  // archive.compression: "fast" (-1) or a zlib level 0..9.
+  bool get_compression(const toml::table& t, int& out) {
+    const toml::node* n = t.get("compression");
+    if (!n) return true;
+    auto s = n->value<std::string>();
+    auto i = n->value<std::int64_t>();
+    if (n->is_string() && s && *s == "fast") {
+      out = -1;
+      return true;
+    }
+    if (n->is_integer() && i && *i >= 0 && *i <= 9) {
+      out = static_cast<int>(*i);
+      return true;
+    }
+    return fail(n->source(), "archive.compression",
+                "expected \"fast\" or a zlib level from 0 (stored) to 9 (smallest)");
+  }
+
   bool get_duration(const toml::table& t, const std::string& prefix, std::string_view key,
                     milliseconds& out) {
     const toml::node* n = t.get(key);
@@ -461,8 +479,8 @@ class Parser {
       std::uint64_t interval_ms = static_cast<std::uint64_t>(ac.sync_interval.count());
       if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "interval_ms", "max_segment_bytes",
                                       "max_segment_age", "max_body", "queue_bytes", "on_failure",
-                                      "writer_id", "retention_days", "compression"}) ||
-          !get_uint(*t, "archive", "compression", 0, 9, ac.compression) ||
+                                      "writer_id", "retention_days", "compression", "commit_delay"}) ||
+          !get_compression(*t, ac.compression) ||
           !get_uint(*t, "archive", "retention_days", 0, 36500, ac.retention_days) ||
           !get_path(*t, "archive", "dir", ac.dir) || !get_path(*t, "archive", "key", ac.key) ||
           !get_bool(*t, "archive", "all", ac.all) ||
@@ -470,6 +488,7 @@ class Parser {
           !get_uint(*t, "archive", "interval_ms", 1, 3600000, interval_ms) ||
           !get_uint(*t, "archive", "max_segment_bytes", 1ull << 16, 1ull << 40, ac.max_segment_bytes) ||
           !get_duration(*t, "archive", "max_segment_age", ac.max_segment_age) ||
+          !get_duration(*t, "archive", "commit_delay", ac.commit_delay) ||
           !get_uint(*t, "archive", "max_body", 0, 1ull << 30, ac.max_body) ||
           !get_uint(*t, "archive", "queue_bytes", 1ull << 16, 1ull << 36, ac.queue_bytes) ||
           !get_choice(*t, "archive", "on_failure", {"closed", "open"}, ac.on_failure) ||

@@ -105,6 +105,7 @@ struct ArchiveConfig {
   bool all = false;          // archive every inspected exchange, whatever the policy says
   std::string sync = "record";              // "record" | "interval" | "none"
   milliseconds sync_interval = std::chrono::seconds(1);  // interval_ms, for sync = "interval"
+  milliseconds commit_delay = std::chrono::milliseconds(10);  // group commit: gather this long per batch
   std::uint64_t max_segment_bytes = 1ull << 30;
   milliseconds max_segment_age = std::chrono::hours(1);
   std::uint64_t max_body = 16ull << 20;     // per body; the rest is recorded as truncated
@@ -112,7 +113,7 @@ struct ArchiveConfig {
   std::string on_failure = "closed";        // "closed" refuses archived traffic; "open" lets it pass
   std::string writer_id;                    // default: the host name
   std::uint64_t retention_days = 0;         // prune sealed segments older than this; 0: keep all
-  std::uint64_t compression = 1;            // gzip level per record: 0 (stored) .. 9 (smallest)
+  int compression = -1;                     // -1: "fast" (ISA-L); 0 (stored) .. 9 (smallest): zlib level
   bool enabled() const { return !dir.empty(); }
 };
 

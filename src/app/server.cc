@@ -51,10 +51,11 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   so.writer.max_age = std::chrono::duration_cast<std::chrono::seconds>(ac.max_segment_age);
   so.writer.sync = *archive::parse_sync_mode(ac.sync);  // checked when parsed
   so.writer.sync_interval = ac.sync_interval;
+  so.commit_delay = ac.commit_delay;
   so.queue_bytes = static_cast<std::size_t>(ac.queue_bytes);
   so.fail_open = ac.on_failure == "open";
   so.retention_days = static_cast<unsigned>(ac.retention_days);
-  so.writer.compression_level = static_cast<int>(ac.compression);
+  so.writer.compression = ac.compression < 0 ? archive::Compression{} : archive::Compression::zlib(ac.compression);
   ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
   if (!ctx.archive) {
     if (error) *error = "archive: " + why;

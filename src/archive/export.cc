@@ -47,7 +47,7 @@ ExportRecord warcinfo_record(const ExportOptions& opts, const std::string& file,
   rec.record.seq = 0;
   rec.record.id = id;
   rec.record.type = "warcinfo";
-  rec.record.digest = sha256(unchained);
+  rec.record.digest = record_digest(unchained);
   rec.record.chain = chain_next(kZeroChain, rec.record.digest);
   rec.chain_prev = kZeroChain;
   bytes = gzip_member(add_chain_header(unchained, rec.record.chain)).value_or(std::string());

@@ -27,38 +27,57 @@ struct Batch {
   std::vector<ManifestRecord> records;
   Digest head{};
   std::uint64_t next_seq = 0;
-  int level = -1;  // gzip level
+  Compression how;
+  std::string text;  // the record being formatted, reused: no allocations per record
 };
 
-void add_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string type, WarcRecord r,
-                bool store = false) {
-  std::uint64_t seq = b.next_seq++;
-  r.headers.push_back({std::string(kSeqHeader), std::to_string(seq)});
-  std::string unchained = serialize_unchained(r);
-  Digest digest = sha256(unchained);
-  b.head = chain_next(b.head, digest);
-  auto member = gzip_member(add_chain_header(unchained, b.head), store ? 0 : b.level);
-  // deflate fails only without memory; an empty member then fails the batch.
-  std::string gz = member ? std::move(*member) : std::string();
-  b.records.push_back({seq, segment_bytes + b.bytes.size(), gz.size(), std::move(id), std::move(type), digest, b.head});
-  b.bytes += gz;
+// A record is formatted straight into b.text, in the layout of
+// serialize_unchained() + add_chain_header(): begin_record(), field()s,
+// finish_record().
+void begin_record(Batch& b) { b.text.assign("WARC/1.1\r\n"); }
+
+void field(Batch& b, std::string_view name, std::string_view value) {
+  b.text += name;
+  b.text += ": ";
+  b.text += value;
+  b.text += "\r\n";
 }
 
-WarcRecord http_record(std::string_view type, const std::string& id, const std::string& date,
-                       const ExchangeRecord& ex, const std::string& warcinfo_id, const std::string& block,
-                       bool truncated) {
-  WarcRecord r;
-  r.headers = {{"WARC-Type", std::string(type)},
-               {"WARC-Record-ID", id},
-               {"WARC-Date", date},
-               {"WARC-Target-URI", ex.target_uri},
-               {"WARC-Warcinfo-ID", warcinfo_id},
-               {"Content-Type", "application/http; msgtype=" + std::string(type)},
-               {"WARC-Block-Digest", warc_digest(block)},
-               {"WARC-Payload-Digest", warc_digest(http_payload(block))}};
-  if (truncated) r.headers.push_back({"WARC-Truncated", "length"});
-  r.block = block;
-  return r;
+// Ends the header (sequence number, length, chain), adds the block and
+// appends the record to the batch as one gzip member.
+void finish_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string_view type,
+                   std::string_view block, bool store = false) {
+  const std::uint64_t seq = b.next_seq++;
+  field(b, kSeqHeader, std::to_string(seq));
+  field(b, "Content-Length", std::to_string(block.size()));
+  // The record digest: the header through its blank line, without the chain
+  // line (what record_digest() computes when reading it back).
+  const Digest digest = sha256_parts({b.text, "\r\n"});
+  b.head = chain_next(b.head, digest);
+  field(b, kChainHeader, "sha256:" + to_hex(b.head));
+  b.text += "\r\n";
+  b.text += block;
+  b.text += "\r\n\r\n";
+  const std::size_t at = b.bytes.size();
+  // Compression fails only without memory; the zero length then fails the batch.
+  append_gzip_member(b.bytes, b.text, store ? Compression::stored() : b.how);
+  b.records.push_back({seq, segment_bytes + at, b.bytes.size() - at, std::move(id), std::string(type), digest, b.head});
+}
+
+void http_fields(Batch& b, std::string_view type, const std::string& id, const std::string& date,
+                 const ExchangeRecord& ex, const std::string& warcinfo_id, std::string_view block, bool truncated) {
+  begin_record(b);
+  field(b, "WARC-Type", type);
+  field(b, "WARC-Record-ID", id);
+  field(b, "WARC-Date", date);
+  field(b, "WARC-Target-URI", ex.target_uri);
+  field(b, "WARC-Warcinfo-ID", warcinfo_id);
+  b.text += "Content-Type: application/http; msgtype=";
+  b.text += type;
+  b.text += "\r\n";
+  field(b, "WARC-Block-Digest", warc_digest(block));
+  field(b, "WARC-Payload-Digest", warc_digest(http_payload(block)));
+  if (truncated) field(b, "WARC-Truncated", "length");
 }
 
 }  // namespace
@@ -98,12 +117,26 @@ struct SegmentWriter::State {
   std::string path(std::string_view file) const { return opts.dir + "/" + std::string(file); }
   std::string open_path() const { return path(name) + ".open"; }
 
-  Batch new_batch() const {
+  // Buffers of the last batch, kept for the next: a fresh one per batch
+  // costs a page fault per 4 KiB (large allocations come from mmap).
+  std::string spare_bytes, spare_text;
+
+  Batch new_batch() {
     Batch b;
+    b.bytes = std::move(spare_bytes);
+    b.bytes.clear();
+    b.text = std::move(spare_text);
+    b.text.clear();
     b.head = head;
     b.next_seq = next_seq;
-    b.level = opts.compression_level;
+    b.how = opts.compression;
     return b;
+  }
+
+  void recycle(Batch& b) {
+    constexpr std::size_t kKeep = 8u << 20;  // not the memory of a batch of huge bodies
+    if (b.bytes.capacity() <= kKeep) spare_bytes = std::move(b.bytes);
+    if (b.text.capacity() <= kKeep) spare_text = std::move(b.text);
   }
 
   void begin_segment(std::string segment, WallClock::time_point t) {
@@ -153,22 +186,22 @@ struct SegmentWriter::State {
     fd = std::move(f);
     begin_segment(std::move(segment), now);
     warcinfo_id = new_record_id();
-    WarcRecord info;
-    info.block = std::string("software: sightline/") + SIGHTLINE_VERSION +
-                 "\r\nformat: WARC File Format 1.1\r\n"
-                 "conformsTo: http://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/\r\n"
-                 "sightline-writer: " + opts.writer_id +
-                 "\r\nsightline-segment-seq: " + std::to_string(next_segment_seq) +
-                 "\r\nsightline-previous-segment: " + previous_segment +
-                 "\r\nsightline-chain-start: sha256:" + to_hex(chain_start) + "\r\n";
-    info.headers = {{"WARC-Type", "warcinfo"},
-                    {"WARC-Record-ID", warcinfo_id},
-                    {"WARC-Date", created_text},
-                    {"WARC-Filename", name},
-                    {"Content-Type", "application/warc-fields"},
-                    {"WARC-Block-Digest", warc_digest(info.block)}};
+    const std::string info = std::string("software: sightline/") + SIGHTLINE_VERSION +
+                             "\r\nformat: WARC File Format 1.1\r\n"
+                             "conformsTo: http://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/\r\n"
+                             "sightline-writer: " + opts.writer_id +
+                             "\r\nsightline-segment-seq: " + std::to_string(next_segment_seq) +
+                             "\r\nsightline-previous-segment: " + previous_segment +
+                             "\r\nsightline-chain-start: sha256:" + to_hex(chain_start) + "\r\n";
     Batch b = new_batch();
-    add_record(b, 0, warcinfo_id, "warcinfo", std::move(info));
+    begin_record(b);
+    field(b, "WARC-Type", "warcinfo");
+    field(b, "WARC-Record-ID", warcinfo_id);
+    field(b, "WARC-Date", created_text);
+    field(b, "WARC-Filename", name);
+    field(b, "Content-Type", "application/warc-fields");
+    field(b, "WARC-Block-Digest", warc_digest(info));
+    finish_record(b, 0, warcinfo_id, "warcinfo", info);
     auto e = write_batch(b);
     if (!e && !fsync_dir(opts.dir)) e = errno_text("fsync", opts.dir, errno);
     if (e) {
@@ -182,36 +215,35 @@ struct SegmentWriter::State {
     return std::nullopt;
   }
 
-  Batch exchange_batch(const ExchangeRecord& ex) const {
-    Batch b = new_batch();
-    std::string date = warc_date(ex.timestamp);
+  // Adds one exchange's records to `b`, which is written at the end of the
+  // segment as it is now.
+  void add_exchange(Batch& b, const ExchangeRecord& ex) const {
+    const std::string date = warc_date(ex.timestamp);
     std::string req_id = new_record_id(), resp_id = new_record_id(), meta_id = new_record_id();
-    bool has_response = !ex.response_http.empty();
-    WarcRecord req = http_record("request", req_id, date, ex, warcinfo_id, ex.request_http, ex.request_truncated);
-    if (has_response) req.headers.push_back({"WARC-Concurrent-To", resp_id});
-    add_record(b, bytes, req_id, "request", std::move(req), ex.request_store);
+    const bool has_response = !ex.response_http.empty();
+    http_fields(b, "request", req_id, date, ex, warcinfo_id, ex.request_http, ex.request_truncated);
+    if (has_response) field(b, "WARC-Concurrent-To", resp_id);
+    finish_record(b, bytes, req_id, "request", ex.request_http, ex.request_store);
     if (has_response) {
-      WarcRecord resp =
-          http_record("response", resp_id, date, ex, warcinfo_id, ex.response_http, ex.response_truncated);
-      resp.headers.push_back({"WARC-Concurrent-To", req_id});
-      if (!ex.server_ip.empty()) resp.headers.push_back({"WARC-IP-Address", ex.server_ip});
-      add_record(b, bytes, resp_id, "response", std::move(resp), ex.response_store);
+      http_fields(b, "response", resp_id, date, ex, warcinfo_id, ex.response_http, ex.response_truncated);
+      field(b, "WARC-Concurrent-To", req_id);
+      if (!ex.server_ip.empty()) field(b, "WARC-IP-Address", ex.server_ip);
+      finish_record(b, bytes, std::move(resp_id), "response", ex.response_http, ex.response_store);
     }
-    WarcRecord meta;
     // Names from the wire may not be UTF-8; the archive must not refuse them.
-    meta.block = !ex.metadata_json.empty()
-                     ? ex.metadata_json
-                     : ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    meta.headers = {{"WARC-Type", "metadata"},
-                    {"WARC-Record-ID", meta_id},
-                    {"WARC-Date", date},
-                    {"WARC-Target-URI", ex.target_uri},
-                    {"WARC-Warcinfo-ID", warcinfo_id},
-                    {"WARC-Concurrent-To", req_id},
-                    {"Content-Type", "application/json"},
-                    {"WARC-Block-Digest", warc_digest(meta.block)}};
-    add_record(b, bytes, meta_id, "metadata", std::move(meta));
-    return b;
+    std::string dumped;
+    if (ex.metadata_json.empty()) dumped = ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    const std::string_view meta = ex.metadata_json.empty() ? std::string_view(dumped) : ex.metadata_json;
+    begin_record(b);
+    field(b, "WARC-Type", "metadata");
+    field(b, "WARC-Record-ID", meta_id);
+    field(b, "WARC-Date", date);
+    field(b, "WARC-Target-URI", ex.target_uri);
+    field(b, "WARC-Warcinfo-ID", warcinfo_id);
+    field(b, "WARC-Concurrent-To", req_id);
+    field(b, "Content-Type", "application/json");
+    field(b, "WARC-Block-Digest", warc_digest(meta));
+    finish_record(b, bytes, std::move(meta_id), "metadata", meta);
   }
 
   std::optional<std::string> do_sync() {
@@ -413,20 +445,69 @@ std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpP
 }
 
 std::optional<std::string> SegmentWriter::append(const ExchangeRecord& ex) {
+  const ExchangeRecord* one[] = {&ex};
+  return append_all(one).error;
+}
+
+SegmentWriter::AppendResult SegmentWriter::append_all(std::span<const ExchangeRecord* const> exchanges) {
   State& s = *st_;
+  AppendResult res;
   auto now = WallClock::now();
   if (!s.fd) {
-    if (auto e = s.open_segment(now)) return e;
+    if (auto e = s.open_segment(now)) {
+      res.error = std::move(e);
+      return res;
+    }
   }
-  Batch b = s.exchange_batch(ex);
-  if (s.records.size() > 1 && s.bytes + b.bytes.size() > s.opts.max_bytes) {
-    if (auto e = s.do_seal()) return e;
-    if (auto e = s.open_segment(now)) return e;
-    b = s.exchange_batch(ex);
+  Batch b = s.new_batch();
+  struct Recycle {
+    State& s;
+    Batch& b;
+    ~Recycle() { s.recycle(b); }
+  } recycle{s, b};
+  std::size_t in_batch = 0;  // exchanges in `b`
+  for (const ExchangeRecord* ex : exchanges) {
+    const std::size_t bytes_before = b.bytes.size(), records_before = b.records.size();
+    const Digest head_before = b.head;
+    const std::uint64_t seq_before = b.next_seq;
+    s.add_exchange(b, *ex);
+    // Rotate by size: never leave a segment holding only its warcinfo record.
+    if (s.records.size() + records_before > 1 && s.bytes + b.bytes.size() > s.opts.max_bytes) {
+      b.bytes.resize(bytes_before);
+      b.records.resize(records_before);
+      b.head = head_before;
+      b.next_seq = seq_before;
+      if (in_batch > 0) {
+        if (auto e = s.write_batch(b)) {
+          res.error = std::move(e);
+          return res;
+        }
+        res.written += in_batch;
+        in_batch = 0;
+      }
+      if (auto e = s.do_seal()) {
+        res.error = std::move(e);
+        return res;
+      }
+      if (auto e = s.open_segment(now)) {
+        res.error = std::move(e);
+        return res;
+      }
+      s.recycle(b);
+      b = s.new_batch();
+      s.add_exchange(b, *ex);
+    }
+    ++in_batch;
   }
-  if (auto e = s.write_batch(b)) return e;
-  if (s.opts.sync == SyncMode::record) return s.do_sync();
-  return std::nullopt;
+  if (in_batch > 0) {
+    if (auto e = s.write_batch(b)) {
+      res.error = std::move(e);
+      return res;
+    }
+    res.written += in_batch;
+  }
+  if (s.opts.sync == SyncMode::record) res.error = s.do_sync();
+  return res;
 }
 
 std::optional<std::string> SegmentWriter::sync() { return st_->do_sync(); }

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -36,7 +37,7 @@ struct WriterOptions {
   std::chrono::seconds max_age{3600};    // rotate (maybe_rotate) once a segment is this old
   SyncMode sync = SyncMode::record;
   std::chrono::milliseconds sync_interval{1000};
-  int compression_level = -1;  // gzip: 0 (stored) .. 9 (smallest); -1: zlib's default (6)
+  Compression compression;  // of each record's gzip member (bodies marked incompressible are stored)
 };
 
 // What open() found of a previous run. A crashed writer's open segment is
@@ -68,6 +69,15 @@ class SegmentWriter {
   // segment, or rotating by size, first). nullopt: written (and synced in
   // record mode).
   std::optional<std::string> append(const ExchangeRecord& ex);
+
+  struct AppendResult {
+    std::size_t written = 0;           // the first `written` exchanges are in the archive
+    std::optional<std::string> error;  // why the others are not
+  };
+  // The same for several exchanges, in order, with one write per segment
+  // instead of one per exchange (a rotation in between writes what came
+  // before it first). Exchanges past `written` are not in the archive.
+  AppendResult append_all(std::span<const ExchangeRecord* const> exchanges);
   std::optional<std::string> sync();
   std::optional<std::string> maybe_sync(WallClock::time_point now);
   // Seals the current segment when it is older than max_age.

@@ -1,5 +1,6 @@
 #include "archive/warc.h"
 
+#include "hooks/event_json.h"
 #include "tls/ossl.h"
 
 #include <openssl/evp.h>
@@ -8,9 +9,11 @@
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <isa-l/igzip_lib.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -130,6 +133,7 @@ Sha256& thread_sha256() {
 }  // namespace
 
 Digest sha256(std::string_view data) { return thread_sha256().of({data}); }
+Digest sha256_parts(std::initializer_list<std::string_view> parts) { return thread_sha256().of(parts); }
 
 Digest chain_next(const Digest& prev, const Digest& record_digest) {
   auto view = [](const Digest& d) { return std::string_view(reinterpret_cast<const char*>(d.data()), d.size()); };
@@ -202,19 +206,9 @@ std::string new_record_id() {
 }
 
 std::string warc_date(WallClock::time_point t) {
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(us / 1000000);
-  long frac = static_cast<long>(us % 1000000);
-  if (frac < 0) {
-    frac += 1000000;
-    --secs;
-  }
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::snprintf(buf + n, sizeof buf - n, ".%06ldZ", frac);
-  return buf;
+  std::string out;
+  hooks::append_rfc3339(out, t);  // the same format, and no time zone lock
+  return out;
 }
 
 std::string serialize_unchained(const WarcRecord& r) {
@@ -246,47 +240,81 @@ std::string add_chain_header(std::string_view unchained, const Digest& chain) {
 
 namespace {
 
-// One deflate state per thread, reset between members: deflateInit2 costs
-// about 50 us (it allocates and clears ~270 KiB), more than compressing a
-// typical record. memLevel 6 keeps the per-member reset (clearing the hash
-// table) small; records are small, so the ratio barely changes.
+// One deflate state per thread and level, reset between members:
+// deflateInit2 costs about 50 us (it allocates and clears ~270 KiB), more
+// than compressing a typical record. An exchange mixes levels (a stored
+// body between deflated heads and metadata), so one state per level, not a
+// single one re-initialized whenever the level changes. memLevel 6 keeps the
+// per-member reset (clearing the hash table) small; records are small, so
+// the ratio barely changes.
 class Deflater {
  public:
+  Deflater() = default;
+  Deflater(const Deflater&) = delete;
+  Deflater& operator=(const Deflater&) = delete;
   ~Deflater() {
     if (ok_) deflateEnd(&zs_);
   }
 
-  std::optional<std::string> member(std::string_view data, int level) {
-    if (!ok_ || level != level_) {
-      if (ok_) deflateEnd(&zs_);
+  // Appends the member to `out`; false (and `out` unchanged) on failure.
+  bool append(std::string& out, std::string_view data, int level) {
+    if (!ok_) {
       zs_ = z_stream{};
       // windowBits 15 + 16: a gzip wrapper, so each record is a whole gzip member.
       ok_ = deflateInit2(&zs_, level, Z_DEFLATED, 31, 6, Z_DEFAULT_STRATEGY) == Z_OK;
-      level_ = level;
     }
-    if (!ok_ || deflateReset(&zs_) != Z_OK) return std::nullopt;
-    std::string out(deflateBound(&zs_, static_cast<uLong>(data.size())), '\0');
+    if (!ok_ || deflateReset(&zs_) != Z_OK) return false;
+    const std::size_t at = out.size();
+    out.resize(at + deflateBound(&zs_, static_cast<uLong>(data.size())));
     zs_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
     zs_.avail_in = static_cast<uInt>(data.size());
-    zs_.next_out = reinterpret_cast<Bytef*>(out.data());
-    zs_.avail_out = static_cast<uInt>(out.size());
-    int rc = deflate(&zs_, Z_FINISH);
-    if (rc != Z_STREAM_END) return std::nullopt;
-    out.resize(zs_.total_out);
-    return out;
+    zs_.next_out = reinterpret_cast<Bytef*>(out.data() + at);
+    zs_.avail_out = static_cast<uInt>(out.size() - at);
+    const bool done = deflate(&zs_, Z_FINISH) == Z_STREAM_END;
+    out.resize(done ? at + zs_.total_out : at);
+    return done;
   }
 
  private:
   z_stream zs_{};
   bool ok_ = false;
-  int level_ = 0;
 };
+
+// ISA-L in one call: no state to keep or reset between members.
+bool fast_append(std::string& out, std::string_view data) {
+  isal_zstream zs;
+  isal_deflate_stateless_init(&zs);
+  zs.level = 0;  // needs no level buffer
+  zs.gzip_flag = IGZIP_GZIP;
+  zs.end_of_stream = 1;
+  zs.flush = NO_FLUSH;
+  // Incompressible input falls back to stored blocks (5 bytes per 64 KiB);
+  // header and trailer on top.
+  const std::size_t at = out.size();
+  out.resize(at + data.size() + data.size() / 16 + ISAL_DEF_MAX_HDR_SIZE + 64);
+  zs.next_in = reinterpret_cast<std::uint8_t*>(const_cast<char*>(data.data()));
+  zs.avail_in = static_cast<std::uint32_t>(data.size());
+  zs.next_out = reinterpret_cast<std::uint8_t*>(out.data() + at);
+  zs.avail_out = static_cast<std::uint32_t>(out.size() - at);
+  const bool done = isal_deflate_stateless(&zs) == COMP_OK;
+  out.resize(done ? at + zs.total_out : at);
+  return done;
+}
 
 }  // namespace
 
-std::optional<std::string> gzip_member(std::string_view data, int level) {
-  thread_local Deflater deflater;
-  return deflater.member(data, level);
+bool append_gzip_member(std::string& out, std::string_view data, Compression how) {
+  // isal_zstream counts in 32 bits; records are far smaller (bodies are capped).
+  if (how.codec == Compression::Codec::fast && data.size() < (1ull << 31) && fast_append(out, data)) return true;
+  int level = how.codec == Compression::Codec::fast ? 0 : std::clamp(how.level, 0, 9);
+  thread_local std::array<Deflater, 10> deflaters;
+  return deflaters[static_cast<std::size_t>(level)].append(out, data, level);
+}
+
+std::optional<std::string> gzip_member(std::string_view data, Compression how) {
+  std::string out;
+  if (!append_gzip_member(out, data, how)) return std::nullopt;
+  return out;
 }
 
 const std::string* ParsedRecord::header(std::string_view name) const {
@@ -330,15 +358,16 @@ std::optional<ParsedRecord> parse_record(std::string_view data, std::string* why
 }
 
 Digest record_digest(std::string_view record) {
-  std::size_t head_end = record.find("\r\n\r\n");
-  std::string prefix = "\r\n" + std::string(kChainHeader) + ":";
-  std::size_t at = record.find(prefix);
-  if (head_end == std::string_view::npos || at == std::string_view::npos || at >= head_end)
-    return sha256(record);
-  std::size_t line_end = record.find("\r\n", at + 2);
-  std::string without(record.substr(0, at));
-  without.append(record.substr(line_end));
-  return sha256(without);
+  // The header alone: it carries WARC-Block-Digest (checked against the block
+  // by every reader here), so it commits to the block without hashing the
+  // block a second time, the writer's largest hashing cost.
+  const std::size_t head_end = record.find("\r\n\r\n");
+  const std::string_view head = head_end == std::string_view::npos ? record : record.substr(0, head_end + 4);
+  const std::string prefix = "\r\n" + std::string(kChainHeader) + ":";
+  const std::size_t at = head.find(prefix);
+  if (at == std::string_view::npos) return sha256(head);
+  const std::size_t line_end = head.find("\r\n", at + 2);
+  return thread_sha256().of({head.substr(0, at), head.substr(line_end)});
 }
 
 std::string_view http_payload(std::string_view block) {

@@ -131,18 +131,19 @@ void append_base64(std::string& out, std::string_view data) {
 }
 
 void append_rfc3339(std::string& out, WallClock::time_point t) {
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(us / 1'000'000);
-  long frac = static_cast<long>(us % 1'000'000);
-  if (frac < 0) {  // before 1970: keep the fraction positive
-    frac += 1'000'000;
-    --secs;
-  }
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
+  // Calendar arithmetic instead of gmtime_r, which takes glibc's time zone
+  // lock: the archive writer, the event feed and the workers all format
+  // times, several per exchange. floor() keeps times before 1970 right.
+  using namespace std::chrono;
+  const auto us = floor<microseconds>(t);
+  const auto day = floor<days>(us);
+  const year_month_day ymd{day};
+  const hh_mm_ss hms{us - day};
   char buf[96];  // sized for any int values, keeps -Wformat-truncation quiet
-  int n = std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-                        tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  int n = std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%06ldZ", static_cast<int>(ymd.year()),
+                        static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                        static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                        static_cast<int>(hms.seconds().count()), static_cast<long>(hms.subseconds().count()));
   if (n > 0) out.append(buf, static_cast<std::size_t>(n));
 }
 

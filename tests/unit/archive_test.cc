@@ -10,6 +10,8 @@
 
 #include <sys/resource.h>
 #include <sys/stat.h>
+
+#include <map>
 #include <unistd.h>
 
 #include <algorithm>
@@ -58,6 +60,11 @@ TEST_CASE("archive: digests and encodings") {
   CHECK(id[24] == '4');
   CHECK(warc_date(WallClock::time_point(std::chrono::microseconds(1795741323123456))) ==
         "2026-11-27T01:02:03.123456Z");
+  // Calendar arithmetic, not gmtime: a leap day, the epoch, and before it.
+  CHECK(warc_date(WallClock::time_point(std::chrono::microseconds(951782400000001))) ==
+        "2000-02-29T00:00:00.000001Z");
+  CHECK(warc_date(WallClock::time_point{}) == "1970-01-01T00:00:00.000000Z");
+  CHECK(warc_date(WallClock::time_point(std::chrono::microseconds(-1))) == "1969-12-31T23:59:59.999999Z");
 }
 
 TEST_CASE("archive: http blocks") {
@@ -163,6 +170,33 @@ TEST_CASE("archive: rotation by size and age; the chain runs across segments and
   expect_intact(a.verify());
 }
 
+TEST_CASE("archive: several exchanges in one write, rotating by size in between") {
+  Archive one_by_one, batched;
+  WriterOptions opts = small_segments();
+  auto segs = one_by_one.write_sealed(opts, 12);
+  std::vector<ExchangeRecord> exs;
+  for (int i = 0; i < 12; ++i) exs.push_back(sample_exchange(i));
+  std::vector<const ExchangeRecord*> ptrs;
+  for (const auto& ex : exs) ptrs.push_back(&ex);
+  auto w = batched.open(opts);
+  SegmentWriter::AppendResult res = w->append_all(ptrs);
+  CHECK_FALSE(res.error);
+  CHECK(res.written == 12);
+  CHECK(w->next_record_seq() == 1 + 12 * 3 + segs.size());  // a warcinfo record per segment
+  REQUIRE(!w->seal());
+  // The same segment boundaries as one exchange at a time.
+  auto batched_segs = batched.files(".warc.gz");
+  REQUIRE(batched_segs.size() == segs.size());
+  for (std::size_t i = 0; i < segs.size(); ++i) {
+    CAPTURE(i);
+    CHECK(scan_members(read_file(batched_segs[i])).members.size() ==
+          scan_members(read_file(segs[i])).members.size());
+  }
+  Report r = batched.verify();
+  expect_intact(r);
+  CHECK(r.records == 12 * 3 + segs.size());
+}
+
 TEST_CASE("archive: interval sync and an open segment verify as unsealed") {
   Archive a;
   WriterOptions opts;
@@ -185,6 +219,34 @@ TEST_CASE("archive tamper: a body byte changed (member recompressed)") {
   auto at = data.find("accepted 1");
   REQUIRE(at != std::string::npos);
   data[at] = 'A';
+  parts[5] = *gzip_member(data);
+  write_file(a.segment, join(parts));
+  expect_single(a.verify(), FindingKind::modified, 6);
+}
+
+TEST_CASE("archive tamper: a body changed with its block and payload digests recomputed") {
+  // The record digest covers the header only; a forger who also rewrites the
+  // header's digests to match the new body still changes the record digest,
+  // which the chain and the signed manifest fix.
+  SealedArchive a;
+  auto parts = members_of(read_file(a.segment));
+  std::string data = scan_members(parts[5]).members[0].data;  // seq 6: response of exchange 1
+  auto rec = parse_record(data, nullptr);
+  REQUIRE(rec);
+  std::string block(rec->block);
+  auto at = block.find("accepted 1");
+  REQUIRE(at != std::string::npos);
+  block[at] = 'A';
+  auto replace_field = [&](const std::string& name, const std::string& value) {
+    const std::string& old = *rec->header(name);
+    auto pos = data.find(name + ": " + old);
+    REQUIRE(pos != std::string::npos);
+    data.replace(pos + name.size() + 2, old.size(), value);
+  };
+  replace_field("WARC-Block-Digest", warc_digest(block));
+  replace_field("WARC-Payload-Digest", warc_digest(http_payload(block)));
+  data.replace(data.size() - 4 - block.size(), block.size(), block);  // the block ends before CRLFCRLF
+  REQUIRE(inspect_record(Member{0, 0, data}).problem.empty());  // self-consistent on its own
   parts[5] = *gzip_member(data);
   write_file(a.segment, join(parts));
   expect_single(a.verify(), FindingKind::modified, 6);
@@ -223,7 +285,7 @@ TEST_CASE("archive tamper: a forged record inserted with a valid-looking chain")
                     {"WARC-Block-Digest", warc_digest(forged.block)},
                     {std::string(kSeqHeader), "8"}};
   std::string unchained = serialize_unchained(forged);
-  parts.insert(parts.begin() + 7, *gzip_member(add_chain_header(unchained, chain_next(*before.chain, sha256(unchained)))));
+  parts.insert(parts.begin() + 7, *gzip_member(add_chain_header(unchained, chain_next(*before.chain, record_digest(unchained)))));
   write_file(a.segment, join(parts));
   expect_single(a.verify(), FindingKind::inserted, 8);
 }
@@ -644,4 +706,42 @@ TEST_CASE("archive: bodies already compressed are stored in their member, not de
   CHECK(req1.compressed_length < req1.data.size() / 10);
   CHECK(req2.compressed_length > req2.data.size());  // stored: the record plus the gzip framing
   expect_intact(a.verify());
+}
+
+TEST_CASE("archive: every compression setting writes standard gzip members that verify") {
+  // Text that compresses, unlike the random ids and digests around it.
+  std::string html;
+  while (html.size() < 6000) html += "<tr><td>Transfer " + std::to_string(html.size()) + "</td><td>EUR</td></tr>\n";
+  struct Case {
+    const char* name;
+    Compression how;
+  };
+  std::map<std::string, std::uintmax_t> sizes;
+  for (const Case& c : {Case{"fast", Compression{}}, Case{"stored", Compression::stored()},
+                        Case{"zlib1", Compression::zlib(1)}, Case{"zlib9", Compression::zlib(9)}}) {
+    const std::string name = c.name;
+    CAPTURE(name);
+    Archive a;
+    WriterOptions opts;
+    opts.compression = c.how;
+    auto w = a.open(opts);
+    for (int i = 0; i < 4; ++i) {
+      ExchangeRecord ex = sample_exchange(i);
+      ex.response_http = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + html;
+      REQUIRE(!w->append(ex));
+    }
+    REQUIRE(!w->seal());
+    auto segs = a.files(".warc.gz");
+    REQUIRE(segs.size() == 1);
+    expect_intact(a.verify());
+    // What WARC tools build on reads every member, and finds the body whole.
+    std::string cmd = "python3 -c \"import gzip,sys; d=gzip.open(sys.argv[1]).read(); "
+                      "sys.exit(0 if d.count(b'WARC/1.1\\r\\n')==13 and d.count(b'<tr><td>Transfer 0</td>')==4 else 1)\" " +
+                      segs[0].string();
+    CHECK(std::system(cmd.c_str()) == 0);
+    sizes[c.name] = fs::file_size(segs[0]);
+  }
+  CHECK(sizes["fast"] < sizes["stored"] / 2);
+  CHECK(sizes["zlib1"] < sizes["fast"]);
+  CHECK(sizes["zlib9"] <= sizes["zlib1"]);
 }
