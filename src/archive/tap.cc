@@ -32,10 +32,11 @@ ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {
   if (auto colon = server.rfind(':'); colon != std::string_view::npos) server = server.substr(0, colon);
   if (server.size() >= 2 && server.front() == '[') server = server.substr(1, server.size() - 2);
   out.server_ip = std::string(server);
-  // The event feed's object (it has user and groups), closed with what only
-  // the archive records. Formatted as text: no JSON tree per exchange.
+  // The event feed's object (it has user and groups) without the header
+  // lists, which the request and response records hold verbatim, closed
+  // with what only the archive records. Formatted as text: no JSON tree.
   std::string& m = out.metadata_json;
-  hooks::format_exchange(m, rec, 0);
+  hooks::format_exchange(m, rec, 0, false);
   while (!m.empty() && (m.back() == '\n' || m.back() == '}')) {
     bool brace = m.back() == '}';
     m.pop_back();

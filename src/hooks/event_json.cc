@@ -139,15 +139,40 @@ void append_rfc3339(std::string& out, WallClock::time_point t) {
   const auto day = floor<days>(us);
   const year_month_day ymd{day};
   const hh_mm_ss hms{us - day};
-  char buf[96];  // sized for any int values, keeps -Wformat-truncation quiet
-  int n = std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%06ldZ", static_cast<int>(ymd.year()),
-                        static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-                        static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
-                        static_cast<int>(hms.seconds().count()), static_cast<long>(hms.subseconds().count()));
-  if (n > 0) out.append(buf, static_cast<std::size_t>(n));
+  const int year = static_cast<int>(ymd.year());
+  if (year < 0 || year > 9999) {
+    char buf[96];  // sized for any int values, keeps -Wformat-truncation quiet
+    int n = std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%06ldZ", year,
+                          static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                          static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                          static_cast<int>(hms.seconds().count()), static_cast<long>(hms.subseconds().count()));
+    if (n > 0) out.append(buf, static_cast<std::size_t>(n));
+    return;
+  }
+  // Digits by hand: snprintf was most of the cost, and this runs several
+  // times per exchange on the writer and event-feed threads.
+  char buf[27];  // YYYY-MM-DDTHH:MM:SS.uuuuuuZ
+  auto put = [&buf](std::size_t at, long value, std::size_t width) {
+    for (std::size_t i = width; i-- > 0; value /= 10) buf[at + i] = static_cast<char>('0' + value % 10);
+  };
+  put(0, year, 4);
+  buf[4] = '-';
+  put(5, static_cast<unsigned>(ymd.month()), 2);
+  buf[7] = '-';
+  put(8, static_cast<unsigned>(ymd.day()), 2);
+  buf[10] = 'T';
+  put(11, hms.hours().count(), 2);
+  buf[13] = ':';
+  put(14, hms.minutes().count(), 2);
+  buf[16] = ':';
+  put(17, hms.seconds().count(), 2);
+  buf[19] = '.';
+  put(20, hms.subseconds().count(), 6);
+  buf[26] = 'Z';
+  out.append(buf, sizeof buf);
 }
 
-void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap) {
+void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap, bool with_headers) {
   const exchange::ConnectionInfo& c = *rec.connection;
   Obj o(out);
   o.str("type", "exchange").time("ts", rec.end).num("id", rec.id).num("conn", c.id);
@@ -166,7 +191,7 @@ void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t bo
     r.str("method", rec.request.method).str("scheme", rec.request.scheme);
     r.str("authority", rec.request.authority).str("target", rec.request.target);
     r.str("version", rec.request.version);
-    headers(r, rec.request.headers);
+    if (with_headers) headers(r, rec.request.headers);
     r.num("body_bytes", rec.request_body_bytes);
     if (bodies) body(r, rec.request_body, rec.request_body_bytes, body_cap);
     r.end();
@@ -175,7 +200,7 @@ void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t bo
     Obj r(o.key("response").out());
     r.num("status", static_cast<std::uint64_t>(rec.response.status < 0 ? 0 : rec.response.status));
     r.str("reason", rec.response.reason).str("version", rec.response.version);
-    headers(r, rec.response.headers);
+    if (with_headers) headers(r, rec.response.headers);
     r.num("body_bytes", rec.response_body_bytes);
     if (bodies) body(r, rec.response_body, rec.response_body_bytes, body_cap);
     r.end();

@@ -169,6 +169,8 @@ def main(t):
         assert m["upstream_verdict"] == "ok" and len(m["upstream_cert_sha256"]) == 64, m
         assert m["client_tls"].startswith("TLSv1.3") and m["upstream_tls"].startswith("TLSv1.3"), m
         assert m["response"]["status"] == 200 and m["outcome"] == "complete", m
+        # Heads are in the request/response records, not copied into the metadata.
+        assert "headers" not in m["request"] and "headers" not in m["response"], m
         h2 = ex["https://localhost:%d/1k?h2" % port]
         assert body_of(h2["response"]) == one_k and h2["metadata"]["protocol"] == "HTTP/2", h2["metadata"]
         up = ex["https://localhost:%d/upload" % port]
