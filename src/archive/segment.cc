@@ -54,7 +54,10 @@ void finish_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::s
   // line (what record_digest() computes when reading it back).
   const Digest digest = sha256_parts({b.text, "\r\n"});
   b.head = chain_next(b.head, digest);
-  field(b, kChainHeader, "sha256:" + to_hex(b.head));
+  b.text += kChainHeader;
+  b.text += ": sha256:";
+  append_hex(b.text, b.head);
+  b.text += "\r\n";
   b.text += "\r\n";
   b.text += block;
   b.text += "\r\n\r\n";
@@ -275,12 +278,14 @@ struct SegmentWriter::State {
     m.segment_seq = next_segment_seq;
     m.previous_segment = previous_segment;
     m.chain_start = chain_start;
-    m.records = records;
     m.chain_head = head;
     m.created = created_text;
     m.sealed = warc_date(WallClock::now());
     m.key_fingerprint = fingerprint;
+    // Lent, not copied (a million records); back before anything can fail.
+    m.records = std::move(records);
     std::string text = manifest_json(m);
+    records = std::move(m.records);
     std::string err;
     auto sig = sign_base64(key.get(), text, &err);
     if (!sig) return "archive: " + err;

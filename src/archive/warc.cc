@@ -140,14 +140,20 @@ Digest chain_next(const Digest& prev, const Digest& record_digest) {
   return thread_sha256().of({view(prev), view(record_digest)});
 }
 
-std::string to_hex(std::string_view bytes) {
+void append_hex(std::string& out, std::string_view bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
+  const std::size_t at = out.size();
+  out.resize(at + bytes.size() * 2);
+  char* p = out.data() + at;
   for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 15];
+    *p++ = kDigits[c >> 4];
+    *p++ = kDigits[c & 15];
   }
+}
+
+std::string to_hex(std::string_view bytes) {
+  std::string out;
+  append_hex(out, bytes);
   return out;
 }
 

@@ -74,6 +74,10 @@ Digest sha256_parts(std::initializer_list<std::string_view> parts);  // of their
 // chain_n = SHA-256(chain_{n-1} || record_digest_n)
 Digest chain_next(const Digest& prev, const Digest& record_digest);
 std::string to_hex(std::string_view bytes);
+void append_hex(std::string& out, std::string_view bytes);
+inline void append_hex(std::string& out, const Digest& d) {
+  append_hex(out, std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
+}
 inline std::string to_hex(const Digest& d) {
   return to_hex(std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
 }
