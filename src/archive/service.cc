@@ -81,14 +81,29 @@ void ArchiveService::submit(ExchangeRecord rec) {
   submit([shared] { return std::move(*shared); }, size);
 }
 
-void ArchiveService::submit(std::function<ExchangeRecord()> build, std::size_t size) {
+std::shared_ptr<ArchiveService::ReturnList>& ArchiveService::this_threads_list() {
+  thread_local std::shared_ptr<ReturnList> list = std::make_shared<ReturnList>();
+  return list;
+}
+
+void ArchiveService::submit(std::function<ExchangeRecord()> build, std::size_t size, std::shared_ptr<const void> keep) {
+  std::shared_ptr<ReturnList>& home = this_threads_list();
+  {
+    // Released here, on the thread that allocated them (see service.h).
+    std::vector<std::shared_ptr<const void>> written;
+    {
+      std::lock_guard lock(home->mu);
+      written.swap(home->items);
+    }
+  }
   {
     std::lock_guard lock(mu_);
     if (stopping_) {
       stats_.dropped.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    queue_.push_back({std::move(build), size, std::nullopt});
+    std::shared_ptr<ReturnList> return_to = keep ? home : nullptr;
+    queue_.push_back({std::move(build), size, std::nullopt, std::move(keep), std::move(return_to)});
     stats_.queued.fetch_add(1, std::memory_order_relaxed);
     stats_.queued_bytes.fetch_add(size, std::memory_order_relaxed);
     // While gathering, the writer is woken only by a full batch or a full queue.
@@ -171,9 +186,14 @@ bool ArchiveService::write_batch(std::unique_lock<std::mutex>& lock) {
   SegmentWriter::AppendResult res = writer_->append_all(records);
   lock.lock();
   auto pop = [&] {
-    const Item& item = queue_.front();
+    Item& item = queue_.front();
     stats_.queued.fetch_sub(1, std::memory_order_relaxed);
     stats_.queued_bytes.fetch_sub(item.size, std::memory_order_relaxed);
+    item.build = nullptr;  // may refer to `keep`
+    if (item.home) {
+      std::lock_guard home_lock(item.home->mu);
+      item.home->items.push_back(std::move(item.keep));
+    }
     queue_.pop_front();
   };
   for (std::size_t i = 0; i < res.written; ++i) {

@@ -13,7 +13,8 @@ void ArchiveTap::finish(const exchange::Exchange& ex, bool complete, std::string
   // The authority the exchange went to (HTTP/1.1 heads carry it in Host only).
   if (rec->request.authority.empty()) rec->request.authority = ex.authority;
   std::size_t size = rec->request_body.size() + rec->response_body.size() + 2048;
-  service_.submit([rec] { return to_archive_record(*rec); }, size);
+  const hooks::ExchangeRecord* captured = rec.get();  // kept alive by `rec` until written
+  service_.submit([captured] { return to_archive_record(*captured); }, size, std::move(rec));
 }
 
 ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {

@@ -589,6 +589,45 @@ TEST_CASE("archive service: every submitted exchange is written, sealed on stop,
   CHECK(r.records == 3 * (300 * 3 + 1));  // three runs: 3 records per exchange + a warcinfo each
 }
 
+TEST_CASE("archive service: what a submitter allocated is released on its own thread, after the write") {
+  // Records whose destruction notes the thread it happens on.
+  struct Captured {
+    std::atomic<int>* destroyed;
+    std::thread::id* where;
+    std::mutex* mu;
+    ~Captured() {
+      std::lock_guard lock(*mu);
+      *where = std::this_thread::get_id();
+      destroyed->fetch_add(1);
+    }
+  };
+  Archive a;
+  auto svc = start_service(a, ServiceOptions{});
+  std::atomic<int> destroyed{0};
+  std::thread::id where;
+  std::mutex mu;
+  std::thread::id submitter;
+  std::thread worker([&] {
+    submitter = std::this_thread::get_id();
+    for (int i = 0; i < 3; ++i) {
+      auto keep = std::make_shared<Captured>(&destroyed, &where, &mu);
+      svc->submit([i] { return sample_exchange(i); }, 1000, keep);
+      keep.reset();
+      REQUIRE(eventually([&] { return svc->stats().written == static_cast<std::uint64_t>(i + 1); }));
+      // Written, but still held for this thread: released at its next submit.
+      CHECK(destroyed.load() == i);
+    }
+  });
+  worker.join();
+  CHECK(destroyed.load() == 3);  // the last one when the thread ended, still on that thread
+  {
+    std::lock_guard lock(mu);
+    CHECK(where == submitter);
+  }
+  svc->stop();
+  expect_intact(a.verify());
+}
+
 TEST_CASE("archive service: a full queue holds connections back until it drains below the resume mark") {
   Archive a;
   ServiceOptions opts;
