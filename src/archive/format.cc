@@ -123,9 +123,7 @@ std::string manifest_json(const Manifest& m) {
     log::append_json_escaped(out, r.type);
     out += "\",\"digest\":\"sha256:";
     append_hex(out, r.digest);
-    out += "\",\"chain\":\"sha256:";
-    append_hex(out, r.chain);
-    out += "\"}";
+    out += "\"}";  // no chain value: it follows from chain_start and the digests
   }
   out += first ? "]\n}\n" : "\n ]\n}\n";
   return out;
@@ -159,7 +157,13 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
     m.created = j.at("created").get<std::string>();
     m.sealed = j.at("sealed").get<std::string>();
     m.key_fingerprint = j.at("key_fingerprint").get<std::string>();
-    for (const auto& r : j.at("records")) {
+    // A segment's manifest leaves each record's chain value out (it follows
+    // from chain_start and the digests); an export's lists it, its records
+    // not being consecutive.
+    Digest chain = m.chain_start;
+    const auto& records = j.at("records");
+    m.records.reserve(records.size());
+    for (const auto& r : records) {
       ManifestRecord mr;
       mr.seq = r.at("seq").get<std::uint64_t>();
       mr.offset = r.at("offset").get<std::uint64_t>();
@@ -167,10 +171,10 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
       mr.id = r.at("id").get<std::string>();
       mr.type = r.at("type").get<std::string>();
       auto d = digest(r.at("digest"));
-      auto c = digest(r.at("chain"));
+      auto c = r.contains("chain") ? digest(r.at("chain")) : std::optional<Digest>(chain_next(chain, d.value_or(Digest{})));
       if (!d || !c) return fail("bad digest in manifest record " + std::to_string(mr.seq));
       mr.digest = *d;
-      mr.chain = *c;
+      mr.chain = chain = *c;
       m.records.push_back(std::move(mr));
     }
     return m;
