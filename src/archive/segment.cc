@@ -233,10 +233,7 @@ struct SegmentWriter::State {
       if (!ex.server_ip.empty()) field(b, "WARC-IP-Address", ex.server_ip);
       finish_record(b, bytes, std::move(resp_id), "response", ex.response_http, ex.response_store);
     }
-    // Names from the wire may not be UTF-8; the archive must not refuse them.
-    std::string dumped;
-    if (ex.metadata_json.empty()) dumped = ex.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    const std::string_view meta = ex.metadata_json.empty() ? std::string_view(dumped) : ex.metadata_json;
+    const std::string_view meta = ex.metadata_json.empty() ? std::string_view("{}") : ex.metadata_json;
     begin_record(b);
     field(b, "WARC-Type", "metadata");
     field(b, "WARC-Record-ID", meta_id);

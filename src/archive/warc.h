@@ -49,10 +49,8 @@ struct ExchangeRecord {
   bool response_store = false;
   std::string server_ip;  // WARC-IP-Address of the response; empty: omitted
   // User, client address, policy rule, TLS of both legs, upstream certificate,
-  // verdict, timings: written as the metadata record (application/json).
-  nlohmann::json metadata = nlohmann::json::object();
-  // The same as JSON text, already serialized (a caller that formats it
-  // directly skips building a tree); used instead of `metadata` when set.
+  // verdict, timings: the metadata record's JSON text (application/json),
+  // formatted by the caller (no JSON tree per exchange). Empty: "{}".
   std::string metadata_json;
   WallClock::time_point timestamp = WallClock::now();
 };

@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     ex.target_uri = "https://" + host + "/acct/" + std::to_string(i);
     ex.request_http = http_request_block(req, "transfer=" + std::to_string(i * 100));
     ex.response_http = http_response_block(resp, i == 6 ? std::string("\x00\x01\x02", 3) : "ok " + std::to_string(i));
-    ex.metadata = {{"user", i % 2 ? "jdoe" : "asmith"}, {"client", "10.1.1.1:5000"}};
+    ex.metadata_json = nlohmann::json({{"user", i % 2 ? "jdoe" : "asmith"}, {"client", "10.1.1.1:5000"}}).dump();
     ex.timestamp = WallClock::time_point(std::chrono::seconds(1795737600)) + std::chrono::hours(i);
     if (auto e = w->append(ex)) {
       std::cerr << *e << "\n";

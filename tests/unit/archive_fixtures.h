@@ -70,7 +70,7 @@ inline ExchangeRecord sample_exchange(int i, std::size_t body_size = 40) {
   ex.response_http = http_response_block(resp, "accepted " + std::to_string(i));
   ex.server_ip = "192.0.2.7";
   ex.request_truncated = i % 2 == 1;
-  ex.metadata = {{"user", "alice"}, {"client", "10.0.0.1:50000"}, {"rule", "payments"}, {"exchange", i}};
+  ex.metadata_json = nlohmann::json({{"user", "alice"}, {"client", "10.0.0.1:50000"}, {"rule", "payments"}, {"exchange", i}}).dump();
   return ex;
 }
 

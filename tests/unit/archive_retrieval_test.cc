@@ -38,7 +38,7 @@ ExchangeRecord varied_exchange(int i) {
   std::string body = i == 5 ? std::string("\x89PNG\r\n\x1a\n\x00\x01", 10) : "Result " + std::to_string(i);
   ex.response_http = http_response_block(resp, body);
   std::string user = i == 7 ? "carol" : i % 2 ? "bob" : "alice";
-  ex.metadata = {{"user", user}, {"client", "10.0.0." + std::to_string(i) + ":40000"}, {"rule", "all"}};
+  ex.metadata_json = nlohmann::json({{"user", user}, {"client", "10.0.0." + std::to_string(i) + ":40000"}, {"rule", "all"}}).dump();
   ex.timestamp = kDay0 + std::chrono::hours(i);
   return ex;
 }
