@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 C_ICAP = "/usr/bin/c-icap"
+SHM_GLOB = "/dev/shm/c-icap-shared-kids-queue.*"
 
 
 def modules_dir():
@@ -86,6 +87,7 @@ class CIcap:
                 os.unlink(os.path.join(self.dir, f))
             except FileNotFoundError:
                 pass
+        self.shm_before = set(glob.glob(SHM_GLOB))
         out = open(os.path.join(self.dir, "stdout.log"), "ab")
         self.proc = subprocess.Popen([C_ICAP, "-N", "-D", "-f", self.conf], stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=out, start_new_session=True)
@@ -123,8 +125,15 @@ class CIcap:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             except OSError:
-                return
+                break
             time.sleep(0.05)
+        # Killed, c-icap cannot remove its POSIX shared memory; after 1,024
+        # leaked ones no c-icap on the machine starts. Remove what it created.
+        for f in set(glob.glob(SHM_GLOB)) - getattr(self, "shm_before", set(glob.glob(SHM_GLOB))):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
 
     def kill(self):
         h._unregister(self)

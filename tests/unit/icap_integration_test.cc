@@ -49,6 +49,20 @@ void on_fatal_signal(int sig) {
   raise(sig);
 }
 
+// c-icap's POSIX shared memory objects (one per running server). A server
+// killed with SIGKILL cannot remove its own, and after 1,024 leaked ones no
+// c-icap on the machine starts: stop() removes what its server created.
+std::vector<std::string> c_icap_shm() {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (fs::directory_iterator it("/dev/shm", ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
+    if (n.starts_with("c-icap-shared-kids-queue.")) out.push_back(it->path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::string find_c_icap() {
   if (const char* env = std::getenv("SIGHTLINE_C_ICAP")) return env;
   for (const char* p : {"/usr/bin/c-icap", "/usr/sbin/c-icap", "/usr/local/bin/c-icap"})
@@ -147,6 +161,7 @@ class CIcapServer {
     std::error_code ec;
     fs::remove(dir_ / "c-icap.pid", ec);
     fs::remove(dir_ / "c-icap.ctl", ec);
+    shm_before_ = c_icap_shm();
     const std::string conf = (dir_ / "c-icap.conf").string();
     const std::string out = (dir_ / "stdout.log").string();
     pid_ = fork();
@@ -191,6 +206,9 @@ class CIcapServer {
     g_server_pgid = 0;
     // Its worker processes may take a moment to go; wait until the port is free.
     for (int i = 0; i < 100 && port_open(port); ++i) std::this_thread::sleep_for(20ms);
+    std::error_code ec;
+    for (const auto& f : c_icap_shm())
+      if (!std::binary_search(shm_before_.begin(), shm_before_.end(), f)) fs::remove(f, ec);
   }
 
   std::string url(const char* service) const {
@@ -204,6 +222,7 @@ class CIcapServer {
   std::string exe_, modules_;
   fs::path dir_;
   pid_t pid_ = -1;
+  std::vector<std::string> shm_before_;  // c-icap shared memory that was there before start()
 };
 
 struct Loop {
