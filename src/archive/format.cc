@@ -80,7 +80,7 @@ std::optional<SegmentName> parse_segment_name(std::string_view n) {
 
 std::string manifest_json(const Manifest& m) {
   nlohmann::ordered_json j = {
-      {"format", "sightline-archive-manifest/1"},
+      {"format", "sightline-archive-manifest/2"},
       {"segment", m.segment},
       {"sha256", m.file_sha256},
       {"size", m.file_size},
@@ -89,44 +89,93 @@ std::string manifest_json(const Manifest& m) {
       {"previous_segment", m.previous_segment.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(m.previous_segment)},
       {"chain_start", sha256_field(m.chain_start)},
       {"chain_head", sha256_field(m.chain_head)},
+      {"first_seq", m.first_seq},
+      {"record_count", m.record_count},
+      {"records_file", m.records_file},
+      {"records_sha256", m.records_sha256},
       {"created", m.created},
       {"sealed", m.sealed},
       {"key_fingerprint", m.key_fingerprint},
   };
-  std::string out = j.dump(1);
-  // The record list is written as text, one object per line: a segment
-  // holds up to millions of records, and a JSON tree of them cost more than
-  // writing the records themselves.
-  out.pop_back();  // the closing brace
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  out += ",\n \"records\": [";
-  out.reserve(out.size() + m.records.size() * 260);
-  bool first = true;
-  // Appended piece by piece: a segment's manifest lists ~a million records,
-  // and temporary strings per field were most of the seal's CPU.
+  return j.dump(1) + "\n";
+}
+
+void append_records_line(std::string& out, std::uint64_t seq, std::uint64_t offset, std::uint64_t length,
+                         std::string_view id, std::string_view type, const Digest& digest) {
   auto number = [&out](std::uint64_t v) {
     char buf[24];
     auto res = std::to_chars(buf, buf + sizeof buf, v);
     out.append(buf, static_cast<std::size_t>(res.ptr - buf));
   };
-  for (const auto& r : m.records) {
-    out += first ? "\n  {\"seq\":" : ",\n  {\"seq\":";
-    first = false;
-    number(r.seq);
-    out += ",\"offset\":";
-    number(r.offset);
-    out += ",\"length\":";
-    number(r.length);
-    out += ",\"id\":\"";
-    log::append_json_escaped(out, r.id);
-    out += "\",\"type\":\"";
-    log::append_json_escaped(out, r.type);
-    out += "\",\"digest\":\"sha256:";
-    append_hex(out, r.digest);
-    out += "\"}";  // no chain value: it follows from chain_start and the digests
+  number(seq);
+  out += '\t';
+  number(offset);
+  out += '\t';
+  number(length);
+  out += '\t';
+  out += id;
+  out += '\t';
+  out += type;
+  out += '\t';
+  append_hex(out, digest);
+  out += '\n';
+}
+
+namespace {
+
+// One line of a records file; false when it is not one.
+bool parse_records_line(std::string_view line, ManifestRecord& r) {
+  std::string_view f[6];
+  for (int i = 0; i < 6; ++i) {
+    std::size_t tab = i < 5 ? line.find('\t') : line.size();
+    if (tab == std::string_view::npos) return false;
+    f[i] = line.substr(0, tab);
+    line.remove_prefix(i < 5 ? tab + 1 : tab);
   }
-  out += first ? "]\n}\n" : "\n ]\n}\n";
-  return out;
+  auto seq = parse_u64(f[0]), offset = parse_u64(f[1]), length = parse_u64(f[2]);
+  auto digest = digest_from_hex(f[5]);
+  if (!seq || !offset || !length || !digest || f[3].empty() || f[4].empty()) return false;
+  r.seq = *seq;
+  r.offset = *offset;
+  r.length = *length;
+  r.id = std::string(f[3]);
+  r.type = std::string(f[4]);
+  r.digest = *digest;
+  return true;
+}
+
+}  // namespace
+
+bool load_records(const std::string& dir, Manifest& m, std::string* why) {
+  auto fail = [&](std::string msg) {
+    if (why) *why = "records list " + m.records_file + ": " + std::move(msg);
+    m.records.clear();
+    return false;
+  };
+  if (m.records_file.empty()) return true;  // format /1: listed in the manifest
+  std::string err;
+  auto file = MappedFile::open(dir + "/" + m.records_file, &err);
+  if (!file) return fail("unreadable (" + err + ")");
+  std::string_view text = file->bytes();
+  if (to_hex(sha256(text)) != m.records_sha256) return fail("modified: its SHA-256 is not the one the signed manifest seals");
+  if (!text.starts_with(kRecordsHeader)) return fail("unknown format");
+  text.remove_prefix(kRecordsHeader.size());
+  m.records.clear();
+  m.records.reserve(m.record_count);
+  Digest chain = m.chain_start;
+  while (!text.empty()) {
+    std::size_t nl = text.find('\n');
+    if (nl == std::string_view::npos) return fail("last line unterminated");
+    ManifestRecord r;
+    if (!parse_records_line(text.substr(0, nl), r))
+      return fail("line " + std::to_string(m.records.size() + 2) + " unparsable");
+    text.remove_prefix(nl + 1);
+    r.chain = chain = chain_next(chain, r.digest);
+    m.records.push_back(std::move(r));
+  }
+  if (m.records.size() != m.record_count || (!m.records.empty() && m.records.front().seq != m.first_seq))
+    return fail("does not hold the records the signed manifest counts");
+  return true;
 }
 
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) {
@@ -141,8 +190,10 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
     return parse_sha256_field(v.get<std::string>());
   };
   try {
-    if (j.at("format") != "sightline-archive-manifest/1") return fail("unknown manifest format");
     Manifest m;
+    m.format = j.at("format").get<std::string>();
+    const bool inline_records = m.format == "sightline-archive-manifest/1";
+    if (!inline_records && m.format != "sightline-archive-manifest/2") return fail("unknown manifest format");
     m.segment = j.at("segment").get<std::string>();
     m.file_sha256 = j.at("sha256").get<std::string>();
     m.file_size = j.at("size").get<std::uint64_t>();
@@ -157,9 +208,17 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
     m.created = j.at("created").get<std::string>();
     m.sealed = j.at("sealed").get<std::string>();
     m.key_fingerprint = j.at("key_fingerprint").get<std::string>();
-    // A segment's manifest leaves each record's chain value out (it follows
-    // from chain_start and the digests); an export's lists it, its records
-    // not being consecutive.
+    if (!inline_records) {
+      m.first_seq = j.at("first_seq").get<std::uint64_t>();
+      m.record_count = j.at("record_count").get<std::uint64_t>();
+      m.records_file = j.at("records_file").get<std::string>();
+      m.records_sha256 = j.at("records_sha256").get<std::string>();
+      if (m.records_file != m.segment + std::string(kRecordsSuffix) || !digest_from_hex(m.records_sha256))
+        return fail("bad records_file or records_sha256 in manifest");
+      return m;
+    }
+    // Format /1 lists the records; a segment's leaves each record's chain
+    // value out (it follows from chain_start and the digests).
     Digest chain = m.chain_start;
     const auto& records = j.at("records");
     m.records.reserve(records.size());
@@ -177,6 +236,8 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
       mr.chain = chain = *c;
       m.records.push_back(std::move(mr));
     }
+    m.record_count = m.records.size();
+    if (!m.records.empty()) m.first_seq = m.records.front().seq;
     return m;
   } catch (const nlohmann::json::exception& e) {
     return fail(std::string("manifest field: ") + e.what());

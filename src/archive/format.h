@@ -17,6 +17,10 @@ inline constexpr std::string_view kSealedSuffix = ".warc.gz";
 inline constexpr std::string_view kOpenSuffix = ".warc.gz.open";
 inline constexpr std::string_view kManifestSuffix = ".manifest.json";  // after the sealed name
 inline constexpr std::string_view kSignatureSuffix = ".manifest.json.sig";
+// The per-record list of a segment (format /2), one tab-separated line per
+// record; the signed manifest carries its SHA-256 (docs/archive.md).
+inline constexpr std::string_view kRecordsSuffix = ".records.tsv";
+inline constexpr std::string_view kRecordsHeader = "# sightline-archive-records/1\tseq\toffset\tlength\tid\ttype\tsha256\n";
 inline constexpr Digest kZeroChain{};  // what a writer's first record chains from
 
 // Writer ids are [A-Za-z0-9_.]+ so that '-' separates the name's parts:
@@ -44,6 +48,7 @@ struct ManifestRecord {
 };
 
 struct Manifest {
+  std::string format;   // "sightline-archive-manifest/2" (records file) or "/1" (records listed inline)
   std::string segment;  // sealed file name
   std::string file_sha256;
   std::uint64_t file_size = 0;
@@ -51,6 +56,12 @@ struct Manifest {
   std::uint64_t segment_seq = 0;
   std::string previous_segment;  // empty for a writer's first segment
   Digest chain_start{};          // previous segment's chain head, or zeros
+  std::uint64_t first_seq = 0;   // of the segment's first record
+  std::uint64_t record_count = 0;
+  std::string records_file;      // format /2: the records list (sealed name + kRecordsSuffix)
+  std::string records_sha256;    // its SHA-256 (hex)
+  // Format /1: parsed with the manifest. Format /2: filled by load_records()
+  // (load_trusted_manifest() does it once the signature verifies).
   std::vector<ManifestRecord> records;
   Digest chain_head{};
   std::string created;
@@ -65,9 +76,19 @@ std::optional<Digest> parse_sha256_field(std::string_view text);
 // A whole decimal number, nothing else.
 std::optional<std::uint64_t> parse_u64(std::string_view s);
 
-// The exact bytes that are signed (pretty JSON, one trailing newline).
+// The exact bytes that are signed (pretty JSON, one trailing newline):
+// format /2, the records in `records_file`, not listed.
 std::string manifest_json(const Manifest& m);
+// Format /1 or /2; for /2 without the records (see load_records).
 std::optional<Manifest> parse_manifest(std::string_view text, std::string* why);
+
+// One record's line of a records file, appended to `out`.
+void append_records_line(std::string& out, std::uint64_t seq, std::uint64_t offset, std::uint64_t length,
+                         std::string_view id, std::string_view type, const Digest& digest);
+// Reads m.records_file (in `dir`) into m.records, checking it against the
+// manifest: its SHA-256, record count, first number and chain head. A no-op
+// for format /1. false: why not (missing, modified, unparsable).
+bool load_records(const std::string& dir, Manifest& m, std::string* why);
 
 // The "sha256" field of a manifest file, read from its first bytes only (the
 // field order is fixed): a cheap check that an index is the sealed file's,

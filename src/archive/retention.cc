@@ -110,8 +110,8 @@ std::int64_t micros_of(WallClock::time_point t) {
 std::vector<std::string> segment_side_files(const std::string& dir, const std::string& segment) {
   std::string base = path_in(dir, segment);
   // The segment first: once it is gone the deletion has happened; the rest is cleanup.
-  return {base, base + std::string(kIndexSuffix), base + std::string(kSignatureSuffix),
-          base + std::string(kManifestSuffix)};
+  return {base, base + std::string(kIndexSuffix), base + std::string(kRecordsSuffix),
+          base + std::string(kSignatureSuffix), base + std::string(kManifestSuffix)};
 }
 
 }  // namespace
@@ -307,7 +307,7 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
     t.chain_head = sha256_field(m->chain_head);
     t.manifest_sha256 = text ? to_hex(sha256(*text)) : std::string();
     t.sealed = m->sealed;
-    t.records = m->records.size();
+    t.records = m->record_count;
     t.deleted = warc_date(opts.now);
     t.reason = "retention " + std::to_string(opts.retention_days) + " days";
     fresh.push_back(std::move(t));

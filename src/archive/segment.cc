@@ -24,7 +24,9 @@ using hooks::pcap::UniqueFd;
 // Records serialized, chained and compressed, not yet written.
 struct Batch {
   std::string bytes;
-  std::vector<ManifestRecord> records;
+  std::string records_text;  // their lines of the segment's records file
+  std::size_t records = 0;
+  bool compression_failed = false;
   Digest head{};
   std::uint64_t next_seq = 0;
   Compression how;
@@ -45,7 +47,7 @@ void field(Batch& b, std::string_view name, std::string_view value) {
 
 // Ends the header (sequence number, length, chain), adds the block and
 // appends the record to the batch as one gzip member.
-void finish_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::string_view type,
+void finish_record(Batch& b, std::uint64_t segment_bytes, std::string_view id, std::string_view type,
                    std::string_view block, bool store = false) {
   const std::uint64_t seq = b.next_seq++;
   field(b, kSeqHeader, std::to_string(seq));
@@ -64,7 +66,9 @@ void finish_record(Batch& b, std::uint64_t segment_bytes, std::string id, std::s
   const std::size_t at = b.bytes.size();
   // Compression fails only without memory; the zero length then fails the batch.
   append_gzip_member(b.bytes, b.text, store ? Compression::stored() : b.how);
-  b.records.push_back({seq, segment_bytes + at, b.bytes.size() - at, std::move(id), std::string(type), digest, b.head});
+  if (b.bytes.size() == at) b.compression_failed = true;
+  append_records_line(b.records_text, seq, segment_bytes + at, b.bytes.size() - at, id, type, digest);
+  ++b.records;
 }
 
 void http_fields(Batch& b, std::string_view type, const std::string& id, const std::string& date,
@@ -110,19 +114,29 @@ struct SegmentWriter::State {
   std::string created_text;
   Digest chain_start{};
   std::uint64_t bytes = 0;
-  std::vector<ManifestRecord> records;
+  std::uint64_t first_seq = 0;
+  std::uint64_t records = 0;
   std::string warcinfo_id;
   tls::EvpMdCtxPtr file_hash;
+  // The records file, written with each batch and hashed as it grows: a
+  // seal only finishes two hashes and signs a small manifest, and the
+  // writer keeps no per-record state in memory (a 1 GiB segment holds
+  // ~800,000 records).
+  UniqueFd records_fd;
+  std::uint64_t records_bytes = 0;
+  tls::EvpMdCtxPtr records_hash;
   bool needs_truncate = false;  // a failed write may have left a partial exchange
   bool dirty = false;
   WallClock::time_point last_sync{};
 
   std::string path(std::string_view file) const { return opts.dir + "/" + std::string(file); }
   std::string open_path() const { return path(name) + ".open"; }
+  // Like the segment, the records file has ".open" until the seal.
+  std::string records_path() const { return path(name) + std::string(kRecordsSuffix) + ".open"; }
 
   // Buffers of the last batch, kept for the next: a fresh one per batch
   // costs a page fault per 4 KiB (large allocations come from mmap).
-  std::string spare_bytes, spare_text;
+  std::string spare_bytes, spare_text, spare_records;
 
   Batch new_batch() {
     Batch b;
@@ -130,6 +144,8 @@ struct SegmentWriter::State {
     b.bytes.clear();
     b.text = std::move(spare_text);
     b.text.clear();
+    b.records_text = std::move(spare_records);
+    b.records_text.clear();
     b.head = head;
     b.next_seq = next_seq;
     b.how = opts.compression;
@@ -140,41 +156,67 @@ struct SegmentWriter::State {
     constexpr std::size_t kKeep = 8u << 20;  // not the memory of a batch of huge bodies
     if (b.bytes.capacity() <= kKeep) spare_bytes = std::move(b.bytes);
     if (b.text.capacity() <= kKeep) spare_text = std::move(b.text);
+    if (b.records_text.capacity() <= kKeep) spare_records = std::move(b.records_text);
   }
 
-  void begin_segment(std::string segment, WallClock::time_point t) {
+  // Opens the segment's records file (empty) and starts both hashes.
+  std::optional<std::string> begin_segment(std::string segment, WallClock::time_point t) {
     name = std::move(segment);
     created = t;
     created_text = warc_date(t);
     chain_start = head;
+    first_seq = next_seq;
     bytes = 0;
-    records.clear();
+    records = 0;
+    records_bytes = 0;
     needs_truncate = false;
     dirty = false;
     file_hash.reset(EVP_MD_CTX_new());
-    if (file_hash) EVP_DigestInit_ex(file_hash.get(), EVP_sha256(), nullptr);
+    records_hash.reset(EVP_MD_CTX_new());
+    if (!file_hash || !records_hash || EVP_DigestInit_ex(file_hash.get(), EVP_sha256(), nullptr) != 1 ||
+        EVP_DigestInit_ex(records_hash.get(), EVP_sha256(), nullptr) != 1)
+      return "archive: sha256: " + tls::drain_errors();
+    UniqueFd f(::open(records_path().c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+    if (!f) return errno_text("create", records_path(), errno);
+    records_fd = std::move(f);
+    if (auto e = write_all_at(records_fd.get(), kRecordsHeader, 0, records_path())) return e;
+    EVP_DigestUpdate(records_hash.get(), kRecordsHeader.data(), kRecordsHeader.size());
+    records_bytes = kRecordsHeader.size();
+    return std::nullopt;
   }
 
   void commit(Batch& b) {
-    if (file_hash) EVP_DigestUpdate(file_hash.get(), b.bytes.data(), b.bytes.size());
+    EVP_DigestUpdate(file_hash.get(), b.bytes.data(), b.bytes.size());
+    EVP_DigestUpdate(records_hash.get(), b.records_text.data(), b.records_text.size());
     bytes += b.bytes.size();
-    records.insert(records.end(), std::make_move_iterator(b.records.begin()),
-                   std::make_move_iterator(b.records.end()));
+    records_bytes += b.records_text.size();
+    records += b.records;
     head = b.head;
     next_seq = b.next_seq;
     dirty = true;
   }
 
+  // Cuts both files back to what is committed. Errors leave needs_truncate
+  // set for the next attempt.
+  std::optional<std::string> truncate_uncommitted() {
+    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_text("truncate", open_path(), errno);
+    if (::ftruncate(records_fd.get(), static_cast<off_t>(records_bytes)) != 0)
+      return errno_text("truncate", records_path(), errno);
+    needs_truncate = false;
+    return std::nullopt;
+  }
+
   std::optional<std::string> write_batch(Batch& b) {
-    if (b.records.empty() || std::any_of(b.records.begin(), b.records.end(), [](auto& r) { return r.length == 0; }))
-      return "archive: compression failed (out of memory)";
+    if (b.records == 0 || b.compression_failed) return "archive: compression failed (out of memory)";
     if (needs_truncate) {
-      if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_text("truncate", open_path(), errno);
-      needs_truncate = false;
+      if (auto e = truncate_uncommitted()) return e;
     }
-    if (auto e = write_all_at(fd.get(), b.bytes, bytes, open_path())) {
+    auto e = write_all_at(fd.get(), b.bytes, bytes, open_path());
+    if (!e) e = write_all_at(records_fd.get(), b.records_text, records_bytes, records_path());
+    if (e) {
       // Cut the partial exchange now if the disk lets us, else before the next write.
-      needs_truncate = ::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0;
+      needs_truncate = true;
+      truncate_uncommitted();
       return e;
     }
     commit(b);
@@ -187,7 +229,7 @@ struct SegmentWriter::State {
     UniqueFd f(::open(p.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
     if (!f) return errno_text("create", p, errno);
     fd = std::move(f);
-    begin_segment(std::move(segment), now);
+    auto began = begin_segment(std::move(segment), now);
     warcinfo_id = new_record_id();
     const std::string info = std::string("software: sightline/") + SIGHTLINE_VERSION +
                              "\r\nformat: WARC File Format 1.1\r\n"
@@ -205,12 +247,14 @@ struct SegmentWriter::State {
     field(b, "Content-Type", "application/warc-fields");
     field(b, "WARC-Block-Digest", warc_digest(info));
     finish_record(b, 0, warcinfo_id, "warcinfo", info);
-    auto e = write_batch(b);
+    auto e = began ? began : write_batch(b);
     if (!e && !fsync_dir(opts.dir)) e = errno_text("fsync", opts.dir, errno);
     if (e) {
       // Nothing of this segment counts yet: drop it, retry with the same number.
       fd.reset();
+      records_fd.reset();
       ::unlink(p.c_str());
+      ::unlink(records_path().c_str());
       head = chain_start;
       next_seq = b.next_seq - 1;
       return e;
@@ -231,7 +275,7 @@ struct SegmentWriter::State {
       http_fields(b, "response", resp_id, date, ex, warcinfo_id, ex.response_http, ex.response_truncated);
       field(b, "WARC-Concurrent-To", req_id);
       if (!ex.server_ip.empty()) field(b, "WARC-IP-Address", ex.server_ip);
-      finish_record(b, bytes, std::move(resp_id), "response", ex.response_http, ex.response_store);
+      finish_record(b, bytes, resp_id, "response", ex.response_http, ex.response_store);
     }
     const std::string_view meta = ex.metadata_json.empty() ? std::string_view("{}") : ex.metadata_json;
     begin_record(b);
@@ -243,7 +287,7 @@ struct SegmentWriter::State {
     field(b, "WARC-Concurrent-To", req_id);
     field(b, "Content-Type", "application/json");
     field(b, "WARC-Block-Digest", warc_digest(meta));
-    finish_record(b, bytes, std::move(meta_id), "metadata", meta);
+    finish_record(b, bytes, meta_id, "metadata", meta);
   }
 
   std::optional<std::string> do_sync() {
@@ -257,19 +301,28 @@ struct SegmentWriter::State {
   std::optional<std::string> do_seal() {
     if (!fd) return std::nullopt;
     if (needs_truncate) {
-      if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_text("truncate", open_path(), errno);
-      needs_truncate = false;
+      if (auto e = truncate_uncommitted()) return e;
     }
     if (::fsync(fd.get()) != 0) return errno_text("fsync", open_path(), errno);
+    if (::fsync(records_fd.get()) != 0) return errno_text("fsync", records_path(), errno);
     Manifest m;
     m.segment = name;
-    Digest file_digest{};
-    tls::EvpMdCtxPtr copy(EVP_MD_CTX_new());
-    // Finalize a copy: a seal that fails later can be retried with the same hash.
-    if (!file_hash || !copy || EVP_MD_CTX_copy_ex(copy.get(), file_hash.get()) != 1 ||
-        EVP_DigestFinal_ex(copy.get(), file_digest.data(), nullptr) != 1)
-      return "archive: file hash: " + tls::drain_errors();
-    m.file_sha256 = to_hex(file_digest);
+    // Finalize copies: a seal that fails later can be retried with the same hashes.
+    auto final_hex = [](const tls::EvpMdCtxPtr& ctx) -> std::optional<std::string> {
+      Digest d{};
+      tls::EvpMdCtxPtr copy(EVP_MD_CTX_new());
+      if (!ctx || !copy || EVP_MD_CTX_copy_ex(copy.get(), ctx.get()) != 1 ||
+          EVP_DigestFinal_ex(copy.get(), d.data(), nullptr) != 1)
+        return std::nullopt;
+      return to_hex(d);
+    };
+    auto file_sha = final_hex(file_hash), records_sha = final_hex(records_hash);
+    if (!file_sha || !records_sha) return "archive: sha256: " + tls::drain_errors();
+    m.file_sha256 = *file_sha;
+    m.records_file = name + std::string(kRecordsSuffix);
+    m.records_sha256 = *records_sha;
+    m.first_seq = first_seq;
+    m.record_count = records;
     m.file_size = bytes;
     m.writer = opts.writer_id;
     m.segment_seq = next_segment_seq;
@@ -279,10 +332,7 @@ struct SegmentWriter::State {
     m.created = created_text;
     m.sealed = warc_date(WallClock::now());
     m.key_fingerprint = fingerprint;
-    // Lent, not copied (a million records); back before anything can fail.
-    m.records = std::move(records);
     std::string text = manifest_json(m);
-    records = std::move(m.records);
     std::string err;
     auto sig = sign_base64(key.get(), text, &err);
     if (!sig) return "archive: " + err;
@@ -290,19 +340,23 @@ struct SegmentWriter::State {
     // segment whose stale manifest open() discards and writes again.
     if (auto e = write_file_durably(path(name) + std::string(kSignatureSuffix), *sig + "\n")) return e;
     if (auto e = write_file_durably(path(name) + std::string(kManifestSuffix), text)) return e;
+    if (::fchmod(records_fd.get(), 0440) != 0) return errno_text("chmod", records_path(), errno);
     if (::fchmod(fd.get(), 0440) != 0) return errno_text("chmod", open_path(), errno);
+    if (::rename(records_path().c_str(), path(m.records_file).c_str()) != 0)
+      return errno_text("rename", records_path(), errno);
     if (::rename(open_path().c_str(), path(name).c_str()) != 0) return errno_text("rename", open_path(), errno);
     if (!fsync_dir(opts.dir)) return errno_text("fsync", opts.dir, errno);
     log::emit(log::Line(log::Level::info, "archive_segment_sealed")
                   .str("segment", name)
-                  .num("records", static_cast<std::uint64_t>(records.size()))
+                  .num("records", records)
                   .num("bytes", bytes)
                   .str("chain_head", "sha256:" + to_hex(head)));
     fd.reset();
+    records_fd.reset();
     previous_segment = name;
     ++next_segment_seq;
     name.clear();
-    records.clear();
+    records = 0;
     dirty = false;
     return std::nullopt;
   }
@@ -339,18 +393,20 @@ struct SegmentWriter::State {
         }
         kept.head = *info.chain;
         ++kept.next_seq;
-        kept.records.push_back({*info.seq, m.offset, m.compressed_length, info.id, info.type, info.digest,
-                                *info.chain});
+        append_records_line(kept.records_text, *info.seq, m.offset, m.compressed_length, info.id, info.type,
+                            info.digest);
+        ++kept.records;
         kept_bytes = m.offset + m.compressed_length;
       }
-      rep.cut_records = scan.members.size() - kept.records.size();
+      rep.cut_records = scan.members.size() - kept.records;
       kept.bytes.assign(file->bytes().substr(0, kept_bytes));
     }
-    rep.kept_records = kept.records.size();
+    rep.kept_records = kept.records;
     rep.kept_bytes = kept_bytes;
     rep.cut_bytes = file_size - kept_bytes;
-    if (kept.records.empty()) {
+    if (kept.records == 0) {
       if (::unlink(p.c_str()) != 0) return errno_text("unlink", p, errno);
+      ::unlink((path(seg.sealed_name) + std::string(kRecordsSuffix) + ".open").c_str());
       rep.removed = true;
       next_segment_seq = seg.seq;
       return std::nullopt;
@@ -360,9 +416,11 @@ struct SegmentWriter::State {
     if (::ftruncate(f.get(), static_cast<off_t>(kept_bytes)) != 0) return errno_text("truncate", p, errno);
     fd = std::move(f);
     next_segment_seq = seg.seq;
-    begin_segment(seg.sealed_name, WallClock::now());
+    // The records file is written anew from what the scan kept.
+    if (auto e = begin_segment(seg.sealed_name, WallClock::now())) return e;
     if (!first_date.empty()) created_text = first_date;
-    commit(kept);  // the bytes are already in the file: this only adopts them
+    if (auto e = write_all_at(records_fd.get(), kept.records_text, records_bytes, records_path())) return e;
+    commit(kept);  // the segment's bytes are already in the file: this only adopts them
     if (auto e = do_seal()) return e;
     rep.sealed = true;
     return std::nullopt;
@@ -412,6 +470,7 @@ std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpP
     if (!manifests.count(seq)) continue;
     ::unlink(st->path(seg.sealed_name + std::string(kManifestSuffix)).c_str());
     ::unlink(st->path(seg.sealed_name + std::string(kSignatureSuffix)).c_str());
+    ::unlink(st->path(seg.sealed_name + std::string(kRecordsSuffix)).c_str());
     manifests.erase(seq);
   }
   RecoveryReport rep;
@@ -422,9 +481,9 @@ std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpP
     std::string why = "unreadable";
     auto text = read_text_file(st->path(file));
     auto m = text ? parse_manifest(*text, &why) : std::nullopt;
-    if (!m || m->records.empty()) return fail("archive: cannot resume from " + file + ": " + why);
+    if (!m || m->record_count == 0) return fail("archive: cannot resume from " + file + ": " + why);
     st->head = m->chain_head;
-    st->next_seq = m->records.back().seq + 1;
+    st->next_seq = m->first_seq + m->record_count;
     st->next_segment_seq = seq + 1;
     st->previous_segment = m->segment;
     rep.resumed_from = file;
@@ -469,14 +528,16 @@ SegmentWriter::AppendResult SegmentWriter::append_all(std::span<const ExchangeRe
   } recycle{s, b};
   std::size_t in_batch = 0;  // exchanges in `b`
   for (const ExchangeRecord* ex : exchanges) {
-    const std::size_t bytes_before = b.bytes.size(), records_before = b.records.size();
+    const std::size_t bytes_before = b.bytes.size(), records_before = b.records,
+                      text_before = b.records_text.size();
     const Digest head_before = b.head;
     const std::uint64_t seq_before = b.next_seq;
     s.add_exchange(b, *ex);
     // Rotate by size: never leave a segment holding only its warcinfo record.
-    if (s.records.size() + records_before > 1 && s.bytes + b.bytes.size() > s.opts.max_bytes) {
+    if (s.records + records_before > 1 && s.bytes + b.bytes.size() > s.opts.max_bytes) {
       b.bytes.resize(bytes_before);
-      b.records.resize(records_before);
+      b.records = records_before;
+      b.records_text.resize(text_before);
       b.head = head_before;
       b.next_seq = seq_before;
       if (in_batch > 0) {
@@ -520,7 +581,7 @@ std::optional<std::string> SegmentWriter::maybe_sync(WallClock::time_point now) 
 }
 
 std::optional<std::string> SegmentWriter::maybe_rotate(WallClock::time_point now) {
-  if (!st_->fd || st_->records.size() <= 1 || now - st_->created < st_->opts.max_age) return std::nullopt;
+  if (!st_->fd || st_->records <= 1 || now - st_->created < st_->opts.max_age) return std::nullopt;
   return st_->do_seal();
 }
 

@@ -479,6 +479,8 @@ std::optional<Manifest> load_trusted_manifest(const std::string& dir, const std:
     return complain(FindingKind::bad_signature, detail);
   }
   if (!m) return complain(FindingKind::bad_manifest, reason);
+  // Format /2: the signed manifest seals the records file by its SHA-256.
+  if (!load_records(dir, *m, &reason)) return complain(FindingKind::bad_manifest, reason);
   return m;
 }
 

@@ -331,6 +331,7 @@ TEST_CASE("archive export: a signed subset that verify accepts, and tampering wi
     const auto& e = m->records[i];
     auto src = parse_manifest(read_file(a.dir / (e.source + ".manifest.json")), nullptr);
     REQUIRE(src);
+    REQUIRE(load_records(a.dir.string(), *src, nullptr));
     auto it = std::find_if(src->records.begin(), src->records.end(), [&](auto& s) { return s.id == e.record.id; });
     REQUIRE(it != src->records.end());
     CHECK(it->seq == e.record.seq);
@@ -444,6 +445,7 @@ TEST_CASE("archive prune: old unheld segments go with signed tombstones; verify 
     deleted.insert(t.segment);
     CHECK(!fs::exists(a.dir / t.segment));
     CHECK(!fs::exists(a.dir / (t.segment + ".manifest.json")));
+    CHECK(!fs::exists(a.dir / (t.segment + ".records.tsv")));
     CHECK(t.chain_head.starts_with("sha256:"));
     auto line = nlohmann::json::parse(deletion_log_line(t, false));
     CHECK(line["event"] == "archive_pruned");

@@ -133,9 +133,16 @@ TEST_CASE("archive: round trip, digests, chain and a standard gzip reader") {
   const std::string manifest_text = read_file(segs[0].string() + ".manifest.json");
   auto manifest = parse_manifest(manifest_text, &err);
   REQUIRE_MESSAGE(manifest, err);
-  CHECK(manifest->records.size() == 16);
-  // Records carry no chain value in a segment's manifest; parsing derives it.
-  CHECK(manifest_text.find("\"chain\":") == std::string::npos);
+  // Format /2: the manifest counts the records and seals the records file.
+  CHECK(manifest->format == "sightline-archive-manifest/2");
+  CHECK(manifest->records.empty());
+  CHECK(manifest->record_count == 16);
+  CHECK(manifest->first_seq == 1);
+  CHECK(manifest->records_file == segs[0].filename().string() + ".records.tsv");
+  CHECK(manifest->records_sha256 == to_hex(sha256(read_file(segs[0].string() + ".records.tsv"))));
+  REQUIRE_MESSAGE(load_records(a.dir.string(), *manifest, &err), err);
+  REQUIRE(manifest->records.size() == 16);
+  // Records carry no chain value in the records file; loading derives it.
   for (std::size_t i = 0; i < scan.members.size(); ++i)
     CHECK(manifest->records[i].chain == *inspect_record(scan.members[i]).chain);
   CHECK(manifest->chain_head == chain);
@@ -320,11 +327,29 @@ TEST_CASE("archive tamper: manifest edited, signature replaced or missing") {
   fs::path sig = a.segment.string() + ".manifest.json.sig";
   SUBCASE("manifest edited") {
     std::string text = read_file(manifest);
-    auto at = text.find("\"seq\":5,");
+    auto at = text.find("\"record_count\": 31,");
     REQUIRE(at != std::string::npos);
-    text.replace(at, 7, "\"seq\":6");
+    text.replace(at, 19, "\"record_count\": 30,");
     write_file(manifest, text);
     expect_single(a.verify(), FindingKind::bad_signature);
+  }
+  // The records file is sealed by its SHA-256 in the signed manifest.
+  fs::path records = a.segment.string() + ".records.tsv";
+  SUBCASE("records file edited") {
+    std::string text = read_file(records);
+    auto at = text.find("\n5\t");
+    REQUIRE(at != std::string::npos);
+    text[at + 1] = '6';
+    write_file(records, text);
+    Report r = a.verify();
+    expect_single(r, FindingKind::bad_manifest);
+    CHECK(r.findings[0].detail.find("modified") != std::string::npos);
+  }
+  SUBCASE("records file removed") {
+    fs::remove(records);
+    Report r = a.verify();
+    expect_single(r, FindingKind::bad_manifest);
+    CHECK(r.findings[0].detail.find("unreadable") != std::string::npos);
   }
   SUBCASE("signature by another key") {
     TempDir other;
@@ -345,6 +370,47 @@ TEST_CASE("archive tamper: manifest edited, signature replaced or missing") {
     fs::remove(sig);
     expect_single(a.verify(), FindingKind::missing_manifest);
   }
+}
+
+// Segments sealed before the records file (manifest format /1, records
+// listed inline) still verify, and tampering with them is still named.
+TEST_CASE("archive: format /1 manifests (records listed inline) still verify") {
+  SealedArchive a;
+  fs::path manifest = a.segment.string() + ".manifest.json";
+  std::string err;
+  auto m = parse_manifest(read_file(manifest), &err);
+  REQUIRE_MESSAGE(m, err);
+  REQUIRE(load_records(a.dir.string(), *m, &err));
+  // The /1 layout: the same fields, and the records as a JSON array.
+  nlohmann::ordered_json j = {
+      {"format", "sightline-archive-manifest/1"}, {"segment", m->segment},
+      {"sha256", m->file_sha256},                  {"size", m->file_size},
+      {"writer", m->writer},                       {"segment_seq", m->segment_seq},
+      {"previous_segment", nullptr},               {"chain_start", sha256_field(m->chain_start)},
+      {"chain_head", sha256_field(m->chain_head)}, {"created", m->created},
+      {"sealed", m->sealed},                       {"key_fingerprint", m->key_fingerprint},
+  };
+  j["records"] = nlohmann::ordered_json::array();
+  for (const auto& r : m->records)
+    j["records"].push_back({{"seq", r.seq}, {"offset", r.offset}, {"length", r.length}, {"id", r.id},
+                            {"type", r.type}, {"digest", sha256_field(r.digest)}});
+  std::string text = j.dump(1) + "\n";
+  write_file(manifest, text);
+  auto sig = sign_base64(load_signing_key(a.key.string(), &err).get(), text, &err);
+  REQUIRE(sig);
+  write_file(a.segment.string() + ".manifest.json.sig", *sig + "\n");
+  fs::remove(a.segment.string() + ".records.tsv");
+  auto v1 = parse_manifest(text, &err);
+  REQUIRE_MESSAGE(v1, err);
+  CHECK(v1->record_count == 31);
+  CHECK(v1->first_seq == 1);
+  CHECK(v1->records.size() == 31);
+  expect_intact(a.verify());
+  // Tampering is still found against the inline list.
+  auto parts = members_of(read_file(a.segment));
+  parts.erase(parts.begin() + 4);
+  write_file(a.segment, join(parts));
+  expect_single(a.verify(), FindingKind::deleted, 5);
 }
 
 TEST_CASE("archive tamper: a sealed segment deleted") {
@@ -445,6 +511,7 @@ TEST_CASE("archive crash recovery: a seal interrupted after the manifest was wri
   }
   std::string sealed = open_file.string().substr(0, open_file.string().size() - 5);
   write_file(sealed + ".manifest.json", "{\"stale\": true}");
+  write_file(sealed + ".records.tsv", "stale");
   RecoveryReport rep;
   auto w = a.open({}, &rep);
   CHECK(rep.sealed);
