@@ -4,6 +4,9 @@
 //   archive_bench [exchanges (20000)] [compression: fast|0-9 (fast)] [sync: none|record (none)]
 //                 [binary|text|both (both)]
 //
+// ARCHIVE_BENCH_KEEP=1 keeps the archive directory (printed) instead of
+// deleting it.
+//
 // Appends W2-like exchanges (bench/run's GET /1k through h2load: a small
 // request, a 1 KiB application/octet-stream response stored, a ~1 KiB
 // metadata record) and a text variant (an 8 KiB HTML response that is
@@ -164,6 +167,10 @@ int main(int argc, char** argv) {
                 text ? "8 KiB text/html response (deflated)" : "1 KiB octet-stream response (stored)", r.median_us,
                 r.max_us, static_cast<double>(r.bytes) / static_cast<double>(n), r.seal_ms,
                 r.seal_ms * 1e3 / static_cast<double>(n));
+  }
+  if (std::getenv("ARCHIVE_BENCH_KEEP")) {  // to inspect or verify what was written
+    std::printf("kept %s\n", dir.c_str());
+    return 0;
   }
   std::error_code ec;
   fs::remove_all(dir, ec);
