@@ -108,7 +108,9 @@ class ArchiveService {
   ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer, tls::EvpPkeyPtr key);
   void maybe_prune(std::chrono::steady_clock::time_point now);
   void run();
-  bool write_batch(std::unique_lock<std::mutex>& lock);
+  bool write_batch();
+  void take_incoming(std::unique_lock<std::mutex>& lock);
+  std::uint64_t waiting() const { return stats_.queued.load(std::memory_order_relaxed); }
   void set_failing(const std::string& why);
   void clear_failing();
   void run_drained_if_room();
@@ -134,7 +136,12 @@ class ArchiveService {
     std::shared_ptr<const void> keep;
     std::shared_ptr<ReturnList> home;  // where `keep` goes once written
   };
-  std::deque<Item> queue_;
+  // The writer holds mu_ only for constant-time steps (a swap, a flag): at
+  // its low priority it can be preempted while holding it, and a submitting
+  // event loop would wait that long.
+  std::vector<Item> incoming_;  // under mu_: submitted since the writer last took them
+  std::vector<Item> taken_;     // writer only: swapped with incoming_ (empty between takes)
+  std::deque<Item> pending_;    // writer only: taken, not yet written (kept for retries)
   std::vector<std::function<void()>> drained_;
   std::string failure_;
   bool stopping_ = false;
