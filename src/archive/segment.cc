@@ -45,6 +45,14 @@ void field(Batch& b, std::string_view name, std::string_view value) {
   b.text += "\r\n";
 }
 
+// A WARC-Block-Digest or WARC-Payload-Digest field, formatted in place.
+void digest_field(Batch& b, std::string_view name, std::string_view data) {
+  b.text += name;
+  b.text += ": ";
+  append_warc_digest(b.text, data);
+  b.text += "\r\n";
+}
+
 // Ends the header (sequence number, length, chain), adds the block and
 // appends the record to the batch as one gzip member.
 void finish_record(Batch& b, std::uint64_t segment_bytes, std::string_view id, std::string_view type,
@@ -82,8 +90,8 @@ void http_fields(Batch& b, std::string_view type, const std::string& id, const s
   b.text += "Content-Type: application/http; msgtype=";
   b.text += type;
   b.text += "\r\n";
-  field(b, "WARC-Block-Digest", warc_digest(block));
-  field(b, "WARC-Payload-Digest", warc_digest(http_payload(block)));
+  digest_field(b, "WARC-Block-Digest", block);
+  digest_field(b, "WARC-Payload-Digest", http_payload(block));
   if (truncated) field(b, "WARC-Truncated", "length");
 }
 
@@ -245,7 +253,7 @@ struct SegmentWriter::State {
     field(b, "WARC-Date", created_text);
     field(b, "WARC-Filename", name);
     field(b, "Content-Type", "application/warc-fields");
-    field(b, "WARC-Block-Digest", warc_digest(info));
+    digest_field(b, "WARC-Block-Digest", info);
     finish_record(b, 0, warcinfo_id, "warcinfo", info);
     auto e = began ? began : write_batch(b);
     if (!e && !fsync_dir(opts.dir)) e = errno_text("fsync", opts.dir, errno);
@@ -286,7 +294,7 @@ struct SegmentWriter::State {
     field(b, "WARC-Warcinfo-ID", warcinfo_id);
     field(b, "WARC-Concurrent-To", req_id);
     field(b, "Content-Type", "application/json");
-    field(b, "WARC-Block-Digest", warc_digest(meta));
+    digest_field(b, "WARC-Block-Digest", meta);
     finish_record(b, bytes, meta_id, "metadata", meta);
   }
 

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <isa-l/crc.h>
 #include <isa-l/igzip_lib.h>
 #include <zlib.h>
 
@@ -167,25 +168,45 @@ std::optional<Digest> digest_from_hex(std::string_view hex) {
   return d;
 }
 
-std::string base32(const Digest& d) {
+namespace {
+
+// RFC 4648 base32 of 32 bytes: 52 symbols and 4 '=' of padding, written in place.
+void append_base32(std::string& out, const Digest& d) {
   static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  std::string out;
+  const std::size_t at = out.size();
+  out.resize(at + 56, '=');
+  char* p = out.data() + at;
   std::uint32_t buffer = 0;
   int bits = 0;
   for (unsigned char c : d) {
     buffer = (buffer << 8) | c;
     bits += 8;
     while (bits >= 5) {
-      out += kAlphabet[(buffer >> (bits - 5)) & 31];
+      *p++ = kAlphabet[(buffer >> (bits - 5)) & 31];
       bits -= 5;
     }
   }
-  if (bits > 0) out += kAlphabet[(buffer << (5 - bits)) & 31];
-  while (out.size() % 8 != 0) out += '=';
+  if (bits > 0) *p = kAlphabet[(buffer << (5 - bits)) & 31];
+}
+
+}  // namespace
+
+std::string base32(const Digest& d) {
+  std::string out;
+  append_base32(out, d);
   return out;
 }
 
-std::string warc_digest(std::string_view data) { return "sha256:" + base32(sha256(data)); }
+void append_warc_digest(std::string& out, std::string_view data) {
+  out += "sha256:";
+  append_base32(out, sha256(data));
+}
+
+std::string warc_digest(std::string_view data) {
+  std::string out;
+  append_warc_digest(out, data);
+  return out;
+}
 
 std::string new_record_id() {
   // Random bytes drawn 4 KiB at a time: RAND_bytes per id (three per
@@ -309,7 +330,48 @@ bool fast_append(std::string& out, std::string_view data) {
 
 }  // namespace
 
+namespace {
+
+// A stored member written directly (RFC 1952 framing around RFC 1951 stored
+// blocks): zlib at level 0 spent more on its stream setup and its CRC than on
+// copying, and ISA-L has no stored-only mode. The CRC is ISA-L's (the gzip
+// CRC-32, reflected, as zlib's crc32()).
+void stored_append(std::string& out, std::string_view data) {
+  constexpr std::size_t kMaxBlock = 65535;
+  const std::size_t blocks = data.empty() ? 1 : (data.size() + kMaxBlock - 1) / kMaxBlock;
+  const std::size_t at = out.size();
+  out.resize(at + 10 + blocks * 5 + data.size() + 8);
+  auto* p = reinterpret_cast<unsigned char*>(out.data() + at);
+  // ID1 ID2, CM = deflate, FLG = 0, MTIME = 0, XFL = 0, OS = 3 (Unix), as zlib writes them.
+  const unsigned char header[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3};
+  std::memcpy(p, header, sizeof header);
+  p += sizeof header;
+  std::size_t done = 0;
+  do {
+    const std::size_t n = std::min(kMaxBlock, data.size() - done);
+    const bool last = done + n == data.size();
+    *p++ = last ? 1 : 0;  // BFINAL, BTYPE = 00 (stored)
+    *p++ = static_cast<unsigned char>(n & 0xff);
+    *p++ = static_cast<unsigned char>(n >> 8);
+    *p++ = static_cast<unsigned char>(~n & 0xff);
+    *p++ = static_cast<unsigned char>((~n >> 8) & 0xff);
+    std::memcpy(p, data.data() + done, n);
+    p += n;
+    done += n;
+  } while (done < data.size());
+  const std::uint32_t crc = crc32_gzip_refl(0, reinterpret_cast<const unsigned char*>(data.data()), data.size());
+  const auto size = static_cast<std::uint32_t>(data.size());  // ISIZE: the size modulo 2^32
+  for (int i = 0; i < 4; ++i) *p++ = static_cast<unsigned char>(crc >> (8 * i));
+  for (int i = 0; i < 4; ++i) *p++ = static_cast<unsigned char>(size >> (8 * i));
+}
+
+}  // namespace
+
 bool append_gzip_member(std::string& out, std::string_view data, Compression how) {
+  if (how.codec == Compression::Codec::zlib && how.level == 0) {
+    stored_append(out, data);
+    return true;
+  }
   // isal_zstream counts in 32 bits; records are far smaller (bodies are capped).
   if (how.codec == Compression::Codec::fast && data.size() < (1ull << 31) && fast_append(out, data)) return true;
   int level = how.codec == Compression::Codec::fast ? 0 : std::clamp(how.level, 0, 9);

@@ -83,6 +83,7 @@ std::optional<Digest> digest_from_hex(std::string_view hex);
 // RFC 4648 base32, upper case, padded: what WARC tools expect after "sha256:".
 std::string base32(const Digest& d);
 std::string warc_digest(std::string_view data);  // "sha256:BASE32"
+void append_warc_digest(std::string& out, std::string_view data);  // the same, appended
 
 std::string new_record_id();  // "<urn:uuid:...>", random version 4
 std::string warc_date(WallClock::time_point t);  // 2026-11-27T01:02:03.123456Z

@@ -7,6 +7,7 @@
 #include "archive_fixtures.h"
 
 #include <doctest/doctest.h>
+#include <zlib.h>
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -65,6 +66,32 @@ TEST_CASE("archive: digests and encodings") {
         "2000-02-29T00:00:00.000001Z");
   CHECK(warc_date(WallClock::time_point{}) == "1970-01-01T00:00:00.000000Z");
   CHECK(warc_date(WallClock::time_point(std::chrono::microseconds(-1))) == "1969-12-31T23:59:59.999999Z");
+}
+
+// Stored members are framed by hand (RFC 1952 around RFC 1951 stored
+// blocks): empty, one block, several blocks; zlib must read them back.
+TEST_CASE("archive: stored gzip members read back with zlib") {
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{65535}, std::size_t{65536},
+                           std::size_t{200'003}}) {
+    CAPTURE(size);
+    std::string data(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<char>((i * 2654435761u) >> 13);
+    auto member = gzip_member(data, Compression::stored());
+    REQUIRE(member);
+    CHECK(member->size() == 10 + 5 * std::max<std::size_t>(1, (size + 65534) / 65535) + size + 8);
+    z_stream zs{};
+    REQUIRE(inflateInit2(&zs, 16 + 15) == Z_OK);
+    std::string out(size + 16, '\0');
+    zs.next_in = reinterpret_cast<Bytef*>(member->data());
+    zs.avail_in = static_cast<uInt>(member->size());
+    zs.next_out = reinterpret_cast<Bytef*>(out.data());
+    zs.avail_out = static_cast<uInt>(out.size());
+    CHECK(inflate(&zs, Z_FINISH) == Z_STREAM_END);  // also checks CRC-32 and ISIZE
+    CHECK(zs.avail_in == 0);
+    out.resize(zs.total_out);
+    inflateEnd(&zs);
+    CHECK(out == data);
+  }
 }
 
 TEST_CASE("archive: http blocks") {
