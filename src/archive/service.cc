@@ -232,6 +232,21 @@ bool ArchiveService::write_batch() {
     http_bytes += rec.request_http.size() + rec.response_http.size();
     pop();
   }
+  if (res.error) {
+    std::lock_guard lock(mu_);
+    set_failing(*res.error);
+  } else if (n > 0 && failing_.load(std::memory_order_relaxed)) {
+    std::lock_guard lock(mu_);
+    clear_failing();
+  }
+  const bool dropping = res.error && opts_.fail_open;
+  if (dropping) {
+    // Fail open: what this attempt could not write is dropped, and counted.
+    for (std::size_t i = res.written; i < n; ++i) {
+      stats_.dropped.fetch_add(1, std::memory_order_relaxed);
+      pop();
+    }
+  }
   // Counted once what they kept alive is back with its threads, and no
   // longer referenced here: a thread that ends frees its list, and what is
   // on it, itself.
@@ -239,25 +254,7 @@ bool ArchiveService::write_batch() {
   home.reset();
   stats_.written.fetch_add(res.written, std::memory_order_relaxed);
   stats_.bytes.fetch_add(http_bytes, std::memory_order_relaxed);
-  bool ok = true;
-  if (res.error) {
-    std::lock_guard lock(mu_);
-    set_failing(*res.error);
-    ok = opts_.fail_open;
-  } else if (n > 0 && failing_.load(std::memory_order_relaxed)) {
-    std::lock_guard lock(mu_);
-    clear_failing();
-  }
-  if (res.error && opts_.fail_open) {
-    // Fail open: what this attempt could not write is dropped, and counted.
-    for (std::size_t i = res.written; i < n; ++i) {
-      stats_.dropped.fetch_add(1, std::memory_order_relaxed);
-      pop();
-    }
-  }
-  flush_returns();
-  home.reset();
-  if (!ok) return false;
+  if (res.error && !dropping) return false;
   std::optional<std::string> err;
   if (opts_.writer.sync == SyncMode::record && n) err = writer_->sync();
   auto now = WallClock::now();
