@@ -72,9 +72,8 @@ void finish_record(Batch& b, std::uint64_t segment_bytes, std::string_view id, s
   b.text += block;
   b.text += "\r\n\r\n";
   const std::size_t at = b.bytes.size();
-  // Compression fails only without memory; the zero length then fails the batch.
-  append_gzip_member(b.bytes, b.text, store ? Compression::stored() : b.how);
-  if (b.bytes.size() == at) b.compression_failed = true;
+  // Compression fails only without memory; write_batch then fails the batch.
+  if (!append_gzip_member(b.bytes, b.text, store ? Compression::stored() : b.how)) b.compression_failed = true;
   append_records_line(b.records_text, seq, segment_bytes + at, b.bytes.size() - at, id, type, digest);
   ++b.records;
 }

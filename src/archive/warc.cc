@@ -269,9 +269,9 @@ namespace {
 
 // One deflate state per thread and level, reset between members:
 // deflateInit2 costs about 50 us (it allocates and clears ~270 KiB), more
-// than compressing a typical record. An exchange mixes levels (a stored
-// body between deflated heads and metadata), so one state per level, not a
-// single one re-initialized whenever the level changes. memLevel 6 keeps the
+// than compressing a typical record. One state per level (levels 1-9; 0 is
+// written by stored_append), not one re-initialized whenever the level
+// changes. memLevel 6 keeps the
 // per-member reset (clearing the hash table) small; records are small, so
 // the ratio barely changes.
 class Deflater {
@@ -328,10 +328,6 @@ bool fast_append(std::string& out, std::string_view data) {
   return done;
 }
 
-}  // namespace
-
-namespace {
-
 // A stored member written directly (RFC 1952 framing around RFC 1951 stored
 // blocks): zlib at level 0 spent more on its stream setup and its CRC than on
 // copying, and ISA-L has no stored-only mode. The CRC is ISA-L's (the gzip
@@ -368,13 +364,13 @@ void stored_append(std::string& out, std::string_view data) {
 }  // namespace
 
 bool append_gzip_member(std::string& out, std::string_view data, Compression how) {
-  if (how.codec == Compression::Codec::zlib && how.level == 0) {
+  // isal_zstream counts in 32 bits; records are far smaller (bodies are capped).
+  if (how.codec == Compression::Codec::fast && data.size() < (1ull << 31) && fast_append(out, data)) return true;
+  const int level = how.codec == Compression::Codec::fast ? 0 : std::clamp(how.level, 0, 9);
+  if (level == 0) {
     stored_append(out, data);
     return true;
   }
-  // isal_zstream counts in 32 bits; records are far smaller (bodies are capped).
-  if (how.codec == Compression::Codec::fast && data.size() < (1ull << 31) && fast_append(out, data)) return true;
-  int level = how.codec == Compression::Codec::fast ? 0 : std::clamp(how.level, 0, 9);
   thread_local std::array<Deflater, 10> deflaters;
   return deflaters[static_cast<std::size_t>(level)].append(out, data, level);
 }
