@@ -34,24 +34,20 @@ ExchangeRecord to_archive_record(const hooks::ExchangeRecord& rec) {
   if (server.size() >= 2 && server.front() == '[') server = server.substr(1, server.size() - 2);
   out.server_ip = std::string(server);
   // The event feed's object (it has user and groups) without the header
-  // lists, which the request and response records hold verbatim, closed
-  // with what only the archive records. Formatted as text: no JSON tree.
+  // lists, which the request and response records hold verbatim, with what
+  // only the archive records last. Formatted as text: no JSON tree.
+  thread_local std::string extra;  // reused: no allocation per exchange
+  extra.assign("\"upstream_cert_sha256\":\"");
+  log::append_json_escaped(extra, c.upstream_cert_sha256);
+  extra += "\",\"upstream_verdict\":\"";
+  log::append_json_escaped(extra, c.upstream_verdict);
+  extra += "\",\"request_truncated\":";
+  extra += out.request_truncated ? "true" : "false";
+  extra += ",\"response_truncated\":";
+  extra += out.response_truncated ? "true" : "false";
   std::string& m = out.metadata_json;
-  hooks::format_exchange(m, rec, 0, false);
-  while (!m.empty() && (m.back() == '\n' || m.back() == '}')) {
-    bool brace = m.back() == '}';
-    m.pop_back();
-    if (brace) break;
-  }
-  m += ",\"upstream_cert_sha256\":\"";
-  log::append_json_escaped(m, c.upstream_cert_sha256);
-  m += "\",\"upstream_verdict\":\"";
-  log::append_json_escaped(m, c.upstream_verdict);
-  m += "\",\"request_truncated\":";
-  m += out.request_truncated ? "true" : "false";
-  m += ",\"response_truncated\":";
-  m += out.response_truncated ? "true" : "false";
-  m += '}';
+  hooks::format_exchange(m, rec, 0, false, extra);
+  if (!m.empty() && m.back() == '\n') m.pop_back();  // a record block, not a feed line
   out.timestamp = rec.start;
   return out;
 }

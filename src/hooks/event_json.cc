@@ -172,7 +172,8 @@ void append_rfc3339(std::string& out, WallClock::time_point t) {
   out.append(buf, sizeof buf);
 }
 
-void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap, bool with_headers) {
+void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap, bool with_headers,
+                     std::string_view extra_fields) {
   const exchange::ConnectionInfo& c = *rec.connection;
   Obj o(out);
   o.str("type", "exchange").time("ts", rec.end).num("id", rec.id).num("conn", c.id);
@@ -213,6 +214,10 @@ void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t bo
     if (!rec.icap_reqmod.empty()) i.str("reqmod", rec.icap_reqmod).fixed3("reqmod_ms", rec.icap_reqmod_ms);
     if (!rec.icap_respmod.empty()) i.str("respmod", rec.icap_respmod).fixed3("respmod_ms", rec.icap_respmod_ms);
     i.end();
+  }
+  if (!extra_fields.empty()) {
+    out += ',';  // after "type", the object's first member
+    out += extra_fields;
   }
   o.end();
   out += '\n';

@@ -21,8 +21,10 @@ void append_rfc3339(std::string& out, WallClock::time_point t);
 // body's first `body_cap` captured bytes as base64 ("body") and whether the
 // body was longer ("body_truncated"); 0 leaves bodies out. `with_headers`
 // false leaves out the heads' header lists (the archive keeps the heads
-// verbatim in its request and response records).
-void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap, bool with_headers = true);
+// verbatim in its request and response records). `extra_fields`, if any, are
+// more members written last (`"key":value,...`, already JSON).
+void format_exchange(std::string& out, const ExchangeRecord& rec, std::size_t body_cap, bool with_headers = true,
+                     std::string_view extra_fields = {});
 
 // One connection record as a line ending in '\n'.
 void format_connection(std::string& out, const ConnectionRecord& rec);

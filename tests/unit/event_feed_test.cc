@@ -168,6 +168,17 @@ TEST_CASE("exchange record JSON: escaping, base64 bodies, truncation flags") {
     CHECK(n["user"] == "bob");
     CHECK(n["groups"] == json{"g1", "g2"});
   }
+  {
+    // The archive's metadata: no header lists, its own members last.
+    std::string l3;
+    format_exchange(l3, r, 0, false, "\"upstream_verdict\":\"ok\",\"request_truncated\":false");
+    json a = parse_line(l3);
+    CHECK(a["id"] == 42);
+    CHECK(!a["request"].contains("headers"));
+    CHECK(!a["response"].contains("headers"));
+    CHECK(a["upstream_verdict"] == "ok");
+    CHECK(a["request_truncated"] == false);
+  }
   CHECK(j["start"] == "2023-11-14T22:13:20.123456Z");
   CHECK(j["end"] == "2023-11-14T22:13:20.128456Z");
   CHECK(j["ts"] == j["end"]);
