@@ -708,7 +708,10 @@ def run_checks(t, pki, origin, one_k, plain, pol_file, proxy, proxy2, prom, dash
         assert file_size(big_out) == h.BIG_SIZE, "downloaded %d of %d bytes" % (file_size(big_out), h.BIG_SIZE)
         assert h.sha256_file(big_out) == origin.sha["/big"], "download differs from the origin's file"
 
-        rc = proxy.stop(timeout=20)   # already signalled: just waits for the exit
+        # Already signalled: only wait. A second SIGTERM would end the drain
+        # at once (the next check), so it must not be sent while the proxy
+        # is still finishing (closing connections, sealing its archive).
+        rc = proxy.stop(sig=None, timeout=20)
         assert rc == 0, "exit code %r after the drain" % rc
         ev = proxy.wait_event(lambda e: e.get("event") == "shutdown" and "signal" in e, 1, m)
         assert ev is not None and ev.get("draining", 0) >= 1, "shutdown log line %r" % ev

@@ -716,12 +716,14 @@ class Proxy:
         return self.proc.poll() is None
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
-        """Signal the proxy and return its exit code (None if it had to be killed)."""
+        """Signal the proxy (sig None: it already was) and return its exit
+        code (None if it had to be killed)."""
         _unregister(self)
         if self.proc.poll() is not None:
             rc = self.proc.returncode
         else:
-            self.proc.send_signal(sig)
+            if sig is not None:
+                self.proc.send_signal(sig)
             try:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
