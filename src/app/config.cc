@@ -235,15 +235,21 @@ class Parser {
 
     if (auto* t = section(root, "upstream")) {
       std::string inv = "block", minv = "1.2", refuse = "error-page";
+      std::uint64_t per_origin = cfg.upstream_reuse_per_origin;
       if (!check_keys(*t, "upstream", {"ca_file", "crl_file", "on_invalid", "refuse_with",
-                                       "min_version", "alpn"}) ||
+                                       "min_version", "alpn", "reuse", "reuse_idle_timeout",
+                                       "reuse_per_origin"}) ||
           !get_choice(*t, "upstream", "refuse_with", {"error-page", "alert"}, refuse) ||
           !get_path(*t, "upstream", "ca_file", cfg.upstream_ca_file) ||
           !get_path(*t, "upstream", "crl_file", cfg.upstream_crl_file) ||
           !get_choice(*t, "upstream", "on_invalid", {"block", "forward-untrusted"}, inv) ||
           !get_choice(*t, "upstream", "min_version", {"1.2", "1.3"}, minv) ||
-          !get_string_list(*t, "upstream", "alpn", cfg.upstream_alpn))
+          !get_string_list(*t, "upstream", "alpn", cfg.upstream_alpn) ||
+          !get_bool(*t, "upstream", "reuse", cfg.upstream_reuse) ||
+          !get_duration(*t, "upstream", "reuse_idle_timeout", cfg.upstream_reuse_idle) ||
+          !get_uint(*t, "upstream", "reuse_per_origin", 1, 1024, per_origin))
         return false;
+      cfg.upstream_reuse_per_origin = per_origin;
       cfg.on_invalid = inv == "block" ? tls::OnInvalid::block : tls::OnInvalid::forward_untrusted;
       cfg.upstream_min_tls13 = minv == "1.3";
       cfg.refuse_with_alert = refuse == "alert";

@@ -144,6 +144,11 @@ struct Config {
   bool refuse_with_alert = false;  // upstream.refuse_with = "alert"
   bool upstream_min_tls13 = false;
   std::vector<std::string> upstream_alpn = {"h2", "http/1.1"};
+  // upstream.reuse: idle verified HTTP/1.1 origin connections kept for
+  // later client connections (docs/interception.md).
+  bool upstream_reuse = true;
+  milliseconds upstream_reuse_idle = std::chrono::seconds(4);
+  std::size_t upstream_reuse_per_origin = 16;
 
   milliseconds leaf_key_lifetime = std::chrono::hours(1);
   std::size_t cert_cache_entries = 10000;

@@ -104,6 +104,9 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   s.on_invalid = cfg.on_invalid;
   s.refuse_with_alert = cfg.refuse_with_alert;
   s.upstream_alpn = cfg.upstream_alpn;
+  s.upstream_reuse = cfg.upstream_reuse;
+  s.origin_pool.idle_timeout = cfg.upstream_reuse_idle;
+  s.origin_pool.per_origin = cfg.upstream_reuse_per_origin;
   s.h1.max_head = cfg.max_http_head;
   s.h1.max_trailers = cfg.max_http_head;
   s.via = cfg.via;

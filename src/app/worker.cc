@@ -19,6 +19,7 @@ Worker::~Worker() {
     listeners_.clear();
     async_.reset();
     pool_.reset();
+    origins_.reset();
     close_icap();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
@@ -32,6 +33,19 @@ bool Worker::bind(const std::vector<ListenerConfig>& listeners, std::string* err
   }
   loop_ready_ = true;
   pool_ = std::make_unique<net::UpstreamPool>(&loop_, std::chrono::seconds(30), 8, 256);
+  std::function<void(proxy::PoolEvent)> on_pool_event;
+  if (metrics::ProxyMetrics* m = ctx_.metrics) {
+    unsigned shard = index_;
+    on_pool_event = [m, shard](proxy::PoolEvent e) {
+      m->registry.inc(shard, m->origin_pool_events[metrics::idx(e)]);
+      if (e == proxy::PoolEvent::parked) m->registry.add(shard, m->origin_pool_idle, 1);
+      else if (e != proxy::PoolEvent::full) m->registry.add(shard, m->origin_pool_idle, -1);
+    };
+  }
+  pool_buf_ = std::make_unique<char[]>(kPoolBuffer);
+  origins_ = std::make_unique<proxy::OriginPool>(&loop_, ctx_.settings.origin_pool,
+                                                 std::span<char>(pool_buf_.get(), kPoolBuffer),
+                                                 std::move(on_pool_event));
   if (int rc = async_.init(uv_async_init, &loop_, [](uv_async_t* a) {
         static_cast<Worker*>(a->data)->on_async();
       });
@@ -124,6 +138,7 @@ void Worker::on_async() {
     // Stop accepting; sessions in flight finish on their own.
     draining_ = true;
     listeners_.clear();
+    origins_->clear(true);  // nothing parked may keep the loop running
     if (sessions_.empty()) finish_on_loop();
   }
 }
@@ -135,6 +150,7 @@ void Worker::finish_on_loop() {
   }
   listeners_.clear();
   pool_->clear();
+  origins_->clear(true);
   close_icap();
   async_.reset();
 }
@@ -142,6 +158,7 @@ void Worker::finish_on_loop() {
 void Worker::shutdown_on_loop() {
   listeners_.clear();
   pool_->clear();
+  origins_->clear(true);
   // Copy: aborting a session may release it from the map.
   std::vector<std::shared_ptr<proxy::Session>> live;
   live.reserve(sessions_.size());

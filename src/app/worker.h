@@ -48,12 +48,14 @@ class Worker final : public proxy::SessionHost {
   void post(std::function<void()> fn) override;
   void session_closed(std::uint64_t id) override;
   net::UpstreamPool& upstream_pool() override { return *pool_; }
+  proxy::OriginPool& origin_pool() override { return *origins_; }
   tls::UpstreamSessionCache& upstream_sessions() override { return tls_sessions_; }
   icap::IcapService* icap_service(std::size_t index) override;
 
  private:
   static constexpr std::size_t kReadBuffer = 64 * 1024;
   static constexpr std::size_t kPlainBuffer = 16 * 1024;
+  static constexpr std::size_t kPoolBuffer = 16 * 1024 + 512;
 
   static void on_connection(uv_stream_t* server, int status);
   void on_async();
@@ -77,6 +79,8 @@ class Worker final : public proxy::SessionHost {
   std::unique_ptr<char[]> read_buf_;
   std::unique_ptr<char[]> plain_buf_;
   std::unique_ptr<net::UpstreamPool> pool_;
+  std::unique_ptr<proxy::OriginPool> origins_;
+  std::unique_ptr<char[]> pool_buf_;  // parked origins' reads (TLS housekeeping only)
   tls::UpstreamSessionCache tls_sessions_{4096};
   // Created lazily on this loop; shut down and released before the loop
   // closes (their pooled connections and timers would keep it running).

@@ -48,6 +48,17 @@ class UvHandle {
     uv_close(base, [](uv_handle_t* hh) { delete reinterpret_cast<T*>(hh); });
   }
 
+  // Takes over an initialised handle allocated with `new T` (handed over
+  // by another owner with release()).
+  static UvHandle adopt(T* h) {
+    UvHandle u;
+    u.h_ = h;
+    return u;
+  }
+  // Gives the open handle up without closing it: the caller now closes it
+  // and frees the memory (allocated with `new T`) in its close callback.
+  T* release() { return std::exchange(h_, nullptr); }
+
   T* get() const { return h_; }
   explicit operator bool() const { return h_ != nullptr; }
   uv_handle_t* handle() const { return reinterpret_cast<uv_handle_t*>(h_); }

@@ -566,4 +566,24 @@ bool H1Parser::finish() {
   return fail(400, "connection closed mid-message");
 }
 
+std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive) {
+  std::vector<std::string> out;
+  for (const auto& h : head.headers) {
+    if (!iequals(h.name, "connection") && !iequals(h.name, "proxy-connection")) continue;
+    std::string_view v = h.value;
+    while (!v.empty()) {
+      auto comma = v.find(',');
+      std::string_view tok = v.substr(0, comma);
+      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+      if (iequals(tok, "close")) *close = true;
+      if (iequals(tok, "keep-alive")) *keep_alive = true;
+      if (!tok.empty()) out.emplace_back(tok);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
+  return out;
+}
+
 }  // namespace sightline::http

@@ -43,6 +43,10 @@ struct MessageHead {
   const std::string* find(std::string_view name) const;
 };
 
+// The options listed in a message's Connection (and Proxy-Connection)
+// headers; `close` and `keep_alive` report those two.
+std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive);
+
 enum class Framing {
   none,            // no body (GET without length, HEAD/204/304 responses, 1xx)
   content_length,  // exactly `content_length` bytes

@@ -19,6 +19,9 @@ struct H1Relay::State {
   // The response is held for RESPMOD: its end is reported with the verdict.
   bool end_pending = false;
   exchange::Headers trailers;
+  // The client asked to close after this exchange; the origin was not told
+  // (keep_origin): the client leg ends after the response.
+  bool client_close = false;
 };
 
 exchange::Head to_event_head(const MessageHead& head, bool request) {
@@ -43,6 +46,44 @@ exchange::Headers to_event_headers(const HeaderList& list) {
   exchange::Headers out;
   out.reserve(list.size());
   for (const auto& h : list) out.push_back({h.name, h.value});
+  return out;
+}
+
+// A request head as validated, with "close" taken out of its Connection
+// options (the header goes when nothing else is listed).
+std::string head_without_close(const MessageHead& h) {
+  std::string out;
+  out.reserve(256 + h.headers.size() * 48);
+  out.append(h.method).append(" ").append(h.target).append(" HTTP/1.1\r\n");
+  for (const auto& f : h.headers) {
+    if (!iequals(f.name, "connection")) {
+      out.append(f.name).append(": ").append(f.value).append("\r\n");
+      continue;
+    }
+    MessageHead one;
+    one.headers.push_back(f);
+    bool close = false, keep_alive = false;
+    std::string kept;
+    for (const auto& tok : connection_options(one, &close, &keep_alive)) {
+      if (iequals(tok, "close")) continue;
+      if (!kept.empty()) kept.append(", ");
+      kept.append(tok);
+    }
+    if (!kept.empty()) out.append(f.name).append(": ").append(kept).append("\r\n");
+  }
+  out.append("\r\n");
+  return out;
+}
+
+// A response head as validated, telling the client the connection closes.
+std::string head_with_close(const MessageHead& h) {
+  std::string out;
+  out.reserve(256 + h.headers.size() * 48);
+  out.append("HTTP/1.1 ").append(std::to_string(h.status)).append(" ").append(h.reason).append("\r\n");
+  for (const auto& f : h.headers)
+    if (!iequals(f.name, "connection") && !iequals(f.name, "keep-alive"))
+      out.append(f.name).append(": ").append(f.value).append("\r\n");
+  out.append("Connection: close\r\n\r\n");
   return out;
 }
 }  // namespace
@@ -71,6 +112,16 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
       r_.answer_and_close(r_.refusal_->status, r_.refusal_->reason);
       return;
     }
+    bool close = false, keep_alive = false;
+    (void)connection_options(head, &close, &keep_alive);
+    bool upgrade = head.find("upgrade") != nullptr;
+    if (close && r_.keep_origin_ && head.version_minor == 1 && !upgrade &&
+        framing != Framing::tunnel && !iequals(head.method, "CONNECT")) {
+      st->client_close = true;
+      head_out_ = head_without_close(head);
+    } else if (close || upgrade || head.version_minor == 0) {
+      r_.origin_keep_alive_ = false;
+    }
     if (r_.icap_.respmod) st->req_head = ev;
     if (!r_.icap_.reqmod || framing == Framing::tunnel || iequals(head.method, "CONNECT")) return;
     if (framing == Framing::content_length && content_length > r_.icap_.max_body) {
@@ -93,6 +144,10 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     if (r_.req_hold_.active) r_.hold_body(Side::upstream, data);
   }
   void on_forward(std::span<const char> wire) override {
+    // The head comes as one call right after on_head: a rewritten one
+    // replaces it.
+    std::string head = std::exchange(head_out_, std::string());
+    if (!head.empty()) wire = head;
     if (r_.closing_) return;
     if (r_.req_hold_.active) {
       r_.req_hold_.seg->data.append(wire.data(), wire.size());
@@ -118,6 +173,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
  private:
   H1Relay& r_;
   exchange::Headers trailers_;
+  std::string head_out_;  // a rewritten head to forward instead of the received one
 };
 
 class H1Relay::ResponseHandler final : public H1Parser::Handler {
@@ -139,6 +195,13 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
     st.awaiting_head_forward = !informational_;
     r_.consumer_.on_response_head(st.ex, to_event_head(head, false));
     if (framing == Framing::tunnel) r_.tunnel_ = true;
+    if (!informational_) {
+      bool close = false, keep_alive = false;
+      (void)connection_options(head, &close, &keep_alive);
+      if (close || head.version_minor == 0 || framing == Framing::until_close)
+        r_.origin_keep_alive_ = false;
+      if (st.client_close && !close) head_out_ = head_with_close(head);
+    }
     // RESPMOD applies to responses with a body of known end (a body that
     // ends with the connection would have to be held until the close).
     bool has_body = (framing == Framing::content_length && content_length > 0) ||
@@ -158,6 +221,8 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
     if (r_.resp_hold_.active) r_.hold_body(Side::client, data);
   }
   void on_forward(std::span<const char> wire) override {
+    std::string head = std::exchange(head_out_, std::string());
+    if (!head.empty()) wire = head;
     if (unsolicited_) {
       unsolicited_ = false;
       r_.response_failed("origin sent a response to no request");
@@ -206,6 +271,13 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
       st->trailers = trailers_;
     }
     trailers_.clear();
+    if (st->client_close && !r_.client_done_) {
+      // The client asked to close: its leg ends after this response (its
+      // close_notify is still read, so nothing it sent is answered with a
+      // reset); the origin's may be kept.
+      r_.client_done_ = true;
+      r_.end_side(Side::client, true);
+    }
     if (r_.awaiting_response_.empty() && !r_.deferred_answer_.empty()) {
       r_.emit(Side::client, std::exchange(r_.deferred_answer_, std::string()));
       r_.end_side(Side::client, true);
@@ -220,11 +292,12 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
   exchange::Headers trailers_;
   bool unsolicited_ = false;
   bool informational_ = false;
+  std::string head_out_;  // a rewritten head to forward instead of the received one
 };
 
 H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
                  std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
-                 std::optional<Refusal> refusal, IcapOptions icap)
+                 std::optional<Refusal> refusal, IcapOptions icap, bool keep_origin)
     : io_(io),
       consumer_(consumer),
       connection_(std::move(connection)),
@@ -233,6 +306,7 @@ H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
       requests_(H1Parser::Kind::request, *req_handler_, limits),
       responses_(H1Parser::Kind::response, *resp_handler_, limits),
       refusal_(std::move(refusal)),
+      keep_origin_(keep_origin),
       icap_(std::move(icap)) {
   // A rule's `hooks` list selects ICAP like any hook (absent: all traffic).
   const auto& hooks = connection_->hooks;
@@ -254,6 +328,7 @@ H1Relay::~H1Relay() {
 void H1Relay::on_data(Side from, std::span<const char> data) {
   if (closing_) return;
   if (from == Side::client) {
+    if (client_done_) return;  // after "Connection: close" nothing more is taken
     if (tunnel_) {
       emit(Side::upstream, data);
       return;
@@ -272,6 +347,10 @@ void H1Relay::on_end(Side from, bool clean) {
     return;
   }
   if (from == Side::client) {
+    if (client_done_) {
+      end_side(Side::upstream, clean);
+      return;
+    }
     if (!tunnel_ && !requests_.finish()) {
       if (current_request_) consumer_.on_abort(current_request_->ex, "client closed mid-request");
       current_request_.reset();
@@ -299,6 +378,13 @@ void H1Relay::on_end(Side from, bool clean) {
   }
   if (!clean) io_.set_close_reason("upstream closed without close_notify");
   end_side(Side::client, clean);
+}
+
+bool H1Relay::origin_idle() const {
+  return keep_origin_ && origin_keep_alive_ && !tunnel_ && !closing_ && !refusal_ &&
+         awaiting_response_.empty() && !current_request_ && responses_.idle() &&
+         out_[1].segs.empty() && !req_hold_.active && !resp_hold_.active && deferred_status_ == 0 &&
+         deferred_answer_.empty();
 }
 
 void H1Relay::request_failed(const H1Parser::Error& err) {

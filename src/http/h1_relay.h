@@ -19,13 +19,20 @@ namespace sightline::http {
 
 class H1Relay final : public Relay {
  public:
+  // `keep_origin`: the origin connection may outlive the client's
+  // (upstream.reuse). A client's "Connection: close" then applies to the
+  // client leg only (it is a hop-by-hop option, RFC 9110 7.6.1): the
+  // request goes to the origin without it, the response comes back with
+  // it, and the proxy ends the client leg after that response.
   H1Relay(RelayIo& io, exchange::Consumer& consumer,
           std::shared_ptr<const exchange::ConnectionInfo> connection, H1Limits limits,
-          std::optional<Refusal> refusal = std::nullopt, IcapOptions icap = {});
+          std::optional<Refusal> refusal = std::nullopt, IcapOptions icap = {},
+          bool keep_origin = false);
   ~H1Relay() override;
 
   void on_data(Side from, std::span<const char> data) override;
   void on_end(Side from, bool clean) override;
+  bool origin_idle() const override;
 
  private:
   struct State;  // one exchange in flight
@@ -87,6 +94,9 @@ class H1Relay final : public Relay {
   std::optional<Refusal> refusal_;
   bool tunnel_ = false;
   bool closing_ = false;
+  bool keep_origin_ = false;
+  bool origin_keep_alive_ = true;  // no exchange so far asked the origin to close
+  bool client_done_ = false;       // the client leg was ended after a "close" request
   // A request error that must wait for earlier responses (pipelining order).
   int deferred_status_ = 0;
   std::string deferred_reason_;

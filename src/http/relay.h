@@ -122,6 +122,10 @@ class Relay {
   // The queue toward `to` drained below the low watermark: a relay that held
   // output back (HTTP/2 DATA frames) may produce more now.
   virtual void on_writable(Side /*to*/) {}
+  // The origin connection is between exchanges, nothing of it pending or
+  // held, and it was never asked to close: the session may keep it for
+  // another client connection (upstream.reuse).
+  virtual bool origin_idle() const { return false; }
 };
 
 // Bytes pass through untouched; endings are passed on in kind.

@@ -95,6 +95,12 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
                               {{"result", "miss"}});
   cert_cache_wait = r.counter("sightline_cert_cache_lookups_total", "Forged-certificate cache lookups, by result.",
                               {{"result", "wait"}});
+  for (std::size_t e = 0; e < kPoolEvents.size(); ++e)
+    origin_pool_events[e] = r.counter("sightline_origin_pool_events_total",
+                                      "Idle origin connections kept for reuse (upstream.reuse), by event.",
+                                      {{"event", kPoolEvents[e]}});
+  origin_pool_idle = r.gauge("sightline_origin_pool_idle_connections",
+                             "Verified origin connections parked for reuse now.");
   for (std::size_t a = 0; a < kPolicy.size(); ++a)
     policy_decisions[a] = r.counter("sightline_policy_decisions_total",
                                     "Policy decisions taken after the ClientHello, by action.",

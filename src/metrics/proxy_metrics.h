@@ -62,6 +62,13 @@ struct ProxyMetrics {
   PerValue<Verdict, CounterId> verify_failures;
   CounterId cert_cache_hit, cert_cache_miss, cert_cache_wait;
 
+  // Origin connection reuse (upstream.reuse): pool events in the order of
+  // proxy::PoolEvent, and connections parked now.
+  static constexpr std::array<const char*, 6> kPoolEvents{"parked", "reused", "expired",
+                                                          "origin_closed", "full", "shutdown"};
+  std::array<CounterId, kPoolEvents.size()> origin_pool_events;
+  GaugeId origin_pool_idle;
+
   // Policy.
   PerValue<PolicyAction, CounterId> policy_decisions;
   CounterId policy_reload_ok, policy_reload_error, auto_bypass_activations;

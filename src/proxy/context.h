@@ -21,6 +21,7 @@
 #include "tls/upstream_verify.h"
 #include "net/address.h"
 #include "net/upstream_conn.h"
+#include "proxy/origin_pool.h"
 #include "policy/auto_bypass.h"
 #include "policy/store.h"
 #include "metrics/proxy_metrics.h"
@@ -51,6 +52,10 @@ struct SessionSettings {
   tls::OnInvalid on_invalid = tls::OnInvalid::block;
   bool refuse_with_alert = false;  // TLS alert instead of an error page
   bool upstream_resumption = true;
+  // Keep idle verified HTTP/1.1 origin connections for later client
+  // connections to the same target (upstream.reuse).
+  bool upstream_reuse = true;
+  OriginPoolLimits origin_pool;
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
   http::H2Settings h2;
@@ -134,6 +139,8 @@ class SessionHost {
   virtual void session_closed(std::uint64_t id) = 0;
   // Idle plain-HTTP origin connections of this worker.
   virtual net::UpstreamPool& upstream_pool() = 0;
+  // Idle verified TLS origin connections of this worker (upstream.reuse).
+  virtual OriginPool& origin_pool() = 0;
   // TLS sessions toward origins, for resumption.
   virtual tls::UpstreamSessionCache& upstream_sessions() = 0;
   // This worker's client of configured ICAP service `index` (into

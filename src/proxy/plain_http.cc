@@ -9,6 +9,7 @@ namespace sightline::proxy {
 using exchange::Clock;
 using http::Framing;
 using http::iequals;
+using http::connection_options;
 using http::MessageHead;
 using http::Side;
 
@@ -25,27 +26,6 @@ bool is_hop_by_hop(std::string_view name, const std::vector<std::string>& listed
   for (const auto& l : listed)
     if (iequals(name, l)) return true;
   return false;
-}
-
-// Field names listed in Connection headers.
-std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive) {
-  std::vector<std::string> out;
-  for (const auto& h : head.headers) {
-    if (!iequals(h.name, "connection") && !iequals(h.name, "proxy-connection")) continue;
-    std::string_view v = h.value;
-    while (!v.empty()) {
-      auto comma = v.find(',');
-      std::string_view tok = v.substr(0, comma);
-      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
-      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-      if (iequals(tok, "close")) *close = true;
-      if (iequals(tok, "keep-alive")) *keep_alive = true;
-      if (!tok.empty()) out.emplace_back(tok);
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-  }
-  return out;
 }
 
 void append_fields(std::string& out, const MessageHead& head, const std::vector<std::string>& listed,

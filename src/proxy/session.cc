@@ -140,19 +140,20 @@ void Session::start(uv_stream_t* server, const ListenerInfo& listener) {
   timer_.data = this;
   timer_initialized_ = true;
   ++open_handles_;
-  uv_tcp_init(loop, &client_.tcp);
-  client_.tcp.data = this;
+  client_.tcp = std::make_unique<uv_tcp_t>();
+  uv_tcp_init(loop, client_.tcp.get());
+  client_.tcp->data = this;
   client_.initialized = true;
   ++open_handles_;
-  if (int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(&client_.tcp)); rc != 0) {
+  if (int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(client_.tcp.get())); rc != 0) {
     fatal_ = true;
     close(std::string("accept failed: ") + uv_strerror(rc));
     return;
   }
-  uv_tcp_nodelay(&client_.tcp, 1);
+  uv_tcp_nodelay(client_.tcp.get(), 1);
   sockaddr_storage peer{};
   int len = sizeof peer;
-  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+  if (uv_tcp_getpeername(client_.tcp.get(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
     client_sa_ = peer;
     client_addr_ = net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&peer));
     char ip[INET6_ADDRSTRLEN] = {0};
@@ -236,7 +237,7 @@ void Session::begin_transparent() {
   transparent_ = true;
   if (!have_original_dst_) {
     int fd = -1;
-    uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &fd);
+    uv_fileno(reinterpret_cast<uv_handle_t*>(client_.tcp.get()), &fd);
     socklen_t len = sizeof original_dst_;
     int rc = -1;
     if (listener_.kind == ListenerKind::tproxy) {
@@ -297,6 +298,7 @@ void Session::connect_known_target() {
     close(*why);
     return;
   }
+  if (defer_connect_for_reuse()) return;
   state_ = State::connecting;
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
@@ -381,6 +383,7 @@ void Session::after_request_head() {
     respond_error(503, "Service Unavailable", "sightline: " + *why + "\n", *why);
     return;
   }
+  if (defer_connect_for_reuse()) return;
   state_ = State::connecting;
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
@@ -444,11 +447,10 @@ void Session::resolve() {
 void Session::on_resolved(int status, addrinfo* res) {
   addrs_.reset(res);
   t_resolved_ = uv_hrtime();
-  if (state_ != State::connecting) return;  // closed or timed out meanwhile
+  if (!connecting()) return;  // closed or timed out meanwhile
   if (status != 0 || !res) {
-    std::string why = std::string("DNS resolution failed for ") + request_.authority.host + ": " +
-                      uv_strerror(status);
-    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    connect_failed(std::string("DNS resolution failed for ") + request_.authority.host + ": " +
+                   uv_strerror(status));
     return;
   }
   next_addr_ = addrs_.get();
@@ -459,23 +461,25 @@ void Session::connect_next() {
   while (next_addr_ && next_addr_->ai_family != AF_INET && next_addr_->ai_family != AF_INET6)
     next_addr_ = next_addr_->ai_next;
   if (!next_addr_) {
-    std::string why = "connect to " + request_.authority.to_string() + " failed: " +
-                      (last_connect_error_.empty() ? "no usable address" : last_connect_error_);
-    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    connect_failed("connect to " + request_.authority.to_string() + " failed: " +
+                   (last_connect_error_.empty() ? "no usable address" : last_connect_error_));
     return;
   }
   addrinfo* ai = next_addr_;
   next_addr_ = ai->ai_next;
   upstream_addr_ = net::sockaddr_to_string(ai->ai_addr);
-  uv_tcp_init_ex(host_.loop(), &upstream_.tcp, static_cast<unsigned>(ai->ai_family));
-  upstream_.tcp.data = this;
+  // A fresh handle: a failed one is freed with this assignment (in its
+  // close callback, the earliest libuv allows).
+  upstream_.tcp = std::make_unique<uv_tcp_t>();
+  uv_tcp_init_ex(host_.loop(), upstream_.tcp.get(), static_cast<unsigned>(ai->ai_family));
+  upstream_.tcp->data = this;
   upstream_.initialized = true;
   ++open_handles_;
   if (listener_.spoof_source && !client_ip_.empty()) {
     // TPROXY with spoof_source: the origin sees the client's own address
     // (needs CAP_NET_ADMIN and policy routing for the return traffic).
     int fd = -1;
-    uv_fileno(reinterpret_cast<uv_handle_t*>(&upstream_.tcp), &fd);
+    uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.tcp.get()), &fd);
     int one = 1;
     bool v6 = ai->ai_family == AF_INET6;
     setsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one, sizeof one);
@@ -490,30 +494,30 @@ void Session::connect_next() {
       a->sin_family = AF_INET;
       ok = inet_pton(AF_INET, client_ip_.c_str(), &a->sin_addr) == 1;
     }
-    int rc = ok ? uv_tcp_bind(&upstream_.tcp, reinterpret_cast<const sockaddr*>(&src), 0) : UV_EINVAL;
+    int rc = ok ? uv_tcp_bind(upstream_.tcp.get(), reinterpret_cast<const sockaddr*>(&src), 0) : UV_EINVAL;
     if (rc != 0)
       log::emit(log::Level::warn, {{"event", "spoof_source_failed"}, {"client", client_ip_},
                                    {"msg", uv_strerror(rc)}});
   }
-  uv_tcp_nodelay(&upstream_.tcp, 1);
+  uv_tcp_nodelay(upstream_.tcp.get(), 1);
   connect_req_.data = this;
-  int rc = uv_tcp_connect(&connect_req_, &upstream_.tcp, ai->ai_addr, [](uv_connect_t* r, int st) {
+  int rc = uv_tcp_connect(&connect_req_, upstream_.tcp.get(), ai->ai_addr, [](uv_connect_t* r, int st) {
     static_cast<Session*>(r->data)->on_connected(st);
   });
   if (rc != 0) on_connected(rc);
 }
 
 void Session::on_connected(int status) {
-  if (state_ != State::connecting) return;
+  if (!connecting()) return;
   if (status != 0) {
     last_connect_error_ = upstream_addr_ + ": " + uv_strerror(status);
     // A failed socket cannot connect again: close it and retry with a fresh
     // handle from its close callback (the memory is reused only after it).
     upstream_.initialized = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&upstream_.tcp), [](uv_handle_t* h) {
+    uv_close(reinterpret_cast<uv_handle_t*>(upstream_.tcp.get()), [](uv_handle_t* h) {
       auto* self = static_cast<Session*>(h->data);
       --self->open_handles_;
-      if (self->state_ == State::connecting) {
+      if (self->connecting()) {
         self->connect_next();
       } else if (self->open_handles_ == 0) {
         self->host_.session_closed(self->id_);
@@ -522,6 +526,16 @@ void Session::on_connected(int status) {
     return;
   }
   t_connected_ = uv_hrtime();
+  if (late_connect_) {
+    late_connect_ = false;
+    if (late_next_ == LateNext::bypass) start_bypass();
+    else start_upstream_tls();
+    return;
+  }
+  begin_hello_peek();
+}
+
+void Session::begin_hello_peek() {
   state_ = State::peeking_hello;
   // Transparent: a client that says nothing may be waiting for a server
   // that speaks first (SMTP, SSH); after a short wait the bytes are spliced.
@@ -586,6 +600,11 @@ void Session::on_hello_data(const char* data, std::size_t n) {
   if (ctx_.metrics && ctx_.policies)
     ctx_.metrics->registry.inc(worker_, ctx_.metrics->policy_decisions[static_cast<std::size_t>(d.action)]);
   if (d.action == policy::Action::bypass) {
+    if (reuse_wanted_) {  // nothing connected yet: the client's own TLS needs the origin
+      reuse_wanted_ = false;
+      connect_late(LateNext::bypass);
+      return;
+    }
     start_bypass();
     return;
   }
@@ -603,7 +622,7 @@ void Session::on_hello_data(const char* data, std::size_t n) {
     else refuse_upstream(SSL_AD_INTERNAL_ERROR, *why, 503);
     return;
   }
-  start_upstream_tls();
+  open_upstream();
 }
 
 // Evaluates the policy for this connection. Before the ClientHello the name
@@ -919,7 +938,7 @@ void Session::start_upstream_tls() {
 
   const auto& target = request_.authority;
   // Verify against the name the client asked for (SNI), else the CONNECT host.
-  std::string verify_name = hello_.sni.empty() ? target.host : hello_.sni;
+  std::string verify_name = this->verify_name();
   bool is_ip = hello_.sni.empty() && target.kind != net::HostKind::name;
   if (!is_ip) SSL_set_tlsext_host_name(ssl, verify_name.c_str());
   verify_.allow_invalid = rule_on_invalid_.value_or(ctx_.settings.on_invalid) ==
@@ -928,15 +947,11 @@ void Session::start_upstream_tls() {
     refuse_client(SSL_AD_INTERNAL_ERROR, "cannot set verification name " + verify_name);
     return;
   }
-  std::vector<std::string> offer;
-  for (const auto& p : hello_.alpn)
-    if (std::find(ctx_.settings.upstream_alpn.begin(), ctx_.settings.upstream_alpn.end(), p) !=
-        ctx_.settings.upstream_alpn.end())
-      offer.push_back(p);
-  std::string wire = encode_alpn(offer);
-  if (!offer.empty())
+  std::string wire = alpn_offer();
+  if (!wire.empty())
     SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
                         static_cast<unsigned>(wire.size()));
+  if (reuse_allowed()) pool_key_ = OriginPool::key(target.to_string(), verify_name, wire);
   // Resume a session with this origin when one verified recently: same
   // verified name, same address, same ALPN offer. Never under
   // forward-untrusted, where nothing from the origin may be trusted.
@@ -947,6 +962,137 @@ void Session::start_upstream_tls() {
   }
   start_reading(upstream_);
   drive_upstream_handshake();
+}
+
+// ---------------------------------------------------------------------------
+// Origin connection reuse (upstream.reuse, docs/interception.md)
+
+// Explicit and static listeners only: a transparent connection must reach
+// its original destination even when the client turns out not to speak TLS
+// or waits for the server, which needs the connection before the hello.
+bool Session::reuse_allowed() const {
+  return ctx_.settings.upstream_reuse && !transparent_ && !listener_.spoof_source;
+}
+
+// A parked connection to this target may serve the client: read its
+// ClientHello first and connect only if none fits.
+bool Session::defer_connect_for_reuse() {
+  if (!reuse_allowed() || !host_.origin_pool().has_target(request_.authority.to_string()))
+    return false;
+  reuse_wanted_ = true;
+  begin_hello_peek();
+  return true;
+}
+
+std::string Session::verify_name() const {
+  return hello_.sni.empty() ? request_.authority.host : hello_.sni;
+}
+
+// The client's ALPN protocols that the proxy relays, in the client's order
+// (wire form): what the origin is offered.
+std::string Session::alpn_offer() const {
+  std::vector<std::string> offer;
+  for (const auto& p : hello_.alpn)
+    if (std::find(ctx_.settings.upstream_alpn.begin(), ctx_.settings.upstream_alpn.end(), p) !=
+        ctx_.settings.upstream_alpn.end())
+      offer.push_back(p);
+  return encode_alpn(offer);
+}
+
+void Session::open_upstream() {
+  if (!reuse_wanted_) {
+    start_upstream_tls();
+    return;
+  }
+  reuse_wanted_ = false;
+  std::string key = OriginPool::key(request_.authority.to_string(), verify_name(), alpn_offer());
+  if (auto parked = host_.origin_pool().take(key)) {
+    pool_key_ = std::move(key);
+    adopt_origin(std::move(parked));
+    return;
+  }
+  connect_late(LateNext::upstream_tls);
+}
+
+// The parked connection becomes this session's origin leg, its handshake
+// and verification already done: straight to the forged certificate.
+void Session::adopt_origin(std::unique_ptr<ParkedOrigin> parked) {
+  upstream_.tcp.reset(parked->tcp.release());
+  upstream_.tcp->data = this;
+  upstream_.initialized = true;
+  ++open_handles_;
+  upstream_.ssl = std::move(parked->ssl);
+  upstream_.rbio = parked->rbio;
+  upstream_.wbio = parked->wbio;
+  upstream_addr_ = std::move(parked->addr);
+  resume_key_ = std::move(parked->resume_key);
+  if (!resume_key_.empty())  // later session tickets refresh the resumption cache
+    SSL_set_app_data(upstream_.ssl.get(), static_cast<tls::UpstreamSessionSink*>(this));
+  upstream_reused_ = true;
+  upstream_uses_ = parked->uses;
+  on_upstream_verified();
+}
+
+// Connects after the ClientHello, when no parked connection fitted.
+void Session::connect_late(LateNext next) {
+  late_connect_ = true;
+  late_next_ = next;
+  t_connect_start_ = uv_hrtime();
+  arm_timer(ctx_.settings.connect_timeout);
+  resolve();
+}
+
+bool Session::connecting() const {
+  return state_ == State::connecting || (late_connect_ && state_ != State::closing);
+}
+
+// Before the ClientHello the client hears it in HTTP (explicit listeners);
+// after it, on an intercepted connection, through the error page.
+void Session::connect_failed(std::string why) {
+  if (!late_connect_) {
+    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    return;
+  }
+  late_connect_ = false;
+  if (late_next_ == LateNext::upstream_tls) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
+  else close(std::move(why));
+}
+
+// An HTTP/1.1 origin connection left between exchanges by a client
+// connection that ends goes to the worker's pool instead of being closed.
+// Only a verified one, with nothing in flight or buffered either way.
+void Session::park_origin_if_idle() {
+  park_pending_ = false;
+  if (pool_key_.empty() || upstream_parked_ || state_ != State::relaying || codec_ != "http/1.1" ||
+      refusal_ || untrusted_ || verdict_ != "ok" || !upstream_.initialized || !upstream_.ssl ||
+      upstream_.eof || upstream_.read_done || upstream_.write_shutdown || upstream_tls_error_ ||
+      upstream_.writes_in_flight != 0 || pending_out(upstream_) != 0 || !relay_ ||
+      !relay_->origin_idle())
+    return;
+  SSL* ssl = upstream_.ssl.get();
+  if (SSL_pending(ssl) != 0 || SSL_has_pending(ssl) || BIO_ctrl_pending(upstream_.rbio) != 0 ||
+      SSL_get_shutdown(ssl) != 0)
+    return;
+  stop_reading(upstream_);
+  parked_version_ = SSL_get_version(ssl);
+  parked_cipher_ = SSL_get_cipher_name(ssl);
+  SSL_set_app_data(ssl, nullptr);  // this session goes; a ticket while parked is dropped
+  auto p = std::make_unique<ParkedOrigin>();
+  p->tcp = core::UvHandle<uv_tcp_t>::adopt(upstream_.tcp.release());
+  p->ssl = std::move(upstream_.ssl);
+  p->rbio = std::exchange(upstream_.rbio, nullptr);
+  p->wbio = std::exchange(upstream_.wbio, nullptr);
+  p->target = request_.authority.to_string();
+  p->key = pool_key_;
+  p->addr = upstream_addr_;
+  p->resume_key = resume_key_;
+  p->resumed = upstream_resumed_;
+  p->uses = upstream_uses_;
+  upstream_.initialized = false;
+  upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = true;
+  --open_handles_;  // the pool closes it from now on (never the last: the client's is open)
+  upstream_parked_ = true;
+  host_.origin_pool().put(std::move(p));
 }
 
 void Session::drive_upstream_handshake() {
@@ -1013,7 +1159,7 @@ void Session::on_upstream_verified() {
   }
   // TLS 1.2 sessions exist at the end of the handshake (TLS 1.3 tickets
   // come later through on_upstream_session).
-  if (!untrusted_ && !resume_key_.empty() && !upstream_resumed_ &&
+  if (!untrusted_ && !resume_key_.empty() && !upstream_resumed_ && !upstream_reused_ &&
       SSL_version(ssl) != TLS1_3_VERSION)
     host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
   const unsigned char* alpn = nullptr;
@@ -1216,7 +1362,7 @@ void Session::start_hooks() {
   int len = sizeof flow->server;
   if (have_original_dst_) {
     flow->server = original_dst_;
-  } else if (uv_tcp_getpeername(&upstream_.tcp, reinterpret_cast<sockaddr*>(&flow->server), &len) != 0) {
+  } else if (uv_tcp_getpeername(upstream_.tcp.get(), reinterpret_cast<sockaddr*>(&flow->server), &len) != 0) {
     return;
   }
   flow->sni = hello_.sni;
@@ -1383,17 +1529,19 @@ std::unique_ptr<Relay> Session::make_relay() {
     h2->start();
     return h2;
   }
-  auto make_h1 = [this, info = std::move(info)]() -> std::unique_ptr<Relay> {
+  auto make_h1 = [this, info = std::move(info)](bool keep_origin) -> std::unique_ptr<Relay> {
     return std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, info, ctx_.settings.h1,
-                                           refusal_, icap_options());
+                                           refusal_, icap_options(), keep_origin);
   };
   if (upstream_alpn_ == "http/1.1" || refusal_) {
     codec_ = "http/1.1";
-    return make_h1();
+    return make_h1(!pool_key_.empty() && !refusal_ && !untrusted_);
   }
   if (upstream_alpn_.empty()) {
     codec_ = "sniffing";
-    return std::make_unique<http::SniffRelay>(*this, std::move(make_h1), [this](bool is_http) {
+    // Without ALPN the origin's protocol is only guessed: its connection is never kept.
+    auto h1 = [make_h1 = std::move(make_h1)] { return make_h1(false); };
+    return std::make_unique<http::SniffRelay>(*this, std::move(h1), [this](bool is_http) {
       codec_ = is_http ? "http/1.1" : "opaque";
     });
   }
@@ -1420,7 +1568,8 @@ void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
 }
 
 std::size_t Session::pending_out(const Leg& leg) const {
-  return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&leg.tcp)) +
+  if (!leg.initialized) return 0;
+  return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(leg.tcp.get())) +
          (leg.wbio ? BIO_ctrl_pending(leg.wbio) : 0);
 }
 
@@ -1484,6 +1633,7 @@ void Session::pump(Leg& from) {
     drop_bio_capacity(from, false);
     drop_bio_capacity(to, false);
   }
+  if (park_pending_ && state_ == State::relaying) park_origin_if_idle();
 }
 
 // SSL_MODE_RELEASE_BUFFERS does not cover every path: after a post-handshake
@@ -1519,7 +1669,11 @@ void Session::end_of_input(Leg& from, bool clean) {
   if (from.read_done) return;
   from.read_done = true;
   stop_reading(from);
+  // A client that leaves between exchanges may leave its origin connection
+  // to the next one; this session then ends the client leg itself.
+  if (&from == &client_) park_origin_if_idle();
   relay_->on_end(side_of(from), clean);
+  if (upstream_parked_ && &from == &client_) end(Side::client, clean);
   maybe_finish();
 }
 
@@ -1552,6 +1706,9 @@ std::size_t Session::queued(Side to) const {
 void Session::end(Side to, bool clean) {
   Leg& leg = leg_of(to);
   if (leg.write_shutdown) return;
+  // The relay ended the client leg (its "Connection: close"): the origin's
+  // may be parked once the current pump is over.
+  if (to == Side::client && !pool_key_.empty()) park_pending_ = true;
   if (clean && leg.ssl) {
     ERR_clear_error();
     SSL_shutdown(leg.ssl.get());
@@ -1571,6 +1728,7 @@ void Session::flush_sends() {
   if (state_ != State::relaying) return;
   flush(client_);
   flush(upstream_);
+  if (park_pending_) park_origin_if_idle();
 }
 
 void Session::pause_reading(Side from, bool paused) {
@@ -1659,7 +1817,7 @@ void Session::alloc_cb(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
 void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   auto* self = static_cast<Session*>(s->data);
   if (self->state_ == State::closing || nread == 0) return;
-  Leg& leg = reinterpret_cast<uv_tcp_t*>(s) == &self->client_.tcp ? self->client_ : self->upstream_;
+  Leg& leg = reinterpret_cast<uv_tcp_t*>(s) == self->client_.tcp.get() ? self->client_ : self->upstream_;
   if (nread == UV_EOF) {
     self->on_leg_eof(leg);
     return;
@@ -1709,13 +1867,13 @@ void Session::start_reading(Leg& leg) {
   if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing ||
       hooks_paused_ || archive_paused_)
     return;
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(&leg.tcp), alloc_cb, read_cb) == 0)
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(leg.tcp.get()), alloc_cb, read_cb) == 0)
     leg.reading = true;
 }
 
 void Session::stop_reading(Leg& leg) {
   if (!leg.reading) return;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&leg.tcp));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(leg.tcp.get()));
   leg.reading = false;
 }
 
@@ -1730,7 +1888,7 @@ void Session::flush(Leg& leg) {
 
 void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
   if (n == 0 || !leg.initialized || leg.write_shutdown || state_ == State::closing) return;
-  auto* stream = reinterpret_cast<uv_stream_t*>(&leg.tcp);
+  auto* stream = reinterpret_cast<uv_stream_t*>(leg.tcp.get());
   // Write straight from the caller's buffer when the socket takes it; copy
   // only what the kernel could not accept now.
   if (uv_stream_get_write_queue_size(stream) == 0) {
@@ -1755,8 +1913,10 @@ void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
   uv_buf_t b = uv_buf_init(req->data.get(), static_cast<unsigned>(n));
   int rc = uv_write(&req->req, stream, &b, 1, [](uv_write_t* r, int status) {
     std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(r->data));
+    --owned->leg->writes_in_flight;
     owned->session->on_write_done(*owned->leg, status);
   });
+  if (rc == 0) ++leg.writes_in_flight;
   if (rc != 0) {
     fatal_ = true;
     close(std::string("write to ") + leg.name + " failed: " + uv_strerror(rc));
@@ -1769,7 +1929,7 @@ void Session::shutdown_write(Leg& leg) {
   if (!leg.initialized || leg.write_shutdown) return;
   leg.write_shutdown = true;
   leg.shutdown_req.data = this;
-  int rc = uv_shutdown(&leg.shutdown_req, reinterpret_cast<uv_stream_t*>(&leg.tcp),
+  int rc = uv_shutdown(&leg.shutdown_req, reinterpret_cast<uv_stream_t*>(leg.tcp.get()),
                        [](uv_shutdown_t* r, int) {
                          auto* self = static_cast<Session*>(r->data);
                          Leg& l = r == &self->client_.shutdown_req ? self->client_ : self->upstream_;
@@ -1810,6 +1970,11 @@ void Session::arm_timer(std::chrono::milliseconds ms) {
 }
 
 void Session::on_timer() {
+  if (late_connect_ && state_ != State::closing) {
+    connect_failed("connect to " + request_.authority.to_string() + " timed out after " +
+                   std::to_string(ctx_.settings.connect_timeout.count()) + " ms");
+    return;
+  }
   switch (state_) {
     case State::reading_proxy_header:
       close("timed out waiting for the PROXY header");
@@ -1886,7 +2051,7 @@ void Session::close_handles(bool force) {
   bool lingering = false;
   for (Leg* leg : {&client_, &upstream_}) {
     if (!leg->initialized) continue;
-    auto* h = reinterpret_cast<uv_handle_t*>(&leg->tcp);
+    auto* h = reinterpret_cast<uv_handle_t*>(leg->tcp.get());
     if (uv_is_closing(h)) continue;
     if (!force && leg->write_shutdown && !leg->shutdown_done) {
       lingering = true;
@@ -1976,6 +2141,11 @@ void Session::log_connection() {
     if (pinned_alert_) j["client_alert"] = pinned_alert_;
   }
   if (upstream_resumed_) j["upstream_resumed"] = true;
+  if (upstream_reused_) j["upstream_reused"] = upstream_uses_;  // the client connections it served, this one included
+  if (upstream_parked_) {
+    j["upstream_parked"] = true;
+    j["upstream_tls"] = {{"version", parked_version_}, {"cipher", parked_cipher_}, {"alpn", upstream_alpn_}};
+  }
   // The same facts as a connection record for hook consumers that want them (JSON event feed).
   hooks::publish_connection(ctx_.hooks, rule_ ? &rule_->options.hooks : nullptr,
                             rule_ ? std::string_view(rule_->name) : std::string_view(), j);

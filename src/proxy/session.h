@@ -77,7 +77,9 @@ class Session final : public tls::ClientHandshakeHandler,
   };
 
   struct Leg {
-    uv_tcp_t tcp{};
+    // Heap-allocated so an origin connection can move to the pool and back
+    // (upstream.reuse); freed with the session, after its close callback.
+    std::unique_ptr<uv_tcp_t> tcp;
     uv_shutdown_t shutdown_req{};
     bool initialized = false;
     bool reading = false;
@@ -90,6 +92,7 @@ class Session final : public tls::ClientHandshakeHandler,
     BIO* rbio = nullptr;  // owned by ssl
     BIO* wbio = nullptr;  // owned by ssl
     std::uint64_t plaintext_in = 0;
+    unsigned writes_in_flight = 0;  // uv_write requests whose callback is still due
     const char* name = "";
   };
 
@@ -134,6 +137,19 @@ class Session final : public tls::ClientHandshakeHandler,
   void start_bypass();
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
+  // Origin connection reuse (upstream.reuse, proxy/origin_pool.h).
+  enum class LateNext { upstream_tls, bypass };
+  bool reuse_allowed() const;
+  bool defer_connect_for_reuse();
+  void begin_hello_peek();
+  std::string alpn_offer() const;
+  std::string verify_name() const;
+  void open_upstream();
+  void adopt_origin(std::unique_ptr<ParkedOrigin> parked);
+  void connect_late(LateNext next);
+  void connect_failed(std::string why);
+  bool connecting() const;
+  void park_origin_if_idle();
   void start_upstream_tls();
   void drive_upstream_handshake();
   void on_upstream_verified();
@@ -245,6 +261,19 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string upstream_alpn_;
   std::string resume_key_;   // upstream session cache key, empty: no resumption
   bool upstream_resumed_ = false;
+  // Origin connection reuse: the key under which this connection's origin
+  // leg may be parked (empty: never), whether the connect waits for the
+  // ClientHello because one may fit, a connect made after it, and what a
+  // reused or parked origin connection was.
+  std::string pool_key_;
+  bool reuse_wanted_ = false;
+  bool late_connect_ = false;
+  LateNext late_next_ = LateNext::upstream_tls;
+  bool park_pending_ = false;  // the client leg was ended: park once the pump returns
+  bool upstream_reused_ = false;
+  bool upstream_parked_ = false;
+  std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
+  std::string parked_version_, parked_cipher_;  // the parked leg's TLS, for the log
   bool upstream_tls_error_ = false;
 
   // Timestamps (uv_hrtime, ns).

@@ -340,7 +340,10 @@ def exchanges_of(proxy, conn_id, since=0):
 def main(t):
     pki = t.pki()
     ng = t.start_nginx(pki, certs=["valid-ec"], big=True)
-    proxy = t.start_proxy(pki)
+    # Every check here expects its own origin connection and byte-exact heads
+    # (a client's "Connection: close" included): origin connection reuse,
+    # which rewrites that hop-by-hop option, is off (72_reuse covers it).
+    proxy = t.start_proxy(pki, upstream={"reuse": False})
     ngt = "localhost:%d" % ng.port("valid-ec")
     one_k = open(ng.files["/1k"], "rb").read()
 

@@ -145,7 +145,9 @@ def main(t):
     klog_upstream = os.path.join(t.dir, "upstream.keys")
     extra = ('[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\ntarget = "localhost:%d"\n\n'
              '[pcap]\nport_map = ["%d:80"]\n' % (static_port, oport, oport))
-    proxy = t.start_proxy(pki, extra=extra,
+    # The loopback captures count one origin connection per client
+    # connection, each ending with a FIN: origin connection reuse is off.
+    proxy = t.start_proxy(pki, extra=extra, upstream={"reuse": False},
                           args=["--pcap-dir", pcap_dir, "--pcap-over-ip", "127.0.0.1:%d" % over_ip,
                                 "--keylog-client", klog_client, "--keylog-upstream", klog_upstream])
 

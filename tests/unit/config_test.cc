@@ -28,6 +28,9 @@ min_version = "1.3"
 ca_file = "origin.pem"
 on_invalid = "forward-untrusted"
 alpn = ["http/1.1"]
+reuse = false
+reuse_idle_timeout = "1500ms"
+reuse_per_origin = 4
 [forge]
 key_lifetime = "30m"
 cache_entries = 500
@@ -49,6 +52,9 @@ level = "debug"
   CHECK(cfg->upstream_ca_file == "/etc/sightline/origin.pem");
   CHECK(cfg->on_invalid == sightline::tls::OnInvalid::forward_untrusted);
   CHECK(cfg->upstream_alpn == std::vector<std::string>{"http/1.1"});
+  CHECK_FALSE(cfg->upstream_reuse);
+  CHECK(cfg->upstream_reuse_idle == std::chrono::milliseconds(1500));
+  CHECK(cfg->upstream_reuse_per_origin == 4);
   CHECK(cfg->leaf_key_lifetime == std::chrono::minutes(30));
   CHECK(cfg->cert_cache_entries == 500);
   CHECK(cfg->connect_timeout == std::chrono::seconds(3));
@@ -65,6 +71,8 @@ TEST_CASE("errors name file, line and key") {
   for (auto c : {
            Case{"[upstream]\non_invalid = \"maybe\"\n", "test.toml:2:14: key 'upstream.on_invalid': expected one of"},
            Case{"[upstream]\nca_fil = \"x\"\n", "test.toml:2:1: key 'upstream.ca_fil': unknown key"},
+           Case{"[upstream]\nreuse_per_origin = 0\n", "key 'upstream.reuse_per_origin': expected an integer from 1"},
+           Case{"[upstream]\nreuse = \"yes\"\n", "key 'upstream.reuse': expected true or false"},
            Case{"bogus = 1\n", "test.toml:1:1: key 'bogus': unknown key"},
            Case{"workers = -1\n", "key 'workers': expected an integer"},
            Case{"[timeouts]\nconnect = \"10\"\n", "key 'timeouts.connect': expected a positive duration"},
@@ -312,4 +320,6 @@ TEST_CASE("the shipped example configuration parses") {
   auto cfg = load_config_file(std::string(SIGHTLINE_TEST_DATA) + "/../../deploy/sightline.example.toml", err);
   REQUIRE_MESSAGE(cfg, err.message);
   CHECK_FALSE(cfg->pcap.enabled());
+  CHECK(cfg->upstream_reuse);  // the default, as shipped
+  CHECK(cfg->upstream_reuse_idle == std::chrono::seconds(4));
 }
