@@ -1076,7 +1076,10 @@ void Session::park_origin_if_idle() {
   stop_reading(upstream_);
   parked_version_ = SSL_get_version(ssl);
   parked_cipher_ = SSL_get_cipher_name(ssl);
-  SSL_set_app_data(ssl, nullptr);  // this session goes; a ticket while parked is dropped
+  // This session goes: nothing of the SSL may point into it (a ticket
+  // while parked is dropped).
+  SSL_set_app_data(ssl, nullptr);
+  tls::detach_verify_state(ssl);
   auto p = std::make_unique<ParkedOrigin>();
   p->tcp = core::UvHandle<uv_tcp_t>::adopt(upstream_.tcp.release());
   p->ssl = std::move(upstream_.ssl);

@@ -109,6 +109,8 @@ bool configure_upstream_verification(SSL_CTX* ctx, const std::string& ca_file,
   return true;
 }
 
+void detach_verify_state(SSL* ssl) { SSL_set_ex_data(ssl, verify_index(), nullptr); }
+
 bool prepare_upstream_ssl(SSL* ssl, const std::string& verify_name, bool is_ip,
                           UpstreamVerifyState* state) {
   SSL_set_ex_data(ssl, verify_index(), state);

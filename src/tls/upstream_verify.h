@@ -35,5 +35,8 @@ bool configure_upstream_verification(SSL_CTX* ctx, const std::string& ca_file,
 // attaches `state`.
 bool prepare_upstream_ssl(SSL* ssl, const std::string& verify_name, bool is_ip,
                           UpstreamVerifyState* state);
+// Detaches the state from an SSL that outlives it (an origin connection
+// handed to the reuse pool); a later verification would relax nothing.
+void detach_verify_state(SSL* ssl);
 
 }  // namespace sightline::tls
