@@ -566,8 +566,10 @@ bool H1Parser::finish() {
   return fail(400, "connection closed mid-message");
 }
 
-std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive) {
-  std::vector<std::string> out;
+namespace {
+// Calls fn(token) for each option of the Connection headers.
+template <typename Fn>
+void for_each_connection_option(const MessageHead& head, Fn&& fn) {
   for (const auto& h : head.headers) {
     if (!iequals(h.name, "connection") && !iequals(h.name, "proxy-connection")) continue;
     std::string_view v = h.value;
@@ -576,14 +578,28 @@ std::vector<std::string> connection_options(const MessageHead& head, bool* close
       std::string_view tok = v.substr(0, comma);
       while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
       while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-      if (iequals(tok, "close")) *close = true;
-      if (iequals(tok, "keep-alive")) *keep_alive = true;
-      if (!tok.empty()) out.emplace_back(tok);
+      if (!tok.empty()) fn(tok);
       if (comma == std::string_view::npos) break;
       v.remove_prefix(comma + 1);
     }
   }
+}
+}  // namespace
+
+std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive) {
+  std::vector<std::string> out;
+  for_each_connection_option(head, [&](std::string_view tok) {
+    if (iequals(tok, "close")) *close = true;
+    if (iequals(tok, "keep-alive")) *keep_alive = true;
+    out.emplace_back(tok);
+  });
   return out;
+}
+
+bool connection_close(const MessageHead& head) {
+  bool close = false;
+  for_each_connection_option(head, [&](std::string_view tok) { close = close || iequals(tok, "close"); });
+  return close;
 }
 
 }  // namespace sightline::http

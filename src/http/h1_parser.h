@@ -46,6 +46,9 @@ struct MessageHead {
 // The options listed in a message's Connection (and Proxy-Connection)
 // headers; `close` and `keep_alive` report those two.
 std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive);
+// Whether a message's Connection headers list "close" (without collecting
+// the other options: nothing is allocated).
+bool connection_close(const MessageHead& head);
 
 enum class Framing {
   none,            // no body (GET without length, HEAD/204/304 responses, 1xx)

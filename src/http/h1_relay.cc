@@ -112,8 +112,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
       r_.answer_and_close(r_.refusal_->status, r_.refusal_->reason);
       return;
     }
-    bool close = false, keep_alive = false;
-    (void)connection_options(head, &close, &keep_alive);
+    bool close = connection_close(head);
     bool upgrade = head.find("upgrade") != nullptr;
     if (close && r_.keep_origin_ && head.version_minor == 1 && !upgrade &&
         framing != Framing::tunnel && !iequals(head.method, "CONNECT")) {
@@ -196,8 +195,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
     r_.consumer_.on_response_head(st.ex, to_event_head(head, false));
     if (framing == Framing::tunnel) r_.tunnel_ = true;
     if (!informational_) {
-      bool close = false, keep_alive = false;
-      (void)connection_options(head, &close, &keep_alive);
+      bool close = connection_close(head);
       if (close || head.version_minor == 0 || framing == Framing::until_close)
         r_.origin_keep_alive_ = false;
       if (st.client_close && !close) head_out_ = head_with_close(head);

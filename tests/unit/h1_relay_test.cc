@@ -165,3 +165,47 @@ TEST_CASE("refusal mode ends the client when the client ends without a request")
   relay.on_end(Side::client, true);
   CHECK(io.client_ended);
 }
+
+// upstream.reuse: a client's "Connection: close" is hop-by-hop.
+TEST_CASE("keep_origin: close ends only the client leg, and the origin is idle after the exchange") {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                      std::nullopt, {}, /*keep_origin=*/true};
+  CHECK(relay.origin_idle());
+  relay.on_data(Side::client, std::string_view("GET /a HTTP/1.1\r\nHost: a\r\nConnection: close, X-T\r\nX-T: 1\r\n\r\n"));
+  CHECK(io.to_upstream == "GET /a HTTP/1.1\r\nHost: a\r\nConnection: X-T\r\nX-T: 1\r\n\r\n");
+  CHECK_FALSE(relay.origin_idle());  // a response is due
+  relay.on_data(Side::upstream,
+                std::string_view("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok"));
+  CHECK(io.to_client == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  CHECK(io.client_ended);
+  CHECK_FALSE(io.upstream_ended);
+  CHECK(relay.origin_idle());
+  // The client promised nothing more: a late request is not forwarded.
+  relay.on_data(Side::client, std::string_view("GET /b HTTP/1.1\r\nHost: a\r\n\r\n"));
+  CHECK(io.to_upstream.find("/b") == std::string::npos);
+  CHECK(rec.violations.empty());
+}
+
+TEST_CASE("keep_origin: an origin that says close, or a close-delimited body, is never idle") {
+  for (const char* resp : {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                           "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"}) {
+    FakeIo io;
+    exchange::RecordingConsumer rec;
+    http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                        std::nullopt, {}, true};
+    relay.on_data(Side::client, std::string_view("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    relay.on_data(Side::upstream, std::string_view(resp));
+    CHECK_MESSAGE(!relay.origin_idle(), resp);
+  }
+  // Without keep_origin the head is forwarded unchanged and nothing is kept.
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{}};
+  const std::string req = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+  relay.on_data(Side::client, req);
+  CHECK(io.to_upstream == req);
+  relay.on_data(Side::upstream, std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+  CHECK_FALSE(relay.origin_idle());
+}
