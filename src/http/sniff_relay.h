@@ -50,6 +50,7 @@ class SniffRelay final : public Relay {
     inner_->on_end(from, clean);
   }
 
+  bool origin_idle() const override { return inner_ && inner_->origin_idle(); }
   void on_writable(Side to) override {
     if (inner_) inner_->on_writable(to);
   }

@@ -309,6 +309,11 @@ void Session::connect_known_target() {
 // destination, the bytes already read first.
 void Session::start_splice(const char* why) {
   policy_rule_ = why;
+  if (reuse_wanted_) {  // nothing connected yet (a parked connection might have fitted)
+    reuse_wanted_ = false;
+    connect_late(LateNext::splice);
+    return;
+  }
   start_bypass();
   set_action("splice");
   // A server-speaks-first protocol may already have bytes waiting upstream.
@@ -528,8 +533,21 @@ void Session::on_connected(int status) {
   t_connected_ = uv_hrtime();
   if (late_connect_) {
     late_connect_ = false;
-    if (late_next_ == LateNext::bypass) start_bypass();
-    else start_upstream_tls();
+    switch (late_next_) {
+      case LateNext::upstream_tls:
+        start_upstream_tls();
+        return;
+      case LateNext::bypass:
+        start_bypass();
+        return;
+      case LateNext::splice:
+        start_bypass();
+        set_action("splice");
+        return;
+      case LateNext::plain_http:
+        start_sniffed_http();
+        return;
+    }
     return;
   }
   begin_hello_peek();
@@ -551,6 +569,23 @@ void Session::begin_hello_peek() {
   start_reading(client_);
 }
 
+// Plain HTTP on a transparent listener: the HTTP/1.1 codec over plain
+// legs, from the first byte.
+void Session::start_sniffed_http() {
+  set_action("http");
+  codec_ = "http/1.1";
+  state_ = State::relaying;
+  relay_ = make_plain_h1_relay();
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  std::string first;
+  first.swap(inbuf_);
+  client_.plaintext_in += first.size();
+  relay_->on_data(Side::client, first);
+  start_reading(client_);
+  start_reading(upstream_);
+}
+
 // ---------------------------------------------------------------------------
 // ClientHello peek and the two handshakes
 
@@ -567,19 +602,12 @@ void Session::on_hello_data(const char* data, std::size_t n) {
       if (transparent_) {
         stop_reading(client_);
         if (http::SniffRelay::looks_like_http(inbuf_) == 1) {
-          // Plain HTTP: the HTTP/1.1 codec over plain legs, from the first byte.
-          set_action("http");
-          codec_ = "http/1.1";
-          state_ = State::relaying;
-          relay_ = make_plain_h1_relay();
-          idle_since_ = uv_now(host_.loop());
-          arm_timer(ctx_.settings.idle_timeout);
-          std::string first;
-          first.swap(inbuf_);
-          client_.plaintext_in += first.size();
-          relay_->on_data(Side::client, first);
-          start_reading(client_);
-          start_reading(upstream_);
+          if (reuse_wanted_) {
+            reuse_wanted_ = false;
+            connect_late(LateNext::plain_http);
+            return;
+          }
+          start_sniffed_http();
           return;
         }
         start_splice("not TLS: spliced");
@@ -967,15 +995,17 @@ void Session::start_upstream_tls() {
 // ---------------------------------------------------------------------------
 // Origin connection reuse (upstream.reuse, docs/interception.md)
 
-// Explicit and static listeners only: a transparent connection must reach
-// its original destination even when the client turns out not to speak TLS
-// or waits for the server, which needs the connection before the hello.
+// Not with spoof_source: such an origin connection carries its client's
+// own address.
 bool Session::reuse_allowed() const {
-  return ctx_.settings.upstream_reuse && !transparent_ && !listener_.spoof_source;
+  return ctx_.settings.upstream_reuse && !listener_.spoof_source;
 }
 
 // A parked connection to this target may serve the client: read its
-// ClientHello first and connect only if none fits.
+// ClientHello first and connect only if none fits. On a transparent
+// listener a client that turns out not to speak TLS (plain HTTP, another
+// protocol) or stays silent (a server-speaks-first protocol, after
+// timeouts.first_byte) is connected then, and relayed as usual.
 bool Session::defer_connect_for_reuse() {
   if (!reuse_allowed() || !host_.origin_pool().has_target(request_.authority.to_string()))
     return false;
@@ -1542,8 +1572,13 @@ std::unique_ptr<Relay> Session::make_relay() {
   }
   if (upstream_alpn_.empty()) {
     codec_ = "sniffing";
-    // Without ALPN the origin's protocol is only guessed: its connection is never kept.
-    auto h1 = [make_h1 = std::move(make_h1)] { return make_h1(false); };
+    // Without ALPN the protocol is sniffed from the client's first bytes;
+    // once the strict parser has taken an origin's response, its connection
+    // may be kept like one that chose http/1.1 (under its own key: the
+    // offer is part of it).
+    auto h1 = [make_h1 = std::move(make_h1), keep = !pool_key_.empty() && !untrusted_] {
+      return make_h1(keep);
+    };
     return std::make_unique<http::SniffRelay>(*this, std::move(h1), [this](bool is_http) {
       codec_ = is_http ? "http/1.1" : "opaque";
     });

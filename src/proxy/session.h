@@ -108,6 +108,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void begin_transparent();
   void connect_known_target();
   void start_splice(const char* why);
+  void start_sniffed_http();
   bool start_plain_http();
   void resolve();
   void on_resolved(int status, addrinfo* res);
@@ -138,7 +139,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
   // Origin connection reuse (upstream.reuse, proxy/origin_pool.h).
-  enum class LateNext { upstream_tls, bypass };
+  enum class LateNext { upstream_tls, bypass, splice, plain_http };
   bool reuse_allowed() const;
   bool defer_connect_for_reuse();
   void begin_hello_peek();

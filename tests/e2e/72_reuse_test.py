@@ -13,7 +13,8 @@ client connection. Covered:
   without that option (other options kept), the client gets the response
   with "Connection: close" and the proxy ends its connection, the origin
   connection stays for the next client;
-  another SNI or another ALPN offer never gets that connection;
+  another SNI or another ALPN offer never gets that connection (a client
+  without ALPN, HTTP/1.1 sniffed, gets its own kept connection);
   an origin that answers "Connection: close" is not kept; an origin that
   closes a parked connection: it is dropped (origin_closed) and the next
   client gets a fresh connection; reuse_idle_timeout: a parked connection
@@ -184,6 +185,7 @@ def main(t):
         assert body == b"conn 0\n" and origin.count() == 1, "%r, %d connections" % (body, origin.count())
 
     with t.check("another SNI or another ALPN offer gets its own origin connection"):
+        m = proxy.mark()
         n = origin.count()
         w = client(sni="origin.test")  # also in the origin's certificate
         _, body = get(w, target)
@@ -192,9 +194,15 @@ def main(t):
             "SNI origin.test served by %r, %d new connections" % (body, origin.count() - n)
         w = client(alpn=None)
         _, body = get(w, target)
-        w.sock.close()
+        finished(w, m)
         assert body == b"conn %d\n" % (n + 1) and origin.count() == n + 2, \
             "no ALPN served by %r, %d new connections" % (body, origin.count() - n)
+        # Without ALPN (HTTP/1.1 sniffed) the connection is kept under its own key.
+        w = client(alpn=None)
+        _, body = get(w, target, "/ok?no-alpn-again")
+        ev = finished(w, m)
+        assert body == b"conn %d\n" % (n + 1) and ev.get("upstream_reused") == 2, \
+            "second no-ALPN client served by %r, connection line %r" % (body, ev)
 
     with t.check("an origin that answers Connection: close is not kept"):
         m = proxy.mark()
@@ -274,7 +282,7 @@ def main(t):
         finished(w, m)  # one parked for (target, localhost, http/1.1)
         origin.lsock.shutdown(socket.SHUT_RDWR)  # no new connections from now on
         origin.lsock.close()
-        w = client(alpn=None)  # another key: the proxy must connect, and cannot
+        w = client(sni="fresh.test")  # another key: the proxy must connect, and cannot
         head, body = get(w, target)
         w.sock.close()
         assert head.status == 502, "status %r" % head.start

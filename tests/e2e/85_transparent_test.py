@@ -77,6 +77,8 @@ CHECKS = [
     "[tproxy] HTTPS over IPv4 intercepted via TPROXY: enterprise-CA leaf, exact body",
     "[tproxy] HTTPS over IPv6 intercepted via TPROXY: enterprise-CA leaf, exact body",
     "[tproxy] spoof_source = true: the origin sees the client's own address",
+    "[redirect] origin connection reuse: a parked origin connection serves the next HTTPS client "
+    "of that destination; plain HTTP to it is connected late and relayed",
 ]
 
 
@@ -606,6 +608,35 @@ def main(t):
             ev = conn_line(proxy, local, m)
             assert ev.get("action") == "http", "%s: log action %r" % (host, ev.get("action"))
             assert ev.get("target") == h.hostport(host, 80), "%s: log target %r" % (host, ev.get("target"))
+
+    with t.check(CHECKS[16]):
+        m = proxy.mark()
+        res = tls_get(client, ORIGIN4, 443, NAME, pki.root)  # "Connection: close": the client leg ends
+        ev = conn_line(proxy, res["client"], m)
+        assert ev.get("upstream_parked") is True, "first connection line: %r" % ev
+        res = tls_get(client, ORIGIN4, 443, NAME, pki.root)
+        expect_intercept(proxy, pki, res, one_k, "%s:443" % ORIGIN4, m)
+        ev = conn_line(proxy, res["client"], m)
+        assert (ev.get("upstream_reused") or 0) >= 2, "second connection line: %r" % ev
+        # Plain HTTP to the same destination: no TLS, so nothing parked fits;
+        # the proxy connects once it has seen the request (nginx answers 400
+        # to plain HTTP on its TLS port).
+        s = client.connect(ORIGIN4, 443, 20)
+        cl = h.hostport(*s.getsockname()[:2])
+        try:
+            s.sendall(b"GET /1k HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+            s.settimeout(20)
+            got = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got += b
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 400"), "plain HTTP to :443 got %r" % got[:120]
+        ev = conn_line(proxy, cl, m)
+        assert ev.get("action") == "http" and ev.get("upstream_addr"), "connection line %r" % ev
 
     with t.check(CHECKS[11]):
         for gw_addr in (GW_C4, GW_C6):
