@@ -56,6 +56,7 @@ std::string head_without_close(const MessageHead& h) {
   out.reserve(256 + h.headers.size() * 48);
   out.append(h.method).append(" ").append(h.target).append(" HTTP/1.1\r\n");
   for (const auto& f : h.headers) {
+    if (iequals(f.name, "proxy-connection")) continue;  // hop-by-hop, and never the origin's business
     if (!iequals(f.name, "connection")) {
       out.append(f.name).append(": ").append(f.value).append("\r\n");
       continue;
@@ -79,7 +80,8 @@ std::string head_without_close(const MessageHead& h) {
 std::string head_with_close(const MessageHead& h) {
   std::string out;
   out.reserve(256 + h.headers.size() * 48);
-  out.append("HTTP/1.1 ").append(std::to_string(h.status)).append(" ").append(h.reason).append("\r\n");
+  out.append(h.version_minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+      .append(std::to_string(h.status)).append(" ").append(h.reason).append("\r\n");
   for (const auto& f : h.headers)
     if (!iequals(f.name, "connection") && !iequals(f.name, "keep-alive"))
       out.append(f.name).append(": ").append(f.value).append("\r\n");
@@ -94,6 +96,10 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
 
   void on_head(const MessageHead& head, Framing framing, std::uint64_t content_length,
                std::string_view) override {
+    // After a request with "Connection: close" the client may send nothing
+    // more: with keep_origin the origin was not told, so a pipelined request
+    // would run there with its response thrown away.
+    if (r_.requests_closed_) return;
     auto st = std::make_shared<State>();
     st->ex.id = exchange::next_exchange_id(r_.connection_->worker);
     st->ex.connection = r_.connection_;
@@ -147,7 +153,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     // replaces it.
     std::string head = std::exchange(head_out_, std::string());
     if (!head.empty()) wire = head;
-    if (r_.closing_) return;
+    if (r_.closing_ || (r_.requests_closed_ && !r_.current_request_)) return;
     if (r_.req_hold_.active) {
       r_.req_hold_.seg->data.append(wire.data(), wire.size());
       r_.out(Side::upstream).bytes += wire.size();
@@ -162,6 +168,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
   void on_trailers(const HeaderList& trailers) override { trailers_ = to_event_headers(trailers); }
   void on_message_end() override {
     if (!r_.current_request_) return;
+    if (r_.current_request_->client_close) r_.requests_closed_ = true;
     r_.current_request_->request_done = true;
     r_.consumer_.on_request_end(r_.current_request_->ex, trailers_);
     trailers_.clear();
@@ -636,6 +643,12 @@ void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared
       std::size_t old = seg->data.size();
       seg->data = serialize(r.head, true, origin_target(r.head.target, orig.target), with_length,
                             r.body.size(), false) + r.body;
+      // The adapted head is the ICAP server's: when it still asks the origin
+      // to close, the origin connection cannot be kept.
+      MessageHead adapted;
+      for (const auto& f : r.head.headers)
+        if (iequals(f.name, "connection")) adapted.headers.push_back({f.name, f.value});
+      if (connection_close(adapted)) origin_keep_alive_ = false;
       OutQueue& q = out(Side::upstream);
       q.bytes = q.bytes - std::min(q.bytes, old) + seg->data.size();
       break;

@@ -735,6 +735,10 @@ Decision Policy::decide(const Query& q) const {
 
 Action Policy::default_action() const { return impl_->default_action; }
 bool Policy::auto_bypass_enabled() const { return impl_->auto_bypass; }
+bool Policy::uses_destination_address() const {
+  return std::any_of(impl_->conds.begin(), impl_->conds.end(),
+                     [](const Conditions& c) { return !c.dst.empty(); });
+}
 const std::vector<Rule>& Policy::rules() const { return impl_->rules; }
 const std::vector<SourceFile>& Policy::sources() const { return impl_->sources; }
 std::size_t Policy::name_count() const { return impl_->name_count; }

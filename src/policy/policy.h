@@ -95,6 +95,9 @@ class Policy {
 
   Action default_action() const;
   bool auto_bypass_enabled() const;  // [policy] auto_bypass (default true)
+  // Some rule matches on the destination address (`dst`): deciding for a
+  // named target needs the address actually connected to.
+  bool uses_destination_address() const;
   const std::vector<Rule>& rules() const;
   const std::vector<SourceFile>& sources() const;
   std::size_t name_count() const;  // total domain patterns compiled

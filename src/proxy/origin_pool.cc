@@ -25,9 +25,28 @@ bool OriginPool::has_target(const std::string& target) const {
   return it != per_target_.end() && it->second > 0;
 }
 
+// The newest usable connection for `key`, at the back of its list. The
+// sweep runs every quarter of the idle timeout: one past it, or holding
+// part of a record the origin sent while it waited, is dropped here
+// instead of handed out.
+ParkedOrigin* OriginPool::usable(const std::string& key) {
+  std::uint64_t now = uv_now(loop_);
+  auto limit = static_cast<std::uint64_t>(limits_.idle_timeout.count());
+  for (;;) {
+    auto it = idle_.find(key);  // drop() erases the entry with its last connection
+    if (it == idle_.end() || it->second.empty()) return nullptr;
+    ParkedOrigin* c = it->second.back().get();
+    if (now - c->since < limit && !SSL_has_pending(c->ssl.get()) && BIO_ctrl_pending(c->rbio) == 0)
+      return c;
+    drop(c, now - c->since >= limit ? PoolEvent::expired : PoolEvent::origin_closed);
+  }
+}
+
+const ParkedOrigin* OriginPool::peek(const std::string& key) { return usable(key); }
+
 std::unique_ptr<ParkedOrigin> OriginPool::take(const std::string& key) {
+  if (!usable(key)) return nullptr;
   auto it = idle_.find(key);
-  if (it == idle_.end() || it->second.empty()) return nullptr;
   std::unique_ptr<ParkedOrigin> c = std::move(it->second.back());
   it->second.pop_back();
   if (it->second.empty()) idle_.erase(it);

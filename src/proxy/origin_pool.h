@@ -80,6 +80,8 @@ class OriginPool {
   // Whether any connection to `target` is parked (the session then reads
   // the ClientHello before connecting, to see if one fits).
   bool has_target(const std::string& target) const;
+  // The connection take(key) would return now (null if none), left parked.
+  const ParkedOrigin* peek(const std::string& key);
   // The most recently parked connection for `key`, reading stopped; null if none.
   std::unique_ptr<ParkedOrigin> take(const std::string& key);
   // Parks `c` (its reading is started here), or closes it when the pool is
@@ -94,6 +96,7 @@ class OriginPool {
  private:
   static void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
   void drop(ParkedOrigin* c, PoolEvent why);
+  ParkedOrigin* usable(const std::string& key);
   void note(PoolEvent e) {
     if (on_event_) on_event_(e);
   }

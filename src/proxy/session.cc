@@ -415,6 +415,12 @@ bool Session::start_plain_http() {
   relay_ = std::make_unique<PlainHttpProxy>(*this, *ctx_.exchanges, std::move(info), std::move(ps),
                                             host_.upstream_pool(), host_.loop(),
                                             host_.read_buffer());
+  relay_first_bytes();
+  return true;
+}
+
+// A plain-HTTP relay starts with the bytes already read, then reads on.
+void Session::relay_first_bytes() {
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   std::string first;
@@ -422,7 +428,6 @@ bool Session::start_plain_http() {
   client_.plaintext_in += first.size();
   relay_->on_data(Side::client, first);
   start_reading(client_);
-  return true;
 }
 
 void Session::resolve() {
@@ -535,6 +540,7 @@ void Session::on_connected(int status) {
     late_connect_ = false;
     switch (late_next_) {
       case LateNext::upstream_tls:
+        arm_timer(ctx_.settings.handshake_timeout);  // the connect's budget is spent
         start_upstream_tls();
         return;
       case LateNext::bypass:
@@ -546,6 +552,10 @@ void Session::on_connected(int status) {
         return;
       case LateNext::plain_http:
         start_sniffed_http();
+        return;
+      case LateNext::decide:
+        arm_timer(ctx_.settings.handshake_timeout);
+        after_hello();
         return;
     }
     return;
@@ -576,13 +586,7 @@ void Session::start_sniffed_http() {
   codec_ = "http/1.1";
   state_ = State::relaying;
   relay_ = make_plain_h1_relay();
-  idle_since_ = uv_now(host_.loop());
-  arm_timer(ctx_.settings.idle_timeout);
-  std::string first;
-  first.swap(inbuf_);
-  client_.plaintext_in += first.size();
-  relay_->on_data(Side::client, first);
-  start_reading(client_);
+  relay_first_bytes();
   start_reading(upstream_);
 }
 
@@ -624,6 +628,25 @@ void Session::on_hello_data(const char* data, std::size_t n) {
   }
   t_hello_ = uv_hrtime();
   stop_reading(client_);
+  // `dst` rules for a named target are decided with the address connected
+  // to: the parked connection's that will be taken, else connect first.
+  if (reuse_wanted_ && request_.authority.kind == net::HostKind::name && policy_ &&
+      policy_->uses_destination_address()) {
+    std::string key = OriginPool::key(request_.authority.to_string(), verify_name(), alpn_offer());
+    if (const ParkedOrigin* parked = host_.origin_pool().peek(key)) {
+      upstream_addr_ = parked->addr;
+    } else {
+      reuse_wanted_ = false;
+      connect_late(LateNext::decide);
+      return;
+    }
+  }
+  after_hello();
+}
+
+// The policy's decision on an intercepted-or-not TLS connection, and what
+// follows from it.
+void Session::after_hello() {
   policy::Decision d = decide(true);
   if (ctx_.metrics && ctx_.policies)
     ctx_.metrics->registry.inc(worker_, ctx_.metrics->policy_decisions[static_cast<std::size_t>(d.action)]);
@@ -1009,6 +1032,7 @@ bool Session::reuse_allowed() const {
 bool Session::defer_connect_for_reuse() {
   if (!reuse_allowed() || !host_.origin_pool().has_target(request_.authority.to_string()))
     return false;
+  if (!policy_ && ctx_.policies) policy_ = ctx_.policies->current();  // the snapshot decide() will use
   reuse_wanted_ = true;
   begin_hello_peek();
   return true;
@@ -1067,6 +1091,9 @@ void Session::adopt_origin(std::unique_ptr<ParkedOrigin> parked) {
 void Session::connect_late(LateNext next) {
   late_connect_ = true;
   late_next_ = next;
+  // Whatever the client sends meanwhile waits in the socket: the step
+  // after the connect reads it.
+  stop_reading(client_);
   t_connect_start_ = uv_hrtime();
   arm_timer(ctx_.settings.connect_timeout);
   resolve();
@@ -1084,8 +1111,19 @@ void Session::connect_failed(std::string why) {
     return;
   }
   late_connect_ = false;
-  if (late_next_ == LateNext::upstream_tls) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
-  else close(std::move(why));
+  switch (late_next_) {
+    case LateNext::upstream_tls:  // the client's handshake waits: it gets the error page
+      refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
+      return;
+    case LateNext::decide:  // nothing decided yet, but the client speaks TLS: the same
+      set_action("intercept");
+      start_client_tls();
+      if (state_ != State::closing) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
+      return;
+    default:  // no client handshake: the client sees the close
+      close(std::move(why));
+      return;
+  }
 }
 
 // An HTTP/1.1 origin connection left between exchanges by a client
@@ -1395,7 +1433,8 @@ void Session::start_hooks() {
   int len = sizeof flow->server;
   if (have_original_dst_) {
     flow->server = original_dst_;
-  } else if (uv_tcp_getpeername(upstream_.tcp.get(), reinterpret_cast<sockaddr*>(&flow->server), &len) != 0) {
+  } else if (!upstream_.initialized ||  // refused before any origin connection was made
+             uv_tcp_getpeername(upstream_.tcp.get(), reinterpret_cast<sockaddr*>(&flow->server), &len) != 0) {
     return;
   }
   flow->sni = hello_.sni;

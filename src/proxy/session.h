@@ -109,12 +109,14 @@ class Session final : public tls::ClientHandshakeHandler,
   void connect_known_target();
   void start_splice(const char* why);
   void start_sniffed_http();
+  void relay_first_bytes();
   bool start_plain_http();
   void resolve();
   void on_resolved(int status, addrinfo* res);
   void connect_next();
   void on_connected(int status);
   void on_hello_data(const char* data, std::size_t n);
+  void after_hello();
   policy::Decision decide(bool with_sni);
   std::string describe(const policy::Decision& d) const;
   PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin,
@@ -139,7 +141,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
   // Origin connection reuse (upstream.reuse, proxy/origin_pool.h).
-  enum class LateNext { upstream_tls, bypass, splice, plain_http };
+  enum class LateNext { upstream_tls, bypass, splice, plain_http, decide };
   bool reuse_allowed() const;
   bool defer_connect_for_reuse();
   void begin_hello_peek();

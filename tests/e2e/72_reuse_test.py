@@ -124,10 +124,20 @@ def main(t):
     static_port = h.free_port()
     pol = os.path.join(t.dir, "policy.toml")
     with open(pol, "w") as f:
+        # dst rules are decided with the address connected to: for a reused
+        # connection, the parked connection's.
         f.write('[policy]\ndefault = "inspect"\nauto_bypass = false\n\n'
-                '[[rule]]\nname = "bypass-origin-test"\naction = "bypass"\ndomains = ["bypass.test"]\n')
+                '[[rule]]\nname = "bypass-origin-test"\naction = "bypass"\ndomains = ["bypass.test"]\n\n'
+                '[[rule]]\nname = "blocked-name"\naction = "block"\ndomains = ["blocked.test"]\n\n'
+                '[[rule]]\nname = "block-by-dst"\naction = "block"\ndomains = ["dstblock.test"]\n'
+                'dst = ["127.0.0.0/8"]\n\n'
+                '[[rule]]\nname = "inspect-by-dst"\naction = "inspect"\ndomains = ["localhost"]\n'
+                'dst = ["127.0.0.0/8"]\n')
+    # A hook consumer (PCAP files) runs for every intercepted connection,
+    # refused ones included.
     extra = ('[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\ntarget = "localhost:%d"\n\n'
-             '[policy]\nfiles = ["%s"]\n' % (static_port, origin.port, pol))
+             '[policy]\nfiles = ["%s"]\n\n[pcap]\ndir = "%s"\n'
+             % (static_port, origin.port, pol, os.path.join(t.dir, "pcap")))
     proxy = t.start_proxy(pki, extra=extra)
 
     def client(alpn=H11, sni="localhost", tgt=target):
@@ -156,6 +166,8 @@ def main(t):
         ev = finished(w, m)
         assert ev.get("upstream_reused") == 2, "second connection line: %r" % ev
         assert ev.get("upstream_verdict") == "ok" and ev.get("action") == "intercept", ev
+        assert "inspect-by-dst" in (ev.get("policy") or ""), \
+            "the dst rule did not see the parked connection's address: policy %r" % ev.get("policy")
 
     with t.check("metrics: parked and reused counted, one connection idle"):
         wait_pool_event(proxy, "parked", 2)
@@ -258,6 +270,22 @@ def main(t):
         assert ev and ev.get("action") == "bypass", "connection line %r" % ev
         assert issuer != pki.ca_subject, "a forged certificate (issuer %r)" % issuer
 
+    with t.check("a parked connection to the target, and the client's SNI is blocked by name or by "
+                 "dst: the error page names the rule, hooks on, the proxy keeps serving"):
+        for sni, rule in (("blocked.test", "blocked-name"), ("dstblock.test", "block-by-dst")):
+            m = proxy.mark()
+            w = client()
+            get(w, target)
+            finished(w, m)  # parked
+            w = client(sni=sni)
+            head, body = get(w, target)
+            w.sock.close()
+            assert head.status == 403 and rule.encode() in body, "%s: %r %r" % (sni, head.start, body)
+        w = client()
+        head, _ = get(w, target)
+        w.sock.close()
+        assert head.status == 200 and proxy.alive(), "the proxy stopped serving"
+
     with t.check("static listener: the second client connection reuses the origin connection"):
         m = proxy.mark()
         n = origin.count()
@@ -306,6 +334,32 @@ def main(t):
         w.sock.close()
         assert first != second and origin2.count() == 2, "%r %r, %d connections" % (
             first, second, origin2.count())
+
+    # Without dst rules the ClientHello is decided before any connection:
+    # a refusal then has no origin leg at all.
+    pol2 = os.path.join(t.dir, "policy-names.toml")
+    with open(pol2, "w") as f:
+        f.write('[policy]\ndefault = "inspect"\nauto_bypass = false\n\n'
+                '[[rule]]\nname = "blocked-name"\naction = "block"\ndomains = ["blocked.test"]\n')
+    named = t.start_proxy(pki, name="named", extra='[policy]\nfiles = ["%s"]\n\n[pcap]\ndir = "%s"\n'
+                          % (pol2, os.path.join(t.dir, "pcap2")))
+    with t.check("no dst rules: a client blocked by name while a connection is parked gets the error "
+                 "page before any origin connection (hooks on); the proxy keeps serving"):
+        n = origin2.count()
+        m = named.mark()
+        w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11)
+        get(w, t2)
+        w.sock.close()
+        assert h.connection_line(named, w.client, since=m).get("upstream_parked") is True
+        w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11, server_hostname="blocked.test")
+        head, body = get(w, t2)
+        w.sock.close()
+        assert head.status == 403 and b"blocked-name" in body, "%r %r" % (head.start, body)
+        w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11)
+        head, _ = get(w, t2)
+        w.sock.close()
+        assert head.status == 200 and named.alive(), "the proxy stopped serving"
+        assert origin2.count() == n + 1, "%d origin connections" % (origin2.count() - n)
 
     bad = h.TlsOrigin(pki, app, cert="expired")
     tb = "localhost:%d" % bad.port

@@ -209,3 +209,22 @@ TEST_CASE("keep_origin: an origin that says close, or a close-delimited body, is
   relay.on_data(Side::upstream, std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
   CHECK_FALSE(relay.origin_idle());
 }
+
+TEST_CASE("keep_origin: a request pipelined after Connection: close never reaches the origin") {
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                      std::nullopt, {}, true};
+  relay.on_data(Side::client,
+                std::string_view("POST /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 2\r\n\r\nxy"
+                                 "POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nzz"));
+  CHECK(io.to_upstream == "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nxy");
+  // The origin answers HTTP/1.0: the version stays, the client is told close.
+  relay.on_data(Side::upstream, std::string_view("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nk"));
+  CHECK(io.to_client == "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nk");
+  CHECK(io.client_ended);
+  CHECK_FALSE(relay.origin_idle());  // an HTTP/1.0 origin is not kept
+  int heads = 0;
+  for (const auto& e : rec.events) heads += e.rfind("req-head", 0) == 0;
+  CHECK(heads == 1);
+}

@@ -942,3 +942,11 @@ TEST_CASE("the shipped policies/default.toml") {
   CHECK(d.rule->options.auto_bypass == false);
   CHECK(who(*p, Q("app.slack.com").as("someone")) == "default");
 }
+
+TEST_CASE("uses_destination_address: only rules with dst make a named target's address matter") {
+  CHECK_FALSE(parse_ok("[policy]\n[[rule]]\naction = \"block\"\ndomains = [\"a.example\"]\n"
+                       "clients = [\"10.0.0.0/8\"]\nports = [443]\n")
+                  ->uses_destination_address());
+  CHECK(parse_ok("[policy]\n[[rule]]\naction = \"bypass\"\ndst = [\"10.0.0.0/8\"]\n")
+            ->uses_destination_address());
+}
