@@ -1142,8 +1142,6 @@ void Session::park_origin_if_idle() {
       SSL_get_shutdown(ssl) != 0)
     return;
   stop_reading(upstream_);
-  parked_version_ = SSL_get_version(ssl);
-  parked_cipher_ = SSL_get_cipher_name(ssl);
   // This session goes: nothing of the SSL may point into it (a ticket
   // while parked is dropped).
   SSL_set_app_data(ssl, nullptr);
@@ -1205,6 +1203,16 @@ void Session::on_upstream_session(SSL_SESSION* session) {
 
 void Session::on_upstream_verified() {
   SSL* ssl = upstream_.ssl.get();
+  // For the connection line, taken now: later the SSL may be mid-way
+  // through a post-handshake message, or parked.
+  upstream_version_ = SSL_get_version(ssl);
+  upstream_cipher_ = SSL_get_cipher_name(ssl);
+  {
+    const unsigned char* p = nullptr;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    upstream_negotiated_alpn_.assign(reinterpret_cast<const char*>(p), n);
+  }
   X509* origin = SSL_get0_peer_certificate(ssl);
   long result = SSL_get_verify_result(ssl);
   if (!origin) {
@@ -2191,7 +2199,7 @@ void Session::log_connection() {
       {"sni", hello_.sni},
       {"action", action_},
       {"client_tls", tls_info(client_.ssl.get())},
-      {"upstream_tls", tls_info(upstream_.ssl.get())},
+      {"upstream_tls", nullptr},
       {"upstream_verdict", verdict_},
       {"upstream_reason", verdict_reason_},
       {"bytes_client_to_server", client_.plaintext_in},
@@ -2219,10 +2227,10 @@ void Session::log_connection() {
   }
   if (upstream_resumed_) j["upstream_resumed"] = true;
   if (upstream_reused_) j["upstream_reused"] = upstream_uses_;  // the client connections it served, this one included
-  if (upstream_parked_) {
-    j["upstream_parked"] = true;
-    j["upstream_tls"] = {{"version", parked_version_}, {"cipher", parked_cipher_}, {"alpn", upstream_alpn_}};
-  }
+  if (upstream_parked_) j["upstream_parked"] = true;
+  if (!upstream_version_.empty())  // a handshake with the origin completed
+    j["upstream_tls"] = {{"version", upstream_version_}, {"cipher", upstream_cipher_},
+                         {"alpn", upstream_negotiated_alpn_}};
   // The same facts as a connection record for hook consumers that want them (JSON event feed).
   hooks::publish_connection(ctx_.hooks, rule_ ? &rule_->options.hooks : nullptr,
                             rule_ ? std::string_view(rule_->name) : std::string_view(), j);

@@ -276,7 +276,8 @@ class Session final : public tls::ClientHandshakeHandler,
   bool upstream_reused_ = false;
   bool upstream_parked_ = false;
   std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
-  std::string parked_version_, parked_cipher_;  // the parked leg's TLS, for the log
+  // The origin leg's handshake, for the log.
+  std::string upstream_version_, upstream_cipher_, upstream_negotiated_alpn_;
   bool upstream_tls_error_ = false;
 
   // Timestamps (uv_hrtime, ns).

@@ -389,6 +389,10 @@ def main(t):
             assert body == b"conn %d\n" % i, "client %d served by %r" % (i, body)
         oc = origin3.wait_conn(1)
         assert b"Connection: close\r\n" in bytes(oc.received), bytes(oc.received)
+        # The connection line names the origin leg's TLS whatever state the
+        # SSL is in when the connection ends.
+        ev = h.connection_line(off, w.client)
+        assert (ev.get("upstream_tls") or {}).get("version") == "TLSv1.3", ev
         assert "sightline_origin_pool_idle_connections" in metrics(off)
 
 
