@@ -1596,9 +1596,7 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->sni = hello_.sni;
   info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
                      SSL_get_cipher_name(client_.ssl.get());
-  if (upstream_.ssl && SSL_is_init_finished(upstream_.ssl.get()))
-    info->upstream_tls = std::string(SSL_get_version(upstream_.ssl.get())) + " " +
-                         SSL_get_cipher_name(upstream_.ssl.get());
+  if (!upstream_version_.empty()) info->upstream_tls = upstream_version_ + " " + upstream_cipher_;
   info->alpn = upstream_alpn_;
   set_archive_info(*info);
   if (upstream_alpn_ == "h2") {
