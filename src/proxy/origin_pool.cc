@@ -1,6 +1,9 @@
 #include "proxy/origin_pool.h"
 
 #include <algorithm>
+#include <cerrno>
+
+#include <sys/socket.h>
 
 namespace sightline::proxy {
 
@@ -25,6 +28,19 @@ bool OriginPool::has_target(const std::string& target) const {
   return it != per_target_.end() && it->second > 0;
 }
 
+namespace {
+// Nothing has arrived that this loop has not seen yet: a close (or data)
+// already in the socket, but behind this event in the loop's queue, would
+// otherwise meet the next client's request.
+bool socket_quiet(const ParkedOrigin& c) {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(c.tcp.handle(), &fd) != 0) return false;
+  char b;
+  ssize_t n = ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+}  // namespace
+
 // The newest usable connection for `key`, at the back of its list. The
 // sweep runs every quarter of the idle timeout: one past it, or holding
 // part of a record the origin sent while it waited, is dropped here
@@ -36,9 +52,12 @@ ParkedOrigin* OriginPool::usable(const std::string& key) {
     auto it = idle_.find(key);  // drop() erases the entry with its last connection
     if (it == idle_.end() || it->second.empty()) return nullptr;
     ParkedOrigin* c = it->second.back().get();
-    if (now - c->since < limit && !SSL_has_pending(c->ssl.get()) && BIO_ctrl_pending(c->rbio) == 0)
-      return c;
-    drop(c, now - c->since >= limit ? PoolEvent::expired : PoolEvent::origin_closed);
+    if (now - c->since >= limit) {
+      drop(c, PoolEvent::expired);
+      continue;
+    }
+    if (!SSL_has_pending(c->ssl.get()) && BIO_ctrl_pending(c->rbio) == 0 && socket_quiet(*c)) return c;
+    drop(c, PoolEvent::origin_closed);
   }
 }
 
