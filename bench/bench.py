@@ -489,7 +489,7 @@ class Env:
 
     # ---- sightline
     def sightline_config(self, name, listeners, policy=None, quiet=False, workers=None, extra="",
-                         reuse=False):
+                         reuse=False, binary=None):
         d = self.dir
         admin = free_port()
         self.admin_ports[name] = admin
@@ -505,7 +505,7 @@ class Env:
         # Every row but sightline-reuse makes a new origin connection per
         # client connection (W1's "full upstream handshake"); binaries from
         # before upstream.reuse (bench/run --rev) do not know the key.
-        if self.binary_knows(b"reuse_per_origin"):
+        if self.binary_knows(b"reuse_per_origin", binary):
             lines.append("reuse = %s" % ("true" if reuse else "false"))
         lines += ["",
                   "[policy]", 'files = ["%s"]' % (policy or d + "/policy/none.toml"), "",
@@ -519,15 +519,19 @@ class Env:
         write(path, "\n".join(lines))
         return path
 
-    def binary_knows(self, key):
-        if not hasattr(self, "_binary_text"):
-            with open(self.sightline, "rb") as f:
-                self._binary_text = f.read()
-        return key in self._binary_text
+    def binary_knows(self, key, binary=None):
+        """Whether a sightline binary (default: the main one) has the string
+        `key` (a configuration key it accepts)."""
+        binary = binary or self.sightline
+        cache = self.__dict__.setdefault("_binary_text", {})
+        if binary not in cache:
+            with open(binary, "rb") as f:
+                cache[binary] = f.read()
+        return key in cache[binary]
 
     def sightline_service(self, name, binary, listeners, policy=None, quiet=False, workers=None, extra="",
                           reuse=False):
-        cfg = self.sightline_config(name, listeners, policy, quiet, workers, extra, reuse)
+        cfg = self.sightline_config(name, listeners, policy, quiet, workers, extra, reuse, binary)
         d = self.dir
 
         def start():
