@@ -103,13 +103,23 @@ class Capture:
         raise AssertionError("capture %s: %d of %d packets matching %r" % (self.path, n, count, display_filter))
 
     def stop(self):
+        # tshark runs dumpcap as a child in its session: signal the whole
+        # group, or a dumpcap can outlive a failed test and go on capturing
+        # every loopback packet of the machine.
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
         return self.path
 
     def kill(self):
