@@ -557,8 +557,13 @@ class Env:
         port = free_port()
         conf = ["PidFile %s/c-icap.pid" % d, "CommandsSocket %s/c-icap.ctl" % d,
                 "Port 127.0.0.1:%d" % port, "Timeout 60", "MaxKeepAliveRequests 0",
-                "KeepAliveTimeout 600", "StartServers 1", "MaxServers 1", "ThreadsPerChild 16",
-                "MinSpareThreads 4", "MaxSpareThreads 16", "TmpDir %s" % d, "MaxMemObject 1048576",
+                # One thread per connection for its life (docs/icap.md): each
+                # sightline worker keeps up to icap max_connections (16) per
+                # service, REQMOD and RESPMOD being two services. With 16
+                # threads W1's 32 concurrent exchanges filled them with
+                # REQMOD connections and every RESPMOD waited forever.
+                "KeepAliveTimeout 600", "StartServers 1", "MaxServers 1", "ThreadsPerChild 64",
+                "MinSpareThreads 4", "MaxSpareThreads 64", "TmpDir %s" % d, "MaxMemObject 1048576",
                 "DebugLevel 0", "ModulesDir %s" % mods, "ServicesDir %s" % mods,
                 "TemplateDir /usr/share/c_icap/templates/", "LoadMagicFile /etc/c-icap/c-icap.magic",
                 "ServerLog %s/server.log" % d, "AccessLog /dev/null", "Service echo srv_echo.so"]
