@@ -567,24 +567,43 @@ bool H1Parser::finish() {
 }
 
 namespace {
+// Calls fn(token) for each non-empty element of a comma-separated list.
+template <typename Fn>
+void for_each_list_token(std::string_view v, Fn&& fn) {
+  while (!v.empty()) {
+    auto comma = v.find(',');
+    std::string_view tok = v.substr(0, comma);
+    while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+    while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+    if (!tok.empty()) fn(tok);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+}
+
 // Calls fn(token) for each option of the Connection headers.
 template <typename Fn>
 void for_each_connection_option(const MessageHead& head, Fn&& fn) {
-  for (const auto& h : head.headers) {
-    if (!iequals(h.name, "connection") && !iequals(h.name, "proxy-connection")) continue;
-    std::string_view v = h.value;
-    while (!v.empty()) {
-      auto comma = v.find(',');
-      std::string_view tok = v.substr(0, comma);
-      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
-      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-      if (!tok.empty()) fn(tok);
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-  }
+  for (const auto& h : head.headers)
+    if (iequals(h.name, "connection") || iequals(h.name, "proxy-connection")) for_each_list_token(h.value, fn);
 }
 }  // namespace
+
+bool list_has(std::string_view value, std::string_view token) {
+  bool found = false;
+  for_each_list_token(value, [&](std::string_view tok) { found = found || iequals(tok, token); });
+  return found;
+}
+
+std::string list_without(std::string_view value, std::string_view token) {
+  std::string kept;
+  for_each_list_token(value, [&](std::string_view tok) {
+    if (iequals(tok, token)) return;
+    if (!kept.empty()) kept.append(", ");
+    kept.append(tok);
+  });
+  return kept;
+}
 
 std::vector<std::string> connection_options(const MessageHead& head, bool* close, bool* keep_alive) {
   std::vector<std::string> out;
@@ -597,9 +616,10 @@ std::vector<std::string> connection_options(const MessageHead& head, bool* close
 }
 
 bool connection_close(const MessageHead& head) {
-  bool close = false;
-  for_each_connection_option(head, [&](std::string_view tok) { close = close || iequals(tok, "close"); });
-  return close;
+  for (const auto& h : head.headers)
+    if ((iequals(h.name, "connection") || iequals(h.name, "proxy-connection")) && list_has(h.value, "close"))
+      return true;
+  return false;
 }
 
 }  // namespace sightline::http

@@ -49,6 +49,11 @@ std::vector<std::string> connection_options(const MessageHead& head, bool* close
 // Whether a message's Connection headers list "close" (without collecting
 // the other options: nothing is allocated).
 bool connection_close(const MessageHead& head);
+// One comma-separated field value (a Connection header's) with every
+// `token` taken out, the others kept in order ("close, X-T" -> "X-T").
+std::string list_without(std::string_view value, std::string_view token);
+// Whether such a list has `token` (case-insensitive).
+bool list_has(std::string_view value, std::string_view token);
 
 enum class Framing {
   none,            // no body (GET without length, HEAD/204/304 responses, 1xx)

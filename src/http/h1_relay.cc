@@ -61,15 +61,7 @@ std::string head_without_close(const MessageHead& h) {
       out.append(f.name).append(": ").append(f.value).append("\r\n");
       continue;
     }
-    MessageHead one;
-    one.headers.push_back(f);
-    bool close = false, keep_alive = false;
-    std::string kept;
-    for (const auto& tok : connection_options(one, &close, &keep_alive)) {
-      if (iequals(tok, "close")) continue;
-      if (!kept.empty()) kept.append(", ");
-      kept.append(tok);
-    }
+    std::string kept = list_without(f.value, "close");
     if (!kept.empty()) out.append(f.name).append(": ").append(kept).append("\r\n");
   }
   out.append("\r\n");
@@ -645,10 +637,9 @@ void H1Relay::reqmod_done(const std::shared_ptr<Segment>& seg, const std::shared
                             r.body.size(), false) + r.body;
       // The adapted head is the ICAP server's: when it still asks the origin
       // to close, the origin connection cannot be kept.
-      MessageHead adapted;
       for (const auto& f : r.head.headers)
-        if (iequals(f.name, "connection")) adapted.headers.push_back({f.name, f.value});
-      if (connection_close(adapted)) origin_keep_alive_ = false;
+        if (iequals(f.name, "connection") && list_has(f.value, "close"))
+          origin_keep_alive_ = false;
       OutQueue& q = out(Side::upstream);
       q.bytes = q.bytes - std::min(q.bytes, old) + seg->data.size();
       break;

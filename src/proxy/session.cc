@@ -1032,7 +1032,6 @@ bool Session::reuse_allowed() const {
 bool Session::defer_connect_for_reuse() {
   if (!reuse_allowed() || !host_.origin_pool().has_target(request_.authority.to_string()))
     return false;
-  if (!policy_ && ctx_.policies) policy_ = ctx_.policies->current();  // the snapshot decide() will use
   reuse_wanted_ = true;
   begin_hello_peek();
   return true;

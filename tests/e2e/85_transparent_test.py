@@ -626,12 +626,7 @@ def main(t):
         try:
             s.sendall(b"GET /1k HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
             s.settimeout(20)
-            got = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                got += b
+            got = h.Wire(s).recv_all()
         finally:
             s.close()
         assert got.startswith(b"HTTP/1.1 400"), "plain HTTP to :443 got %r" % got[:120]
