@@ -342,7 +342,7 @@ class Service:
 
 class System:
     def __init__(self, name, kind, port, cafile, via=None, host="localhost", workloads=(),
-                 h1_h2load=False, h2=False, note=""):
+                 h1_h2load=False, h2=False, note="", client_resume=False):
         self.name = name
         self.kind = kind            # "direct", "static" or "connect"
         self.port = port            # where clients connect
@@ -353,6 +353,7 @@ class System:
         self.h1_h2load = h1_h2load
         self.h2 = h2
         self.note = note
+        self.client_resume = client_resume  # loadgen --resume: clients offer their last session
         self.service = None         # the proxy's Service (None for direct)
         self.archive_admin = None   # admin port of a variant with an archive (its queue is drained per run)
         self.broken = None          # reason when the smoke test failed
@@ -375,6 +376,8 @@ class System:
         a = ["--connect", "127.0.0.1:%d" % self.port, "--host", self.host, "--cafile", self.cafile]
         if self.kind == "connect":
             a += ["--via-connect", self.via]
+        if self.client_resume:
+            a += ["--resume"]
         return a
 
     def curl_args(self):
@@ -614,6 +617,9 @@ class Env:
         if wanted("sightline-resume"):
             add(System("sightline-resume", "static", sl_resume, self.root, workloads=["W1"],
                        note="static listener -> origin that allows TLS resumption"), sl)
+        if wanted("sightline-tickets"):
+            add(System("sightline-tickets", "static", sl_resume, self.root, workloads=["W1"], client_resume=True,
+                       note="as sightline-resume, and each client resumes with its previous session ticket"), sl)
         if wanted("sightline-reuse") and self.binary_knows(b"reuse_per_origin"):
             p = free_port()
             svc = self.sightline_service("sightline-reuse", self.sightline,
@@ -823,6 +829,7 @@ def w1(env, s, a):
     r.update(m.record())
     n = r.get("completed_total") or r.get("completed", 0)   # CPU covers the drained ones too
     r["conn_per_s"] = r.get("rate", 0.0)
+    r["resumed_share"] = (r.get("resumed", 0) / n) if n else None   # client handshakes resumed
     r["proxy_ms_per_conn"] = (r["proxy_cpu_s"] * 1000 / n) if n and r["proxy_cpu_s"] is not None else None
     r["origin_ms_per_conn"] = (r["origin_cpu_s"] * 1000 / n) if n else None
     return r
@@ -1246,6 +1253,11 @@ def targets(summ):
     v = g("W1", "sightline-reuse", "proxy_ms_per_conn")
     line(v is not None and v <= 0.6 if v is not None else None,
          "W1 CPU per interception ≤ 0.6 ms with resumption and origin connection reuse: %s ms" % fmt(v))
+    v, share = g("W1", "sightline-tickets", "proxy_ms_per_conn"), g("W1", "sightline-tickets", "resumed_share")
+    if v is not None:
+        out.append("  (clients resuming with session tickets, upstream resumption: %s ms per connection, "
+                   "%s of client handshakes resumed)" % (fmt(v), "%.0f%%" % (share * 100) if share is not None
+                                                          else "—"))
     sl, d = g("W2h1", "sightline", "req_per_s"), g("W2h1", "direct", "req_per_s")
     line(sl / d >= 0.5 if sl and d else None, "W2 keep-alive ≥ 0.5× direct (h2load h1): %s" % ratio(sl, d))
     sl2, d2 = g("W2h2", "sightline", "req_per_s"), g("W2h2", "direct", "req_per_s")

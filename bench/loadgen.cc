@@ -3,12 +3,16 @@
 // h2load and wrk cannot speak CONNECT, so this drives every system the same
 // way: non-blocking sockets, one epoll loop per thread, OpenSSL as the TLS
 // client (certificate chain verified against --cafile, host name checked,
-// no session resumption: every handshake is a full one).
+// no session resumption unless --resume: every handshake is a full one).
 //
 //   loadgen --connect IP:PORT [--via-connect HOST:PORT] [--host NAME]
 //           --cafile FILE [--path /1k] [--mode close|keepalive|hold]
 //           [-c CONCURRENCY] [-d SECONDS] [-t THREADS] [-n HOLD_COUNT]
-//           [--tls12] [--hold-max SECONDS] [--timeout SECONDS]
+//           [--tls12] [--resume] [--hold-max SECONDS] [--timeout SECONDS]
+//
+// --resume: each connection slot offers the session (ticket) of its
+// previous connection, as a returning browser would; "resumed" in the
+// result counts the handshakes the server resumed.
 //
 // Modes:
 //   close      W1: connect, [CONNECT], TLS handshake, GET PATH with
@@ -78,6 +82,7 @@ struct Options {
   double hold_max = 120.0;
   double timeout = 10.0;
   bool tls12 = false;
+  bool resume = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
@@ -86,7 +91,7 @@ struct Options {
                "usage: loadgen --connect IP:PORT [--via-connect HOST:PORT] [--host NAME]\n"
                "               [--host-header H] --cafile FILE [--path P]\n"
                "               [--mode close|keepalive|hold] [-c N] [-d SECONDS] [-t THREADS]\n"
-               "               [-n HOLD_COUNT] [--hold-max SECONDS] [--timeout SECONDS] [--tls12]\n");
+               "               [-n HOLD_COUNT] [--hold-max SECONDS] [--timeout SECONDS] [--tls12] [--resume]\n");
   std::exit(2);
 }
 
@@ -140,6 +145,8 @@ Options parse(int argc, char** argv) {
       o.timeout = std::atof(val().c_str());
     } else if (a == "--tls12") {
       o.tls12 = true;
+    } else if (a == "--resume") {
+      o.resume = true;
     } else {
       usage(("unknown argument " + a).c_str());
     }
@@ -166,6 +173,7 @@ struct Stats {
   uint64_t completed_total = 0;  // including those finished while draining after -d
   uint64_t errors = 0;
   uint64_t reconnects = 0;  // keep-alive: connections the server closed
+  uint64_t resumed = 0;     // --resume: handshakes the server resumed
   uint64_t body_bytes = 0;
   std::vector<uint32_t> latency_us;
   std::vector<std::string> error_samples;
@@ -204,7 +212,11 @@ std::atomic<bool> g_stop_hold{false};
 class Worker {
  public:
   Worker(const Options& o, SSL_CTX* ctx, int concurrency, int hold_quota)
-      : o_(o), ctx_(ctx), conns_(static_cast<std::size_t>(concurrency)), hold_quota_(hold_quota) {}
+      : o_(o), ctx_(ctx), conns_(static_cast<std::size_t>(concurrency)),
+        sessions_(conns_.size(), nullptr), hold_quota_(hold_quota) {}
+  ~Worker() {
+    for (SSL_SESSION* s : sessions_) SSL_SESSION_free(s);
+  }
 
   void run(Clock::time_point end, std::atomic<int>* ready_counter) {
     ep_ = epoll_create1(EPOLL_CLOEXEC);
@@ -272,6 +284,7 @@ class Worker {
   const Options& o_;
   SSL_CTX* ctx_;
   std::vector<Conn> conns_;                  // active slots (close/keepalive), in-progress slots (hold)
+  std::vector<SSL_SESSION*> sessions_;       // --resume: each slot's last session (owned)
   std::vector<std::unique_ptr<Conn>> extra_; // hold mode: finished connections parked here
   std::vector<Conn*> held_;
   int hold_quota_;
@@ -295,8 +308,22 @@ class Worker {
     c.events = ev;
   }
 
+  // Only slots of conns_ keep sessions (held connections never resume).
+  SSL_SESSION** session_slot(Conn& c) {
+    if (!o_.resume || &c < conns_.data() || &c >= conns_.data() + conns_.size()) return nullptr;
+    return &sessions_[static_cast<std::size_t>(&c - conns_.data())];
+  }
+
   void teardown(Conn& c) {
     if (c.ssl) {
+      SSL_SESSION** slot = session_slot(c);
+      SSL_SESSION* got = slot ? SSL_get1_session(c.ssl) : nullptr;
+      if (got && SSL_SESSION_is_resumable(got)) {
+        SSL_SESSION_free(*slot);
+        *slot = got;
+      } else {
+        SSL_SESSION_free(got);
+      }
       SSL_free(c.ssl);
       c.ssl = nullptr;
     }
@@ -368,6 +395,7 @@ class Worker {
     SSL_set_fd(c.ssl, c.fd);
     SSL_set_tlsext_host_name(c.ssl, o_.host.c_str());
     SSL_set1_host(c.ssl, o_.host.c_str());
+    if (SSL_SESSION** slot = session_slot(c); slot && *slot) SSL_set_session(c.ssl, *slot);
     SSL_set_connect_state(c.ssl);
     c.st = St::Handshake;
   }
@@ -458,6 +486,7 @@ class Worker {
         case St::Handshake: {
           int r = SSL_do_handshake(c.ssl);
           if (r == 1) {
+            if (SSL_session_reused(c.ssl)) ++stats.resumed;
             begin_request(c);
             continue;
           }
@@ -774,11 +803,13 @@ std::string result_json(const Options& o, const Stats& s, double elapsed, uint64
   const char* mode = o.mode == Mode::Close ? "close" : o.mode == Mode::KeepAlive ? "keepalive" : "hold";
   std::snprintf(buf, sizeof buf,
                 "{\"mode\":\"%s\",\"completed\":%llu,\"completed_total\":%llu,\"errors\":%llu,\"reconnects\":%llu,"
+                "\"resumed\":%llu,"
                 "\"body_bytes\":%llu,\"seconds\":%.3f,\"rate\":%.1f,\"p50_ms\":%.3f,"
                 "\"p99_ms\":%.3f,\"mean_ms\":%.3f,\"still_open\":%llu,\"error_samples\":[",
                 mode, static_cast<unsigned long long>(s.completed),
                 static_cast<unsigned long long>(s.completed_total),
                 static_cast<unsigned long long>(s.errors), static_cast<unsigned long long>(s.reconnects),
+                static_cast<unsigned long long>(s.resumed),
                 static_cast<unsigned long long>(s.body_bytes), elapsed,
                 elapsed > 0 ? static_cast<double>(s.completed) / elapsed : 0.0, pct(lat, 0.5),
                 pct(lat, 0.99),
@@ -816,8 +847,12 @@ int main(int argc, char** argv) {
   if (o.tls12) SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   if (SSL_CTX_load_verify_locations(ctx, o.cafile.c_str(), nullptr) != 1) usage("cannot load --cafile");
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);  // every handshake is a full one
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  if (o.resume) {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  } else {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);  // every handshake is a full one
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  }
   static const unsigned char alpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
   SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn);
 
@@ -871,6 +906,7 @@ int main(int argc, char** argv) {
     total.completed_total += w->stats.completed_total;
     total.errors += w->stats.errors;
     total.reconnects += w->stats.reconnects;
+    total.resumed += w->stats.resumed;
     total.body_bytes += w->stats.body_bytes;
     total.latency_us.insert(total.latency_us.end(), w->stats.latency_us.begin(), w->stats.latency_us.end());
     for (auto& e : w->stats.error_samples) {

@@ -226,9 +226,15 @@ class Parser {
 
     if (auto* t = section(root, "client")) {
       std::string v = cfg.client_min_tls13 ? "1.3" : "1.2";
-      if (!check_keys(*t, "client", {"min_version"}) ||
-          !get_choice(*t, "client", "min_version", {"1.2", "1.3"}, v))
+      if (!check_keys(*t, "client", {"min_version", "tickets", "ticket_lifetime"}) ||
+          !get_choice(*t, "client", "min_version", {"1.2", "1.3"}, v) ||
+          !get_bool(*t, "client", "tickets", cfg.client_tickets) ||
+          !get_duration(*t, "client", "ticket_lifetime", cfg.client_ticket_lifetime))
         return false;
+      if (cfg.client_ticket_lifetime < std::chrono::seconds(1) ||
+          cfg.client_ticket_lifetime > std::chrono::hours(24 * 7))
+        return fail(t->get("ticket_lifetime")->source(), "client.ticket_lifetime",
+                    "expected a duration from 1s to 7 days (RFC 8446's limit)");
       cfg.client_min_tls13 = v == "1.3";
     }
     if (bad_section_) return false;

@@ -137,6 +137,10 @@ struct Config {
   std::string ca_key;
 
   bool client_min_tls13 = false;
+  // client.tickets: TLS session tickets toward clients, bound to the forged
+  // certificate (src/tls/client_tickets.h); keys rotate every lifetime.
+  bool client_tickets = true;
+  milliseconds client_ticket_lifetime = std::chrono::hours(1);
 
   std::string upstream_ca_file;
   std::string upstream_crl_file;

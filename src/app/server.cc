@@ -132,6 +132,7 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
 
   tls::ContextOptions opts;
   opts.client_min_tls13 = cfg.client_min_tls13;
+  if (cfg.client_tickets) opts.client_ticket_lifetime = cfg.client_ticket_lifetime;
   opts.upstream_ca_file = cfg.upstream_ca_file;
   opts.upstream_crl_file = cfg.upstream_crl_file;
   opts.upstream_min_tls13 = cfg.upstream_min_tls13;

@@ -95,6 +95,17 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
                               {{"result", "miss"}});
   cert_cache_wait = r.counter("sightline_cert_cache_lookups_total", "Forged-certificate cache lookups, by result.",
                               {{"result", "wait"}});
+  auto handshakes = [&](const char* leg, const char* session) {
+    return r.counter("sightline_tls_handshakes_total",
+                     "Completed TLS handshakes, by leg and session (new, resumed with a ticket or "
+                     "session, or new because the client's ticket was for another certificate).",
+                     {{"leg", leg}, {"session", session}});
+  };
+  client_tls_full = handshakes("client", "new");
+  client_tls_resumed = handshakes("client", "resumed");
+  client_tls_ticket_refused = handshakes("client", "ticket_refused");
+  upstream_tls_full = handshakes("upstream", "new");
+  upstream_tls_resumed = handshakes("upstream", "resumed");
   for (std::size_t e = 0; e < kPoolEvents.size(); ++e)
     origin_pool_events[e] = r.counter("sightline_origin_pool_events_total",
                                       "Idle origin connections kept for reuse (upstream.reuse), by event.",

@@ -61,6 +61,10 @@ struct ProxyMetrics {
   // TLS and certificates.
   PerValue<Verdict, CounterId> verify_failures;
   CounterId cert_cache_hit, cert_cache_miss, cert_cache_wait;
+  // Completed TLS handshakes by leg and session: full, resumed, or (client
+  // leg) full because the offered ticket was for another certificate.
+  CounterId client_tls_full, client_tls_resumed, client_tls_ticket_refused;
+  CounterId upstream_tls_full, upstream_tls_resumed;
 
   // Origin connection reuse (upstream.reuse): pool events in the order of
   // proxy::PoolEvent, and connections parked now.

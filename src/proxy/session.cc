@@ -32,14 +32,16 @@ double ms_between(std::uint64_t from, std::uint64_t to) {
   return static_cast<double>(to - from) / 1e6;
 }
 
+// Taken when the handshake completes: a later fatal error (an unclean
+// close) puts the SSL back "in init", and the log would lose it.
 nlohmann::json tls_info(SSL* ssl) {
-  if (!ssl || !SSL_is_init_finished(ssl)) return nullptr;
   const unsigned char* alpn = nullptr;
   unsigned int alpn_len = 0;
   SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
   return {{"version", SSL_get_version(ssl)},
           {"cipher", SSL_get_cipher_name(ssl)},
-          {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""}};
+          {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""},
+          {"resumed", SSL_session_reused(ssl) == 1}};
 }
 
 // A fatal alert from the client that rejects our certificate (OpenSSL
@@ -1282,6 +1284,7 @@ void Session::on_upstream_verified() {
     refuse_client(SSL_AD_INTERNAL_ERROR, error);
     return;
   }
+  forged->ticket_binding = tls::certificate_binding(forged->cert.get());
   tls::ForgedPtr ready = forged;
   ctx_.cert_cache->publish(cache_key_, ready);
   on_forged(ready);
@@ -1322,6 +1325,7 @@ void Session::refuse_upstream(int alert, std::string reason, int status) {
     refuse_client(SSL_AD_INTERNAL_ERROR, error);
     return;
   }
+  page_cert->ticket_binding = tls::certificate_binding(page_cert->cert.get());
   set_action("refuse");
   close_reason_ = reason;
   refusal_ = http::Refusal{status, std::move(reason)};
@@ -1383,6 +1387,7 @@ void Session::drive_client_handshake() {
   flush(client_);
   if (rc == 1) {
     t_client_hs_done_ = uv_hrtime();
+    client_tls_ = tls_info(client_.ssl.get());
     start_relay();
     return;
   }
@@ -2181,6 +2186,14 @@ void Session::record_metrics() {
   observe(m.client_handshake, t_hello_, t_client_hs_done_);
   if (verdict_ != "ok" && verdict_ != "not-checked")
     r.inc(s, m.verify_failures[metrics::idx(metrics::verdict(verdict_))]);
+  if (t_client_hs_done_ != 0) {
+    bool resumed = client_tls_.value("resumed", false);
+    r.inc(s, resumed                 ? m.client_tls_resumed
+             : client_ticket_refused_ ? m.client_tls_ticket_refused
+                                      : m.client_tls_full);
+  }
+  if (!upstream_version_.empty() && !upstream_reused_)  // a handshake completed
+    r.inc(s, upstream_resumed_ ? m.upstream_tls_resumed : m.upstream_tls_full);
   if (cache_result_ == "hit") r.inc(s, m.cert_cache_hit);
   else if (cache_result_ == "miss") r.inc(s, m.cert_cache_miss);
   else if (cache_result_ == "wait") r.inc(s, m.cert_cache_wait);
@@ -2195,7 +2208,7 @@ void Session::log_connection() {
       {"upstream_addr", upstream_addr_},
       {"sni", hello_.sni},
       {"action", action_},
-      {"client_tls", tls_info(client_.ssl.get())},
+      {"client_tls", client_tls_},
       {"upstream_tls", nullptr},
       {"upstream_verdict", verdict_},
       {"upstream_reason", verdict_reason_},
@@ -2222,6 +2235,7 @@ void Session::log_connection() {
     j["auto_bypass_failures"] = pinned_failures_;
     if (pinned_alert_) j["client_alert"] = pinned_alert_;
   }
+  if (client_ticket_refused_) j["client_ticket_refused"] = true;
   if (upstream_resumed_) j["upstream_resumed"] = true;
   if (upstream_reused_) j["upstream_reused"] = upstream_uses_;  // the client connections it served, this one included
   if (upstream_parked_) j["upstream_parked"] = true;

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -49,6 +50,10 @@ class Session final : public tls::ClientHandshakeHandler,
 
   int on_client_hello(SSL* ssl, int* alert) override;
   std::string_view selected_alpn() const override { return upstream_alpn_; }
+  const tls::TicketBinding* ticket_binding() const override {
+    return leaf_ ? &leaf_->ticket_binding : nullptr;
+  }
+  void on_ticket_refused() override { client_ticket_refused_ = true; }
 
   void on_upstream_session(SSL_SESSION* session) override;
 
@@ -264,6 +269,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string upstream_alpn_;
   std::string resume_key_;   // upstream session cache key, empty: no resumption
   bool upstream_resumed_ = false;
+  bool client_ticket_refused_ = false;  // a valid ticket for another certificate was offered
   // Origin connection reuse: the key under which this connection's origin
   // leg may be parked (empty: never), whether the connect waits for the
   // ClientHello because one may fit, a connect made after it, and what a
@@ -278,6 +284,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
   // The origin leg's handshake, for the log.
   std::string upstream_version_, upstream_cipher_, upstream_negotiated_alpn_;
+  nlohmann::json client_tls_;  // version, cipher, alpn, resumed; null until the handshake completes
   bool upstream_tls_error_ = false;
 
   // Timestamps (uv_hrtime, ns).

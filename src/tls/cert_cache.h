@@ -5,6 +5,7 @@
 // issuing CA (trusted or untrusted).
 #pragma once
 
+#include "tls/client_tickets.h"
 #include "tls/ossl.h"
 
 #include <array>
@@ -24,6 +25,7 @@ struct ForgedCert {
   X509Ptr cert;
   EvpPkeyPtr key;
   std::uint64_t key_generation = 0;
+  TicketBinding ticket_binding{};  // certificate_binding(cert), set once forged
 };
 using ForgedPtr = std::shared_ptr<const ForgedCert>;
 

@@ -92,11 +92,18 @@ bool build_contexts(const ContextOptions& opts, TlsContexts& out, std::string* e
       !common_settings(out.upstream.get(), opts.upstream_min_tls13, kUpstreamTls12Ciphers, error))
     return false;
 
-  // Client leg: resumption toward clients is off until it can be bound to the
-  // origin's verification state (a resumed session skips the certificate).
+  // Client leg: only stateless tickets bound to the presented certificate
+  // resume (client_tickets.h); no server-side session cache.
   SSL_CTX_set_session_cache_mode(out.client.get(), SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_options(out.client.get(), SSL_OP_NO_TICKET);
-  SSL_CTX_set_num_tickets(out.client.get(), 0);
+  if (opts.client_ticket_lifetime.count() > 0) {
+    out.client_ticket_keys = std::make_unique<TicketKeys>(opts.client_ticket_lifetime);
+    if (!enable_client_tickets(out.client.get(), out.client_ticket_keys.get(),
+                               opts.client_ticket_lifetime, error))
+      return false;
+  } else {
+    SSL_CTX_set_options(out.client.get(), SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(out.client.get(), 0);
+  }
   SSL_CTX_set_client_hello_cb(out.client.get(), client_hello_trampoline, nullptr);
   SSL_CTX_set_alpn_select_cb(out.client.get(), alpn_select_trampoline, nullptr);
 

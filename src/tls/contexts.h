@@ -4,9 +4,12 @@
 // workers; SSL_CTX is safe to use from several threads for SSL_new.
 #pragma once
 
+#include "tls/client_tickets.h"
 #include "tls/ossl.h"
 #include "tls/upstream_verify.h"
 
+#include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,16 +33,24 @@ class ClientHandshakeHandler {
   virtual int on_client_hello(SSL* ssl, int* alert) = 0;
   // The ALPN protocol to select from the client's offer, or empty for none.
   virtual std::string_view selected_alpn() const = 0;
+  // What a session ticket must carry to resume this connection (see
+  // client_tickets.h), or null when no certificate is chosen yet.
+  virtual const TicketBinding* ticket_binding() const = 0;
+  // The client offered a valid ticket issued under another certificate.
+  virtual void on_ticket_refused() = 0;
 };
 
 struct ContextOptions {
   bool client_min_tls13 = false;
+  // Session tickets toward clients; 0 turns them off.
+  std::chrono::milliseconds client_ticket_lifetime{0};
   std::string upstream_ca_file;  // empty: system trust store
   std::string upstream_crl_file;
   bool upstream_min_tls13 = false;
 };
 
 struct TlsContexts {
+  std::unique_ptr<TicketKeys> client_ticket_keys;  // outlives `client` (declared first)
   SslCtxPtr client;
   SslCtxPtr upstream;
 };

@@ -24,6 +24,8 @@ cert = "ca/ca.crt"
 key = "/abs/ca.key"
 [client]
 min_version = "1.3"
+tickets = false
+ticket_lifetime = "2h"
 [upstream]
 ca_file = "origin.pem"
 on_invalid = "forward-untrusted"
@@ -49,6 +51,8 @@ level = "debug"
   CHECK(cfg->ca_cert == "/etc/sightline/ca/ca.crt");  // relative to the file
   CHECK(cfg->ca_key == "/abs/ca.key");
   CHECK(cfg->client_min_tls13);
+  CHECK_FALSE(cfg->client_tickets);
+  CHECK(cfg->client_ticket_lifetime == std::chrono::hours(2));
   CHECK(cfg->upstream_ca_file == "/etc/sightline/origin.pem");
   CHECK(cfg->on_invalid == sightline::tls::OnInvalid::forward_untrusted);
   CHECK(cfg->upstream_alpn == std::vector<std::string>{"http/1.1"});
@@ -73,6 +77,8 @@ TEST_CASE("errors name file, line and key") {
            Case{"[upstream]\nca_fil = \"x\"\n", "test.toml:2:1: key 'upstream.ca_fil': unknown key"},
            Case{"[upstream]\nreuse_per_origin = 0\n", "key 'upstream.reuse_per_origin': expected an integer from 1"},
            Case{"[upstream]\nreuse = \"yes\"\n", "key 'upstream.reuse': expected true or false"},
+           Case{"[client]\nticket_lifetime = \"8d\"\n", "key 'client.ticket_lifetime': expected a duration from 1s"},
+           Case{"[client]\nticket_lifetime = \"500ms\"\n", "key 'client.ticket_lifetime': expected a duration from 1s"},
            Case{"bogus = 1\n", "test.toml:1:1: key 'bogus': unknown key"},
            Case{"workers = -1\n", "key 'workers': expected an integer"},
            Case{"[timeouts]\nconnect = \"10\"\n", "key 'timeouts.connect': expected a positive duration"},
