@@ -514,6 +514,16 @@ int run_server(const Config& cfg) {
   uv_signal_start(hup.get(), on_sighup, SIGHUP);
   std::unique_ptr<PolicyWatcher> watcher;
   if (ctx.policies) watcher = std::make_unique<PolicyWatcher>(&main_loop, *ctx.policies);
+  // Ticket keys past their use are wiped even when no client connects.
+  core::UvHandle<uv_timer_t> ticket_key_expiry;
+  if (ctx.tls.client_ticket_keys) {
+    ticket_key_expiry.init(uv_timer_init, &main_loop);
+    ticket_key_expiry.get()->data = ctx.tls.client_ticket_keys.get();
+    uv_timer_start(ticket_key_expiry.get(), [](uv_timer_t* t) {
+      static_cast<tls::TicketKeys*>(t->data)->expire(tls::TicketKeys::Clock::now());
+    }, 60'000, 60'000);
+    uv_unref(ticket_key_expiry.handle());
+  }
 
   for (auto& w : workers) w->start_thread();
   for (const auto& l : cfg.listeners)
@@ -539,6 +549,7 @@ int run_server(const Config& cfg) {
   workers.clear();
   signals.clear();
   watcher.reset();
+  ticket_key_expiry.reset();
   hup.reset();
   workers_done.reset();
   stop.drain_timer.reset();

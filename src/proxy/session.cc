@@ -939,9 +939,10 @@ void Session::start_bypass() {
 // handshake not complete (state client_handshake with a leaf), and never
 // for error-page certificates or the untrusted CA.
 void Session::note_pinned_client(const char* why, const char* alert) {
+  // A resumed handshake sent no certificate: its failure says nothing of pinning.
   if (state_ != State::client_handshake || !ctx_.auto_bypass || !policy_ ||
       !policy_->auto_bypass_enabled() || !rule_auto_bypass_ || untrusted_ || refusal_ || !leaf_ ||
-      pinned_failures_ != 0)
+      pinned_failures_ != 0 || (client_.ssl && SSL_session_reused(client_.ssl.get()) == 1))
     return;
   std::string name = hello_.sni.empty() ? request_.authority.host : hello_.sni;
   auto f = ctx_.auto_bypass->record_failure(client_ip_, name);
@@ -1367,6 +1368,15 @@ void Session::refuse_client(int alert, std::string reason) {
   close(r);
 }
 
+// Only certificates of the enterprise CA that stand for a verified origin
+// get resumable sessions: not the untrusted CA's (a client that clicked
+// through its warning sees it again) nor error pages'. A binding never set
+// (all zero) matches nothing either.
+const tls::TicketBinding* Session::ticket_binding() const {
+  if (!leaf_ || untrusted_ || refusal_ || leaf_->ticket_binding == tls::TicketBinding{}) return nullptr;
+  return &leaf_->ticket_binding;
+}
+
 int Session::on_client_hello(SSL* ssl, int* alert) {
   if (refuse_alert_ != 0) {
     *alert = refuse_alert_;
@@ -1378,6 +1388,10 @@ int Session::on_client_hello(SSL* ssl, int* alert) {
     *alert = SSL_AD_INTERNAL_ERROR;
     return SSL_CLIENT_HELLO_ERROR;
   }
+  // No ticket could ever resume: TLS 1.3 sends none (TLS 1.2: see
+  // decrypt_ticket). Not SSL_OP_NO_TICKET, which would hide an offered
+  // ticket from the log (client_ticket_refused).
+  if (!ticket_binding()) SSL_set_num_tickets(ssl, 0);
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
@@ -2124,8 +2138,9 @@ void Session::close(std::string reason) {
     SSL_set_shutdown(upstream_.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
   if (tap_) tap_->close(client_.read_done && upstream_.read_done && !fatal_);
-  log_connection();
+  // Metrics first: whoever sees the log line finds them counted.
   record_metrics();
+  log_connection();
   stop_reading(client_);
   stop_reading(upstream_);
   close_handles(fatal_);

@@ -50,9 +50,7 @@ class Session final : public tls::ClientHandshakeHandler,
 
   int on_client_hello(SSL* ssl, int* alert) override;
   std::string_view selected_alpn() const override { return upstream_alpn_; }
-  const tls::TicketBinding* ticket_binding() const override {
-    return leaf_ ? &leaf_->ticket_binding : nullptr;
-  }
+  const tls::TicketBinding* ticket_binding() const override;
   void on_ticket_refused() override { client_ticket_refused_ = true; }
 
   void on_upstream_session(SSL_SESSION* session) override;

@@ -6,7 +6,9 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 
 namespace sightline::tls {
 namespace {
@@ -61,17 +63,43 @@ int ticket_key_cb(SSL* ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX
   return rc;
 }
 
+// A ticket's app data: the binding, then the time (seconds since the
+// epoch, 8 bytes big-endian) of the full handshake its resumption chain
+// started from.
+constexpr std::size_t kAppDataSize = sizeof(TicketBinding) + 8;
+
+std::int64_t chain_start(const unsigned char* data) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i) v = (v << 8) | data[sizeof(TicketBinding) + i];
+  return static_cast<std::int64_t>(v);
+}
+
 int generate_ticket(SSL* ssl, void*) {
   auto* h = static_cast<ClientHandshakeHandler*>(SSL_get_app_data(ssl));
   const TicketBinding* b = h ? h->ticket_binding() : nullptr;
-  // Without a binding the ticket carries none and is never accepted.
-  if (b && SSL_SESSION_set1_ticket_appdata(SSL_get0_session(ssl), b->data(), b->size()) != 1)
-    return 0;
-  return 1;
+  if (!b) return 1;  // a ticket without app data is never accepted
+  SSL_SESSION* session = SSL_get0_session(ssl);
+  std::array<unsigned char, kAppDataSize> data{};
+  std::memcpy(data.data(), b->data(), b->size());
+  // A resumption's new ticket continues the chain: it keeps the start.
+  auto start = static_cast<std::uint64_t>(std::time(nullptr));
+  void* old = nullptr;
+  std::size_t old_len = 0;
+  if (SSL_session_reused(ssl) && SSL_SESSION_get0_ticket_appdata(session, &old, &old_len) == 1 &&
+      old_len == kAppDataSize)
+    start = static_cast<std::uint64_t>(chain_start(static_cast<const unsigned char*>(old)));
+  for (std::size_t i = 0; i < 8; ++i)
+    data[sizeof(TicketBinding) + i] = static_cast<unsigned char>(start >> (56 - 8 * i));
+  return SSL_SESSION_set1_ticket_appdata(session, data.data(), data.size()) == 1 ? 1 : 0;
 }
 
 SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned char*, size_t,
-                                 SSL_TICKET_STATUS status, void*) {
+                                 SSL_TICKET_STATUS status, void* arg) {
+  auto* h = static_cast<ClientHandshakeHandler*>(SSL_get_app_data(ssl));
+  const TicketBinding* b = h ? h->ticket_binding() : nullptr;
+  // Not resumed. With a binding a new ticket follows; without one none
+  // (TLS 1.2 issues one only on "renew"; TLS 1.3 has num_tickets 0 then).
+  const SSL_TICKET_RETURN full = b ? SSL_TICKET_RETURN_IGNORE_RENEW : SSL_TICKET_RETURN_IGNORE;
   switch (status) {
     case SSL_TICKET_SUCCESS:
     case SSL_TICKET_SUCCESS_RENEW:
@@ -79,18 +107,21 @@ SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned 
     case SSL_TICKET_FATAL_ERR_MALLOC:
     case SSL_TICKET_FATAL_ERR_OTHER:
       return SSL_TICKET_RETURN_ABORT;
-    default:  // none offered, empty, or not decryptable (rotated away): full handshake
-      return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default:  // none offered, empty, or not decryptable (rotated away)
+      return full;
   }
-  auto* h = static_cast<ClientHandshakeHandler*>(SSL_get_app_data(ssl));
-  const TicketBinding* b = h ? h->ticket_binding() : nullptr;
   void* data = nullptr;
   std::size_t len = 0;
-  if (!b || SSL_SESSION_get0_ticket_appdata(session, &data, &len) != 1 || len != b->size() ||
-      CRYPTO_memcmp(data, b->data(), len) != 0) {
+  if (SSL_SESSION_get0_ticket_appdata(session, &data, &len) != 1 || len != kAppDataSize) return full;
+  auto* bytes = static_cast<const unsigned char*>(data);
+  if (!b || CRYPTO_memcmp(bytes, b->data(), b->size()) != 0) {
     if (h) h->on_ticket_refused();
-    return SSL_TICKET_RETURN_IGNORE_RENEW;
+    return full;
   }
+  // RFC 8446 4.6.1: bound how long renewed tickets extend the first
+  // handshake's authentication.
+  auto max_chain = *static_cast<const std::chrono::seconds*>(arg);
+  if (std::time(nullptr) - chain_start(bytes) > max_chain.count()) return full;
   // TLS 1.3 clients use a ticket once (RFC 8446 C.4), and OpenSSL sends a
   // new one after a resumption only when asked to renew.
   bool renew = status == SSL_TICKET_SUCCESS_RENEW || SSL_version(ssl) == TLS1_3_VERSION;
@@ -105,33 +136,55 @@ bool fill_random(TicketKeys::Key& k) {
 
 }  // namespace
 
-TicketKeys::TicketKeys(std::chrono::milliseconds lifetime) : lifetime_(lifetime) {}
+TicketKeys::TicketKeys(std::chrono::milliseconds lifetime, std::optional<std::chrono::seconds> max_chain)
+    : lifetime_(lifetime),
+      max_chain_(max_chain.value_or(std::max<std::chrono::seconds>(
+          std::chrono::hours(24), std::chrono::duration_cast<std::chrono::seconds>(lifetime)))) {}
 
 TicketKeys::~TicketKeys() {
   OPENSSL_cleanse(&current_, sizeof current_);
   OPENSSL_cleanse(&previous_, sizeof previous_);
 }
 
+// A key encrypts new tickets for one lifetime from when it was made, and
+// decrypts them for one more: its tickets expire by then.
 bool TicketKeys::rotate_if_due(Clock::time_point now) {
-  if (have_current_ && now - rotated_at_ < lifetime_) return true;
-  // Rotation is lazy: the current key was last used for new tickets before
-  // rotated_at_ + lifetime, so its tickets are all expired 2 × lifetime
-  // after it was made.
-  have_previous_ = have_current_ && now - rotated_at_ < 2 * lifetime_;
-  if (have_previous_) previous_ = current_;
-  else OPENSSL_cleanse(&previous_, sizeof previous_);
-  have_current_ = fill_random(current_);
-  if (!have_current_) {
-    OPENSSL_cleanse(&current_, sizeof current_);
-    return false;
+  if (have_current_ && now - current_made_ < lifetime_) return true;
+  Key fresh;
+  if (!fill_random(fresh)) {
+    OPENSSL_cleanse(&fresh, sizeof fresh);
+    return false;  // the keys stay as they were
   }
-  rotated_at_ = now;
+  if (have_current_ && now - current_made_ < 2 * lifetime_) {
+    previous_ = current_;
+    previous_made_ = current_made_;
+    have_previous_ = true;
+  } else {
+    OPENSSL_cleanse(&previous_, sizeof previous_);
+    have_previous_ = false;
+  }
+  current_ = fresh;
+  OPENSSL_cleanse(&fresh, sizeof fresh);
+  current_made_ = now;
+  have_current_ = true;
   ++rotations_;
   return true;
 }
 
+void TicketKeys::wipe_expired(Clock::time_point now) {
+  if (have_previous_ && now - previous_made_ >= 2 * lifetime_) {
+    OPENSSL_cleanse(&previous_, sizeof previous_);
+    have_previous_ = false;
+  }
+  if (have_current_ && now - current_made_ >= 2 * lifetime_) {
+    OPENSSL_cleanse(&current_, sizeof current_);
+    have_current_ = false;
+  }
+}
+
 bool TicketKeys::current(Clock::time_point now, Key& out) {
   std::lock_guard lock(mu_);
+  wipe_expired(now);
   if (!rotate_if_due(now)) return false;
   out = current_;
   return true;
@@ -139,16 +192,22 @@ bool TicketKeys::current(Clock::time_point now, Key& out) {
 
 TicketKeys::Found TicketKeys::find(const unsigned char* name, Clock::time_point now, Key& out) {
   std::lock_guard lock(mu_);
-  rotate_if_due(now);
+  wipe_expired(now);
   if (have_current_ && CRYPTO_memcmp(name, current_.name.data(), current_.name.size()) == 0) {
     out = current_;
-    return Found::current;
+    // Made with a key that is due for rotation: replace it.
+    return now - current_made_ < lifetime_ ? Found::current : Found::previous;
   }
   if (have_previous_ && CRYPTO_memcmp(name, previous_.name.data(), previous_.name.size()) == 0) {
     out = previous_;
     return Found::previous;
   }
   return Found::none;
+}
+
+void TicketKeys::expire(Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  wipe_expired(now);
 }
 
 std::uint64_t TicketKeys::rotations() const {
@@ -172,7 +231,8 @@ bool enable_client_tickets(SSL_CTX* ctx, TicketKeys* keys, std::chrono::millisec
   auto seconds = std::chrono::duration_cast<std::chrono::seconds>(lifetime).count();
   if (!ticket_cipher() || SSL_CTX_set_ex_data(ctx, keys_index(), keys) != 1 ||
       SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb) != 1 ||
-      SSL_CTX_set_session_ticket_cb(ctx, generate_ticket, decrypt_ticket, nullptr) != 1) {
+      SSL_CTX_set_session_ticket_cb(ctx, generate_ticket, decrypt_ticket,
+                                    const_cast<std::chrono::seconds*>(&keys->max_chain())) != 1) {
     if (error) *error = "session tickets: " + drain_errors();
     return false;
   }

@@ -11,9 +11,13 @@
 //   verifying the origin again, would present that very certificate. A ticket
 //   from before an origin's certificate turned invalid, from another site, or
 //   from before a leaf key rotation makes a full handshake.
-// - Key rotation. Ticket encryption keys live in memory only, are replaced
-//   every `lifetime` and kept one more period for decryption, so no key
-//   outlives 2 × lifetime and a restart invalidates every ticket.
+// - Key rotation. Ticket encryption keys live in memory only. A key
+//   encrypts new tickets for one `lifetime` from when it was made and
+//   decrypts them for one more, then it is wiped; a restart invalidates
+//   every ticket.
+// - Chains. A TLS 1.3 resumption gets a fresh ticket, which carries the
+//   time of the full handshake the chain started from; a chain ends after
+//   max(lifetime, 24 h) (RFC 8446 4.6.1 asks for such a bound).
 #pragma once
 
 #include "tls/ossl.h"
@@ -22,6 +26,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 namespace sightline::tls {
@@ -38,7 +43,11 @@ class TicketKeys {
   };
   enum class Found { none, current, previous };
 
-  explicit TicketKeys(std::chrono::milliseconds lifetime);
+  // `max_chain` defaults to max(lifetime, 24 h); tests pass their own.
+  explicit TicketKeys(std::chrono::milliseconds lifetime,
+                      std::optional<std::chrono::seconds> max_chain = std::nullopt);
+  // How long a chain of resumptions may extend its first full handshake.
+  const std::chrono::seconds& max_chain() const { return max_chain_; }
   ~TicketKeys();
   TicketKeys(const TicketKeys&) = delete;
   TicketKeys& operator=(const TicketKeys&) = delete;
@@ -46,19 +55,25 @@ class TicketKeys {
   // The key new tickets are encrypted with, rotated first when due.
   // False only when the random generator fails.
   bool current(Clock::time_point now, Key& out);
-  // The key named `name`: the current one, the previous one (the ticket
-  // should be renewed), or none (expired or unknown: full handshake).
+  // The key named `name`: the current one, an older one still valid for
+  // decryption (the ticket should be renewed), or none (expired or
+  // unknown: full handshake).
   Found find(const unsigned char* name, Clock::time_point now, Key& out);
+  // Wipes keys past decryption even when no handshake comes (called
+  // periodically).
+  void expire(Clock::time_point now);
   std::uint64_t rotations() const;
 
  private:
   bool rotate_if_due(Clock::time_point now);  // mutex held
+  void wipe_expired(Clock::time_point now);   // mutex held
 
   std::chrono::milliseconds lifetime_;
+  std::chrono::seconds max_chain_;
   mutable std::mutex mu_;
   Key current_, previous_;
   bool have_current_ = false, have_previous_ = false;
-  Clock::time_point rotated_at_{};
+  Clock::time_point current_made_{}, previous_made_{};
   std::uint64_t rotations_ = 0;
 };
 

@@ -11,8 +11,9 @@ was issued under:
   - the same origin (same address and port) after its certificate was
     replaced by an expired one: not resumed; forward-untrusted fails
     verification, block answers the 502 page over a new handshake;
-  - a ticket offered with another SNI (so another forged certificate): not
+  - a ticket offered under another SNI (so another forged certificate): not
     resumed.
+No ticket is issued under the untrusted CA or with an error page.
 No case may resume a session that the client trusted before. With
 tickets = false no ticket is issued at all.
 """
@@ -162,6 +163,9 @@ def main(t):
         st, body, reused, sess = get(fwd, valid, ctx13, session=state["t13b"])
         assert st == 200 and body == one_k and reused, "status %s reused=%s" % (st, reused)
         assert sess is not None and sess.has_ticket, "no ticket after the resumption"
+        # OpenSSL derives a client session's id from its ticket: a new id,
+        # a new ticket (the old session object would still say has_ticket).
+        assert sess.id != state["t13b"].id, "the resumption issued no new ticket"
         state["t13b"] = sess
 
     with t.check("TLS 1.2: a ticket resumes too"):
@@ -215,23 +219,32 @@ def main(t):
                        {"leg": "client", "session": "ticket_refused"})
         assert after >= 1, "ticket_refused counter %s" % after
 
-    with t.check("a ticket offered with another SNI (another forged certificate) is refused"):
-        ctx_any = h.client_context(pki.root, min_version=ssl.TLSVersion.TLSv1_3, verify=False)
-        st, _, _, sess = get(fwd, valid, ctx_any, sni="localhost")
+    with t.check("a ticket offered under another SNI of the same origin certificate is refused"):
+        # origin.test is among valid-ec's names: the origin verifies, and only
+        # the SNI (so the forged certificate) differs from the ticket's.
+        st, _, _, sess = get(fwd, valid, ctx13, sni="localhost")
         assert st == 200 and sess is not None and sess.has_ticket, "no ticket: status %s" % st
         m = fwd.mark()
-        st, _, reused, _ = get(fwd, valid, ctx_any, sni="other.test", session=sess)
-        assert st == 200 and not reused, "ticket for SNI localhost resumed for SNI other.test"
-        ev = fwd.wait_event(lambda e: e.get("event") == "connection" and e.get("sni") == "other.test",
+        st, _, reused, _ = get(fwd, valid, ctx13, sni="origin.test", session=sess)
+        assert st == 200 and not reused, "ticket for SNI localhost resumed for SNI origin.test"
+        ev = fwd.wait_event(lambda e: e.get("event") == "connection" and e.get("sni") == "origin.test",
                             since=m)
         assert ev and ev.get("client_ticket_refused") is True, "log: %r" % ev
+        assert ev.get("upstream_verdict") == "ok" and "forged_by" not in ev, "log: %r" % ev
 
-    with t.check("tickets = false: no ticket is issued, nothing resumes"):
-        st, body, reused, sess = get(off, valid, ctx13)
-        assert st == 200 and body == one_k, "status %s" % st
-        assert sess is None or not sess.has_ticket, "a ticket was issued with tickets = false"
-        st, _, reused, _ = get(off, valid, ctx13, session=state["t13"])
-        assert st == 200 and not reused, "resumed with tickets = false"
+    with t.check("tickets = false: no ticket is issued, over TLS 1.3 or 1.2"):
+        for ctx in (ctx13, ctx12):
+            st, body, reused, sess = get(off, valid, ctx)
+            assert st == 200 and body == one_k, "status %s" % st
+            assert sess is None or not sess.has_ticket, "a ticket was issued with tickets = false"
+
+    with t.check("no ticket under the untrusted CA (forward-untrusted) or with an error page"):
+        for ver in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx_any = h.client_context(pki.root, min_version=ver, max_version=ver, verify=False)
+            for p in (fwd, page):
+                st, _, _, sess = get(p, expired, ctx_any)
+                assert sess is None or not sess.has_ticket, \
+                    "[%s] %s: a ticket was issued (status %s)" % (p.name, ver.name, st)
 
 
 if __name__ == "__main__":

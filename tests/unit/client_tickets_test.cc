@@ -9,7 +9,7 @@ using namespace sightline::tls;
 using std::chrono::hours;
 using std::chrono::minutes;
 
-TEST_CASE("ticket keys rotate every lifetime and keep the previous key one more period") {
+TEST_CASE("ticket keys rotate every lifetime and decrypt one lifetime more") {
   TicketKeys keys(hours(1));
   auto t0 = TicketKeys::Clock::time_point{} + hours(100);
   TicketKeys::Key k1, k2, k3, found;
@@ -26,18 +26,31 @@ TEST_CASE("ticket keys rotate every lifetime and keep the previous key one more 
   CHECK(keys.find(k1.name.data(), t0 + minutes(62), found) == TicketKeys::Found::previous);
   CHECK(found.hmac == k1.hmac);
   CHECK(keys.find(k2.name.data(), t0 + minutes(62), found) == TicketKeys::Found::current);
+  // k1 made at t0: its tickets are all expired two lifetimes later.
+  CHECK(keys.find(k1.name.data(), t0 + minutes(119), found) == TicketKeys::Found::previous);
+  CHECK(keys.find(k1.name.data(), t0 + minutes(120), found) == TicketKeys::Found::none);
 
-  // Two rotations later the first key is gone.
   REQUIRE(keys.current(t0 + minutes(122), k3));
-  CHECK(keys.find(k1.name.data(), t0 + minutes(122), found) == TicketKeys::Found::none);
   CHECK(keys.find(k2.name.data(), t0 + minutes(122), found) == TicketKeys::Found::previous);
   CHECK(keys.rotations() == 3);
 
-  // Idle for two lifetimes: nothing made before is accepted any more.
-  CHECK(keys.find(k3.name.data(), t0 + minutes(122) + hours(2), found) == TicketKeys::Found::none);
-  CHECK(keys.find(k2.name.data(), t0 + minutes(122) + hours(2), found) == TicketKeys::Found::none);
   unsigned char unknown[16] = {};
-  CHECK(keys.find(unknown, t0 + minutes(122) + hours(2), found) == TicketKeys::Found::none);
+  CHECK(keys.find(unknown, t0 + minutes(122), found) == TicketKeys::Found::none);
+}
+
+TEST_CASE("a late rotation does not extend the old key; expire wipes idle keys") {
+  TicketKeys keys(hours(1));
+  auto t0 = TicketKeys::Clock::time_point{} + hours(100);
+  TicketKeys::Key k1, k2, found;
+  REQUIRE(keys.current(t0, k1));
+  // No handshake for 110 minutes: k1 issued tickets until t0 + 60 min at most.
+  CHECK(keys.find(k1.name.data(), t0 + minutes(110), found) == TicketKeys::Found::previous);
+  REQUIRE(keys.current(t0 + minutes(110), k2));
+  CHECK(keys.find(k1.name.data(), t0 + minutes(115), found) == TicketKeys::Found::previous);
+  CHECK(keys.find(k1.name.data(), t0 + minutes(121), found) == TicketKeys::Found::none);
+  // Nothing at all for two lifetimes: expire() alone wipes k2.
+  keys.expire(t0 + minutes(110) + hours(2));
+  CHECK(keys.find(k2.name.data(), t0 + minutes(110) + minutes(1), found) == TicketKeys::Found::none);
 }
 
 namespace {
@@ -111,9 +124,13 @@ TEST_CASE("a client ticket resumes only under the certificate it was issued with
     auto first = handshake(server_ctx.get(), client_ctx.get(), h, nullptr);
     CHECK(SSL_session_reused(first.server.get()) == 0);
     SSL_SESSION* ticket = SSL_get1_session(first.client.get());
+    const unsigned char* first_ticket = nullptr;
+    std::size_t first_len = 0;
     REQUIRE(ticket);
     CHECK(SSL_SESSION_has_ticket(ticket) == 1);
     CHECK(SSL_SESSION_get_ticket_lifetime_hint(ticket) == 3600);
+    SSL_SESSION_get0_ticket(ticket, &first_ticket, &first_len);
+    std::string first_bytes(reinterpret_cast<const char*>(first_ticket), first_len);
 
     auto resumed = handshake(server_ctx.get(), client_ctx.get(), h, ticket);
     CHECK(SSL_session_reused(resumed.server.get()) == 1);
@@ -123,6 +140,12 @@ TEST_CASE("a client ticket resumes only under the certificate it was issued with
     ticket = SSL_get1_session(resumed.client.get());
     REQUIRE(ticket);
     CHECK(SSL_SESSION_has_ticket(ticket) == 1);
+    if (version == TLS1_3_VERSION) {  // a fresh ticket, not the one used
+      const unsigned char* t = nullptr;
+      std::size_t n = 0;
+      SSL_SESSION_get0_ticket(ticket, &t, &n);
+      CHECK(std::string(reinterpret_cast<const char*>(t), n) != first_bytes);
+    }
 
     // The same ticket where another certificate would be presented.
     auto other_cert = forge_for_name("www.example.test", false, ca, key.get(), &error);
@@ -134,4 +157,34 @@ TEST_CASE("a client ticket resumes only under the certificate it was issued with
     CHECK(h.refused == 1);
     SSL_SESSION_free(ticket);
   }
+}
+
+TEST_CASE("no resumption past the chain limit, and none without a binding") {
+  SslCtxPtr server_ctx(SSL_CTX_new(TLS_server_method()));
+  SslCtxPtr client_ctx(SSL_CTX_new(TLS_client_method()));
+  REQUIRE(server_ctx);
+  REQUIRE(client_ctx);
+  SSL_CTX_set_session_cache_mode(client_ctx.get(), SSL_SESS_CACHE_CLIENT);
+  IssuingCa ca;
+  ca.key = generate_key(LeafKeyType::ec_p256);
+  ca.cert = make_self_signed_ca(ca.key.get(), "unit test CA");
+  auto key = generate_key(LeafKeyType::ec_p256);
+  std::string error;
+  auto cert = forge_for_name("www.example.test", false, ca, key.get(), &error);
+  REQUIRE(cert);
+  REQUIRE(SSL_CTX_use_certificate(server_ctx.get(), cert.get()) == 1);
+  REQUIRE(SSL_CTX_use_PrivateKey(server_ctx.get(), key.get()) == 1);
+  // Every chain is over the limit at once.
+  TicketKeys keys(hours(1), std::chrono::seconds(-1));
+  REQUIRE(enable_client_tickets(server_ctx.get(), &keys, hours(1), &error));
+  Handler h;
+  h.binding = certificate_binding(cert.get());
+  auto first = handshake(server_ctx.get(), client_ctx.get(), h, nullptr);
+  SSL_SESSION* ticket = SSL_get1_session(first.client.get());
+  REQUIRE(ticket);
+  CHECK(SSL_SESSION_has_ticket(ticket) == 1);
+  auto again = handshake(server_ctx.get(), client_ctx.get(), h, ticket);
+  CHECK(SSL_session_reused(again.server.get()) == 0);
+  CHECK(h.refused == 0);  // not a certificate mismatch
+  SSL_SESSION_free(ticket);
 }
