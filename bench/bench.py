@@ -634,7 +634,8 @@ class Env:
             p = free_port()
             svc = self.sightline_service("sightline-base", self.sightline, [(p, "static", "127.0.0.1:%d" % O)],
                                          workers=a.w5_workers)
-            add(System("sightline-base", "static", p, self.root, workloads=["W1", "W2lat", "W2h1"],
+            base_wl = ["W1", "W2lat", "W2h1"] + (["W2ka", "W4"] if a.alt_sightline else [])
+            add(System("sightline-base", "static", p, self.root, workloads=base_wl,
                        h1_h2load=True, note="W5 baseline: same as the variants, no feature changed"), svc)
         if wanted("sightline-policy100k") and not a.no_w5:
             p = free_port()
@@ -687,6 +688,15 @@ class Env:
             add(System(name, "static", p, self.root, workloads=["W1", "W2h1"],
                        h1_h2load=True, note="W5: compliance archive of every exchange (sync = %s)" % sync), svc)
             self.systems[-1].archive_admin = self.admin_ports[name]
+        if a.alt_sightline:
+            # A/B in one run: another sightline binary set up exactly like
+            # sightline-base (compare the two rows).
+            p = free_port()
+            svc = self.sightline_service("sightline-alt", os.path.abspath(a.alt_sightline),
+                                         [(p, "static", "127.0.0.1:%d" % O)], workers=a.w5_workers)
+            add(System("sightline-alt", "static", p, self.root, workloads=["W1", "W2ka", "W2lat", "W2h1", "W4"],
+                       h1_h2load=True, note="--alt-sightline %s, set up like sightline-base" % a.alt_sightline),
+                svc)
         nm = os.path.abspath(a.sightline_nometrics) if a.sightline_nometrics else None
         if wanted("sightline-nometrics") and not a.no_w5:
             if nm and os.access(nm, os.X_OK):
@@ -1588,6 +1598,9 @@ def main():
     ap.add_argument("--render", metavar="JSON", help="only print the table of an earlier run "
                     "(bench/results/<date>.json) again; with --update-results, put it in RESULTS.md")
     ap.add_argument("--sightline-nometrics", help="sightline built with -Dmetrics=false")
+    ap.add_argument("--alt-sightline", metavar="BINARY",
+                    help="also run this sightline binary as sightline-alt, set up like sightline-base and "
+                         "with its workloads plus W2ka and W4 (before/after comparisons in one run)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--w1-duration", type=float, default=6.0)
     ap.add_argument("--w1-concurrency", type=int, default=32)

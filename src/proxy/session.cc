@@ -1144,6 +1144,9 @@ void Session::park_origin_if_idle() {
       SSL_get_shutdown(ssl) != 0)
     return;
   stop_reading(upstream_);
+  release_tls_buffers(upstream_);
+  drop_bio_capacity(upstream_, true);
+  drop_bio_capacity(upstream_, false);
   // This session goes: nothing of the SSL may point into it (a ticket
   // while parked is dropped).
   SSL_set_app_data(ssl, nullptr);
@@ -1726,23 +1729,31 @@ void Session::pump(Leg& from) {
   if (state_ == State::closing) return;
   flush(to);
   flush(from);  // reading may produce records (alerts, key updates)
-  if (idle && state_ == State::relaying) {
-    // `from` waits for the network: give back what an idle connection
-    // would otherwise keep. Both write BIOs were just flushed.
-    release_tls_buffers(from);
-    drop_bio_capacity(from, true);
-    drop_bio_capacity(from, false);
-    drop_bio_capacity(to, false);
+  if (idle && state_ == State::relaying && !trim_pending_) {
+    // `from` waits for the network. What an idle connection would keep
+    // goes once both legs have been quiet for kTrimAfterMs (on_timer): not
+    // here, where a keep-alive connection would free and allocate it again
+    // for every exchange.
+    trim_pending_ = true;
+    arm_timer(std::chrono::milliseconds(kTrimAfterMs));
   }
   if (park_pending_ && state_ == State::relaying) park_origin_if_idle();
 }
 
-// SSL_MODE_RELEASE_BUFFERS does not cover every path: after a post-handshake
-// message (an origin's session tickets) OpenSSL 3.0 reads on into the empty
-// BIO and keeps the 16.7 KiB record buffer it allocated for that, for the
-// life of the connection. Once the leg waits for the network, nothing is
-// buffered, so the buffers go (SSL_free_buffers refuses while any record
-// data is held, and costs nothing when none is allocated).
+// Record buffers and memory-BIO capacity of both legs, once quiet. Nothing
+// is buffered then: each call below checks and keeps what holds data.
+void Session::trim_idle_buffers() {
+  for (Leg* leg : {&client_, &upstream_}) {
+    release_tls_buffers(*leg);
+    drop_bio_capacity(*leg, true);
+    drop_bio_capacity(*leg, false);
+  }
+}
+
+// OpenSSL's ~17 KiB record buffers of a quiet leg (SSL_MODE_RELEASE_BUFFERS
+// is not set: it would free and allocate them around every record).
+// SSL_free_buffers refuses while any record data is held, costs nothing
+// when none is allocated, and OpenSSL allocates them again when needed.
 void Session::release_tls_buffers(Leg& leg) {
   if (leg.ssl && SSL_pending(leg.ssl.get()) == 0 && !SSL_has_pending(leg.ssl.get()))
     (void)SSL_free_buffers(leg.ssl.get());
@@ -2097,9 +2108,18 @@ void Session::on_timer() {
       std::uint64_t quiet = uv_now(host_.loop()) - idle_since_;
       if (quiet >= idle) {
         close("idle timeout");
-      } else {
-        arm_timer(std::chrono::milliseconds(idle - quiet));
+        return;
       }
+      std::uint64_t next = idle - quiet;
+      if (trim_pending_) {
+        if (quiet >= kTrimAfterMs) {
+          trim_idle_buffers();
+          trim_pending_ = false;
+        } else {
+          next = std::min(next, kTrimAfterMs - quiet);  // busy: look again then
+        }
+      }
+      arm_timer(std::chrono::milliseconds(next));
       return;
     }
     case State::closing:

@@ -173,6 +173,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void pump(Leg& from);
   void on_leg_eof(Leg& from);
   void end_of_input(Leg& from, bool clean);
+  void trim_idle_buffers();
   void release_tls_buffers(Leg& leg);
   void drop_bio_capacity(Leg& leg, bool read);
   void maybe_finish();
@@ -267,6 +268,9 @@ class Session final : public tls::ClientHandshakeHandler,
   std::string upstream_alpn_;
   std::string resume_key_;   // upstream session cache key, empty: no resumption
   bool upstream_resumed_ = false;
+  // Idle memory is given back once both legs were quiet this long.
+  static constexpr std::uint64_t kTrimAfterMs = 20;
+  bool trim_pending_ = false;  // relaying, buffers may be held: on_timer trims
   bool client_ticket_refused_ = false;  // a valid ticket for another certificate was offered
   // Origin connection reuse: the key under which this connection's origin
   // leg may be parked (empty: never), whether the connect waits for the

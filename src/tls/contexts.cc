@@ -60,9 +60,9 @@ bool common_settings(SSL_CTX* ctx, bool min13, const char* tls12_ciphers, std::s
   SSL_CTX_set_min_proto_version(ctx, min13 ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-  // Idle connections give their 17 KiB record buffers back (the relay
-  // also frees them explicitly where OpenSSL keeps one: Session::pump).
-  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  // No SSL_MODE_RELEASE_BUFFERS: it frees and re-allocates the 17 KiB
+  // record buffers around every record of a keep-alive connection. The
+  // session frees them once a connection is quiet (Session::on_timer).
   if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers) != 1 ||
       SSL_CTX_set1_groups_list(ctx, group_list()) != 1) {
     if (error) *error = "TLS parameters: " + drain_errors();
