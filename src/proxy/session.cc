@@ -32,16 +32,11 @@ double ms_between(std::uint64_t from, std::uint64_t to) {
   return static_cast<double>(to - from) / 1e6;
 }
 
-// Taken when the handshake completes: a later fatal error (an unclean
-// close) puts the SSL back "in init", and the log would lose it.
-nlohmann::json tls_info(SSL* ssl) {
-  const unsigned char* alpn = nullptr;
-  unsigned int alpn_len = 0;
-  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
-  return {{"version", SSL_get_version(ssl)},
-          {"cipher", SSL_get_cipher_name(ssl)},
-          {"alpn", alpn_len ? std::string(reinterpret_cast<const char*>(alpn), alpn_len) : ""},
-          {"resumed", SSL_session_reused(ssl) == 1}};
+nlohmann::json tls_json(const TlsFacts& f, bool with_resumed) {
+  if (!f.version) return nullptr;
+  nlohmann::json j = {{"version", f.version}, {"cipher", f.cipher}, {"alpn", f.alpn}};
+  if (with_resumed) j["resumed"] = f.resumed;
+  return j;
 }
 
 // A fatal alert from the client that rejects our certificate (OpenSSL
@@ -1210,14 +1205,7 @@ void Session::on_upstream_verified() {
   SSL* ssl = upstream_.ssl.get();
   // For the connection line, taken now: later the SSL may be mid-way
   // through a post-handshake message, or parked.
-  upstream_version_ = SSL_get_version(ssl);
-  upstream_cipher_ = SSL_get_cipher_name(ssl);
-  {
-    const unsigned char* p = nullptr;
-    unsigned int n = 0;
-    SSL_get0_alpn_selected(ssl, &p, &n);
-    upstream_negotiated_alpn_.assign(reinterpret_cast<const char*>(p), n);
-  }
+  upstream_tls_ = TlsFacts::of(ssl);
   X509* origin = SSL_get0_peer_certificate(ssl);
   long result = SSL_get_verify_result(ssl);
   if (!origin) {
@@ -1404,7 +1392,7 @@ void Session::drive_client_handshake() {
   flush(client_);
   if (rc == 1) {
     t_client_hs_done_ = uv_hrtime();
-    client_tls_ = tls_info(client_.ssl.get());
+    client_tls_ = TlsFacts::of(client_.ssl.get());
     start_relay();
     return;
   }
@@ -1617,7 +1605,8 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->sni = hello_.sni;
   info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
                      SSL_get_cipher_name(client_.ssl.get());
-  if (!upstream_version_.empty()) info->upstream_tls = upstream_version_ + " " + upstream_cipher_;
+  if (upstream_tls_.version)
+    info->upstream_tls = std::string(upstream_tls_.version) + " " + upstream_tls_.cipher;
   info->alpn = upstream_alpn_;
   set_archive_info(*info);
   if (upstream_alpn_ == "h2") {
@@ -2222,12 +2211,11 @@ void Session::record_metrics() {
   if (verdict_ != "ok" && verdict_ != "not-checked")
     r.inc(s, m.verify_failures[metrics::idx(metrics::verdict(verdict_))]);
   if (t_client_hs_done_ != 0) {
-    bool resumed = client_tls_.value("resumed", false);
-    r.inc(s, resumed                 ? m.client_tls_resumed
+    r.inc(s, client_tls_.resumed      ? m.client_tls_resumed
              : client_ticket_refused_ ? m.client_tls_ticket_refused
                                       : m.client_tls_full);
   }
-  if (!upstream_version_.empty() && !upstream_reused_)  // a handshake completed
+  if (upstream_tls_.version && !upstream_reused_)  // a handshake completed
     r.inc(s, upstream_resumed_ ? m.upstream_tls_resumed : m.upstream_tls_full);
   if (cache_result_ == "hit") r.inc(s, m.cert_cache_hit);
   else if (cache_result_ == "miss") r.inc(s, m.cert_cache_miss);
@@ -2243,7 +2231,7 @@ void Session::log_connection() {
       {"upstream_addr", upstream_addr_},
       {"sni", hello_.sni},
       {"action", action_},
-      {"client_tls", client_tls_},
+      {"client_tls", tls_json(client_tls_, true)},
       {"upstream_tls", nullptr},
       {"upstream_verdict", verdict_},
       {"upstream_reason", verdict_reason_},
@@ -2274,9 +2262,8 @@ void Session::log_connection() {
   if (upstream_resumed_) j["upstream_resumed"] = true;
   if (upstream_reused_) j["upstream_reused"] = upstream_uses_;  // the client connections it served, this one included
   if (upstream_parked_) j["upstream_parked"] = true;
-  if (!upstream_version_.empty())  // a handshake with the origin completed
-    j["upstream_tls"] = {{"version", upstream_version_}, {"cipher", upstream_cipher_},
-                         {"alpn", upstream_negotiated_alpn_}};
+  if (upstream_tls_.version)  // a handshake with the origin completed
+    j["upstream_tls"] = tls_json(upstream_tls_, false);
   // The same facts as a connection record for hook consumers that want them (JSON event feed).
   hooks::publish_connection(ctx_.hooks, rule_ ? &rule_->options.hooks : nullptr,
                             rule_ ? std::string_view(rule_->name) : std::string_view(), j);

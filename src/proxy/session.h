@@ -32,6 +32,22 @@ using http::Relay;
 using http::RelayIo;
 using http::Side;
 
+// What the log says of a completed handshake. The strings are OpenSSL's
+// static names (no allocation per connection); version null: none.
+struct TlsFacts {
+  const char* version = nullptr;
+  const char* cipher = nullptr;
+  std::string alpn;
+  bool resumed = false;
+  static TlsFacts of(SSL* ssl) {
+    const unsigned char* p = nullptr;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    return {SSL_get_version(ssl), SSL_get_cipher_name(ssl),
+            std::string(reinterpret_cast<const char*>(p), n), SSL_session_reused(ssl) == 1};
+  }
+};
+
 class Session final : public tls::ClientHandshakeHandler,
                       public tls::UpstreamSessionSink,
                       public RelayIo,
@@ -285,8 +301,10 @@ class Session final : public tls::ClientHandshakeHandler,
   bool upstream_parked_ = false;
   std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
   // The origin leg's handshake, for the log.
-  std::string upstream_version_, upstream_cipher_, upstream_negotiated_alpn_;
-  nlohmann::json client_tls_;  // version, cipher, alpn, resumed; null until the handshake completes
+  // Each leg's TLS facts for the log, taken when its handshake completes:
+  // later the SSL may be back "in init" after an unclean close, mid-way
+  // through a post-handshake message, or parked.
+  TlsFacts client_tls_, upstream_tls_;
   bool upstream_tls_error_ = false;
 
   // Timestamps (uv_hrtime, ns).
