@@ -163,7 +163,7 @@ void append_timestamp(std::string& out) {
 }
 
 void begin_line(std::string& out, Level level) {
-  out.reserve(256);
+  out.reserve(512);  // an exchange line is about 400 bytes: no regrowth
   out += "{\"ts\":\"";
   append_timestamp(out);
   out += "\",\"level\":\"";

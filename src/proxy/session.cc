@@ -1663,7 +1663,7 @@ void Session::on_leg_data(Leg& from, const char* data, std::size_t n) {
 std::size_t Session::pending_out(const Leg& leg) const {
   if (!leg.initialized) return 0;
   return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(leg.tcp.get())) +
-         (leg.wbio ? BIO_ctrl_pending(leg.wbio) : 0);
+         (leg.wbio ? BIO_ctrl_pending(leg.wbio) : 0) + leg.plain_out.size();
 }
 
 // Decrypts what `from` has buffered and hands it to the relay, until the TLS
@@ -1733,6 +1733,7 @@ void Session::pump(Leg& from) {
 // is buffered then: each call below checks and keeps what holds data.
 void Session::trim_idle_buffers() {
   for (Leg* leg : {&client_, &upstream_}) {
+    if (leg->plain_out.empty()) std::string().swap(leg->plain_out);
     release_tls_buffers(*leg);
     drop_bio_capacity(*leg, true);
     drop_bio_capacity(*leg, false);
@@ -1788,14 +1789,33 @@ void Session::send(Side to, std::span<const char> data) {
     send_raw(leg, data.data(), data.size());
     return;
   }
+  // OpenSSL 3.0 spends about 9,000 instructions per TLS record on top of
+  // the cipher: small pieces (heads, small bodies, chunk lines, h2 frames)
+  // wait in plain_out and become one record when the pump loop flushes.
+  // Bulk pieces are encrypted from the caller's buffer, without a copy.
+  if (leg.plain_out.empty() ? data.size() < kCoalesceBelow
+                            : leg.plain_out.size() + data.size() <= kRecordPlaintext) {
+    leg.plain_out.append(data.data(), data.size());
+    return;
+  }
+  if (!write_batched_plain(leg) || !write_plain(leg, data)) return;
+  if (BIO_ctrl_pending(leg.wbio) >= 64 * 1024) flush(leg);
+}
+
+bool Session::write_plain(Leg& leg, std::span<const char> data) {
   if (SSL_write(leg.ssl.get(), data.data(), static_cast<int>(data.size())) !=
       static_cast<int>(data.size())) {
     close(std::string("TLS write toward ") + leg.name + " failed: " + tls::drain_errors());
-    return;
+    return false;
   }
-  // Large writes go out at once; small ones (heads, chunk lines) are
-  // batched until the pump loop flushes.
-  if (BIO_ctrl_pending(leg.wbio) >= 64 * 1024) flush(leg);
+  return true;
+}
+
+bool Session::write_batched_plain(Leg& leg) {
+  if (leg.plain_out.empty() || !leg.ssl) return true;
+  bool ok = write_plain(leg, leg.plain_out);
+  leg.plain_out.clear();
+  return ok;
 }
 
 std::size_t Session::queued(Side to) const {
@@ -1810,6 +1830,7 @@ void Session::end(Side to, bool clean) {
   // The relay ended the client leg (its "Connection: close"): the origin's
   // may be parked once the current pump is over.
   if (to == Side::client && !pool_key_.empty()) park_pending_ = true;
+  if (!write_batched_plain(leg)) return;  // the data before the close_notify
   if (clean && leg.ssl) {
     ERR_clear_error();
     SSL_shutdown(leg.ssl.get());
@@ -1980,6 +2001,7 @@ void Session::stop_reading(Leg& leg) {
 
 void Session::flush(Leg& leg) {
   if (!leg.wbio) return;
+  if (!write_batched_plain(leg)) return;
   char* data = nullptr;
   long n = BIO_get_mem_data(leg.wbio, &data);
   if (n <= 0) return;

@@ -111,6 +111,9 @@ class Session final : public tls::ClientHandshakeHandler,
     BIO* rbio = nullptr;  // owned by ssl
     BIO* wbio = nullptr;  // owned by ssl
     std::uint64_t plaintext_in = 0;
+    // Small plaintext sends of one pump (a response head and its body, h2
+    // frames), encrypted together as one TLS record by flush().
+    std::string plain_out;
     unsigned writes_in_flight = 0;  // uv_write requests whose callback is still due
     const char* name = "";
   };
@@ -203,6 +206,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void start_reading(Leg& leg);
   void stop_reading(Leg& leg);
   void flush(Leg& leg);
+  bool write_plain(Leg& leg, std::span<const char> data);
+  bool write_batched_plain(Leg& leg);
   void send_raw(Leg& leg, const char* data, std::size_t n);
   void respond_error(int status, const char* phrase, std::string body, std::string reason,
                      std::string_view extra_headers = {});
@@ -286,6 +291,8 @@ class Session final : public tls::ClientHandshakeHandler,
   bool upstream_resumed_ = false;
   // Idle memory is given back once both legs were quiet this long.
   static constexpr std::uint64_t kTrimAfterMs = 20;
+  static constexpr std::size_t kRecordPlaintext = 16 * 1024;  // one full TLS record
+  static constexpr std::size_t kCoalesceBelow = 4 * 1024;     // smaller sends wait in plain_out
   bool trim_pending_ = false;  // relaying, buffers may be held: on_timer trims
   bool client_ticket_refused_ = false;  // a valid ticket for another certificate was offered
   // Origin connection reuse: the key under which this connection's origin
