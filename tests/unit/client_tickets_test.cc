@@ -96,32 +96,50 @@ Endpoints handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, Handler& h, SSL_SE
   return e;
 }
 
+// A server context with a forged-style leaf and tickets on, and a client
+// context that keeps sessions.
+struct TicketPair {
+  SslCtxPtr server_ctx{SSL_CTX_new(TLS_server_method())};
+  SslCtxPtr client_ctx{SSL_CTX_new(TLS_client_method())};
+  IssuingCa ca;
+  EvpPkeyPtr key = generate_key(LeafKeyType::ec_p256);
+  X509Ptr cert;
+
+  TicketPair(TicketKeys& keys, int max_version = TLS1_3_VERSION) {
+    REQUIRE(server_ctx);
+    REQUIRE(client_ctx);
+    SSL_CTX_set_max_proto_version(client_ctx.get(), max_version);
+    SSL_CTX_set_session_cache_mode(client_ctx.get(), SSL_SESS_CACHE_CLIENT);
+    ca.key = generate_key(LeafKeyType::ec_p256);
+    ca.cert = make_self_signed_ca(ca.key.get(), "unit test CA");
+    cert = leaf();
+    REQUIRE(SSL_CTX_use_certificate(server_ctx.get(), cert.get()) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey(server_ctx.get(), key.get()) == 1);
+    std::string error;
+    REQUIRE_MESSAGE(enable_client_tickets(server_ctx.get(), &keys, hours(1), &error), error);
+  }
+  // Another certificate for the same name (a fresh serial).
+  X509Ptr leaf() {
+    std::string error;
+    auto x = forge_for_name("www.example.test", false, ca, key.get(), &error);
+    REQUIRE_MESSAGE(x, error);
+    return x;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("a client ticket resumes only under the certificate it was issued with") {
   for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
     CAPTURE(version);
-    SslCtxPtr server_ctx(SSL_CTX_new(TLS_server_method()));
-    SslCtxPtr client_ctx(SSL_CTX_new(TLS_client_method()));
-    REQUIRE(server_ctx);
-    REQUIRE(client_ctx);
-    SSL_CTX_set_max_proto_version(client_ctx.get(), version);
-    SSL_CTX_set_session_cache_mode(client_ctx.get(), SSL_SESS_CACHE_CLIENT);
-    IssuingCa ca;
-    ca.key = generate_key(LeafKeyType::ec_p256);
-    ca.cert = make_self_signed_ca(ca.key.get(), "unit test CA");
-    auto key = generate_key(LeafKeyType::ec_p256);
-    std::string error;
-    auto cert = forge_for_name("www.example.test", false, ca, key.get(), &error);
-    REQUIRE_MESSAGE(cert, error);
-    REQUIRE(SSL_CTX_use_certificate(server_ctx.get(), cert.get()) == 1);
-    REQUIRE(SSL_CTX_use_PrivateKey(server_ctx.get(), key.get()) == 1);
     TicketKeys keys(hours(1));
-    REQUIRE_MESSAGE(enable_client_tickets(server_ctx.get(), &keys, hours(1), &error), error);
+    TicketPair pair(keys, version);
+    SSL_CTX* server_ctx = pair.server_ctx.get();
+    SSL_CTX* client_ctx = pair.client_ctx.get();
 
     Handler h;
-    h.binding = certificate_binding(cert.get());
-    auto first = handshake(server_ctx.get(), client_ctx.get(), h, nullptr);
+    h.binding = certificate_binding(pair.cert.get());
+    auto first = handshake(server_ctx, client_ctx, h, nullptr);
     CHECK(SSL_session_reused(first.server.get()) == 0);
     SSL_SESSION* ticket = SSL_get1_session(first.client.get());
     const unsigned char* first_ticket = nullptr;
@@ -132,7 +150,7 @@ TEST_CASE("a client ticket resumes only under the certificate it was issued with
     SSL_SESSION_get0_ticket(ticket, &first_ticket, &first_len);
     std::string first_bytes(reinterpret_cast<const char*>(first_ticket), first_len);
 
-    auto resumed = handshake(server_ctx.get(), client_ctx.get(), h, ticket);
+    auto resumed = handshake(server_ctx, client_ctx, h, ticket);
     CHECK(SSL_session_reused(resumed.server.get()) == 1);
     CHECK(h.refused == 0);
     // Clients use each TLS 1.3 ticket once; take the one the resumption gave.
@@ -148,42 +166,26 @@ TEST_CASE("a client ticket resumes only under the certificate it was issued with
     }
 
     // The same ticket where another certificate would be presented.
-    auto other_cert = forge_for_name("www.example.test", false, ca, key.get(), &error);
-    REQUIRE(other_cert);
+    auto other_cert = pair.leaf();
     h.binding = certificate_binding(other_cert.get());
-    CHECK(h.binding != certificate_binding(cert.get()));  // fresh serial: another certificate
-    auto refused = handshake(server_ctx.get(), client_ctx.get(), h, ticket);
+    CHECK(h.binding != certificate_binding(pair.cert.get()));  // fresh serial: another certificate
+    auto refused = handshake(server_ctx, client_ctx, h, ticket);
     CHECK(SSL_session_reused(refused.server.get()) == 0);
     CHECK(h.refused == 1);
     SSL_SESSION_free(ticket);
   }
 }
 
-TEST_CASE("no resumption past the chain limit, and none without a binding") {
-  SslCtxPtr server_ctx(SSL_CTX_new(TLS_server_method()));
-  SslCtxPtr client_ctx(SSL_CTX_new(TLS_client_method()));
-  REQUIRE(server_ctx);
-  REQUIRE(client_ctx);
-  SSL_CTX_set_session_cache_mode(client_ctx.get(), SSL_SESS_CACHE_CLIENT);
-  IssuingCa ca;
-  ca.key = generate_key(LeafKeyType::ec_p256);
-  ca.cert = make_self_signed_ca(ca.key.get(), "unit test CA");
-  auto key = generate_key(LeafKeyType::ec_p256);
-  std::string error;
-  auto cert = forge_for_name("www.example.test", false, ca, key.get(), &error);
-  REQUIRE(cert);
-  REQUIRE(SSL_CTX_use_certificate(server_ctx.get(), cert.get()) == 1);
-  REQUIRE(SSL_CTX_use_PrivateKey(server_ctx.get(), key.get()) == 1);
-  // Every chain is over the limit at once.
-  TicketKeys keys(hours(1), std::chrono::seconds(-1));
-  REQUIRE(enable_client_tickets(server_ctx.get(), &keys, hours(1), &error));
+TEST_CASE("no resumption past the chain limit") {
+  TicketKeys keys(hours(1), std::chrono::seconds(-1));  // every chain is over the limit at once
+  TicketPair pair(keys);
   Handler h;
-  h.binding = certificate_binding(cert.get());
-  auto first = handshake(server_ctx.get(), client_ctx.get(), h, nullptr);
+  h.binding = certificate_binding(pair.cert.get());
+  auto first = handshake(pair.server_ctx.get(), pair.client_ctx.get(), h, nullptr);
   SSL_SESSION* ticket = SSL_get1_session(first.client.get());
   REQUIRE(ticket);
   CHECK(SSL_SESSION_has_ticket(ticket) == 1);
-  auto again = handshake(server_ctx.get(), client_ctx.get(), h, ticket);
+  auto again = handshake(pair.server_ctx.get(), pair.client_ctx.get(), h, ticket);
   CHECK(SSL_session_reused(again.server.get()) == 0);
   CHECK(h.refused == 0);  // not a certificate mismatch
   SSL_SESSION_free(ticket);
