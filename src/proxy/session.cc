@@ -1718,15 +1718,18 @@ void Session::pump(Leg& from) {
   if (state_ == State::closing) return;
   flush(to);
   flush(from);  // reading may produce records (alerts, key updates)
-  if (idle && state_ == State::relaying && !trim_pending_) {
-    // `from` waits for the network. What an idle connection would keep
-    // goes once both legs have been quiet for kTrimAfterMs (on_timer): not
-    // here, where a keep-alive connection would free and allocate it again
-    // for every exchange.
-    trim_pending_ = true;
-    arm_timer(std::chrono::milliseconds(kTrimAfterMs));
-  }
+  // `from` waits for the network. What an idle connection would keep goes
+  // once both legs have been quiet for kTrimAfterMs (on_timer): not here,
+  // where a keep-alive connection would free and allocate it again for
+  // every exchange.
+  if (idle) schedule_trim();
   if (park_pending_ && state_ == State::relaying) park_origin_if_idle();
+}
+
+void Session::schedule_trim() {
+  if (trim_pending_ || state_ != State::relaying) return;
+  trim_pending_ = true;
+  arm_timer(std::min(std::chrono::milliseconds(kTrimAfterMs), ctx_.settings.idle_timeout));
 }
 
 // Record buffers and memory-BIO capacity of both legs, once quiet. Nothing
@@ -1750,18 +1753,14 @@ void Session::release_tls_buffers(Leg& leg) {
 }
 
 // A memory BIO keeps the capacity of its largest write for good (BIO_reset
-// only clears it). An empty one with a small capacity (requests,
-// responses, the handshake flight) gets a fresh, empty BUF_MEM, which
-// allocates again only when bytes come. Large ones (the 64 KiB reads and
-// batches of a bulk transfer) stay: the transfer reuses them on its next
-// read, and replacing them on every read would cost an 87 KiB allocation
-// each time.
+// only clears it). An empty one of a quiet leg gets a fresh, empty BUF_MEM,
+// which allocates again only when bytes come (called only once the
+// connection is quiet or parked, so even a bulk transfer's large buffers go).
 void Session::drop_bio_capacity(Leg& leg, bool read) {
-  constexpr std::size_t kLargeCapacity = 16 * 1024;
   BIO* bio = read ? leg.rbio : leg.wbio;
   if (!leg.ssl || !bio || BIO_ctrl_pending(bio) != 0) return;
   BUF_MEM* mem = nullptr;
-  if (BIO_get_mem_ptr(bio, &mem) != 1 || !mem || mem->max == 0 || mem->max > kLargeCapacity) return;
+  if (BIO_get_mem_ptr(bio, &mem) != 1 || !mem || mem->max == 0) return;
   BUF_MEM* fresh = BUF_MEM_new();
   if (!fresh) return;  // keep the old one: only memory is at stake
   BIO_set_mem_buf(bio, fresh, BIO_CLOSE);
@@ -1798,7 +1797,12 @@ void Session::send(Side to, std::span<const char> data) {
     leg.plain_out.append(data.data(), data.size());
     return;
   }
-  if (!write_batched_plain(leg) || !write_plain(leg, data)) return;
+  if (!write_batched_plain(leg)) return;
+  if (data.size() < kCoalesceBelow) {  // starts the next batch
+    leg.plain_out.append(data.data(), data.size());
+    return;
+  }
+  if (!write_plain(leg, data)) return;
   if (BIO_ctrl_pending(leg.wbio) >= 64 * 1024) flush(leg);
 }
 
@@ -1919,6 +1923,11 @@ void Session::on_write_done(Leg& leg, int status) {
   if (pending_out(leg) > ctx_.settings.relay_high_watermark / 4) return;
   relay_->on_writable(side_of(leg));
   if (state_ != State::relaying) return;
+  // What the relay sent from this callback (HTTP/2 DATA toward `leg`, a
+  // WINDOW_UPDATE the other way) goes out now, not at the next read.
+  flush(client_);
+  flush(upstream_);
+  if (state_ != State::relaying) return;
   Leg& from = opposite(leg);
   if (from.paused) {
     from.paused = false;
@@ -2007,6 +2016,7 @@ void Session::flush(Leg& leg) {
   if (n <= 0) return;
   send_raw(leg, data, static_cast<std::size_t>(n));
   (void)BIO_reset(leg.wbio);
+  schedule_trim();  // whatever this write allocated goes once the connection is quiet
 }
 
 void Session::send_raw(Leg& leg, const char* data, std::size_t n) {

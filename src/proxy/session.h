@@ -192,6 +192,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void pump(Leg& from);
   void on_leg_eof(Leg& from);
   void end_of_input(Leg& from, bool clean);
+  void schedule_trim();
   void trim_idle_buffers();
   void release_tls_buffers(Leg& leg);
   void drop_bio_capacity(Leg& leg, bool read);
