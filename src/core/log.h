@@ -66,6 +66,8 @@ std::uint64_t dropped_lines();
 
 // Appends `s` to `out` as the body of a JSON string (no quotes).
 void append_json_escaped(std::string& out, std::string_view s);
+// Appends `value` with three decimals ("-1.000", "0.205"); non-finite: null.
+void append_fixed3(std::string& out, double value);
 
 inline void info(std::string_view event, std::string_view msg) {
   emit(Line(Level::info, event).str("msg", msg));

@@ -1,6 +1,12 @@
 #include "core/log.h"
 
 #include <doctest/doctest.h>
+
+#include <charconv>
+
+#include <cmath>
+
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include <unistd.h>
@@ -41,6 +47,35 @@ TEST_CASE("JSON escaping keeps valid UTF-8 and replaces everything else") {
   for (int c = 0; c < 256; ++c) all += static_cast<char>(c);
   auto parsed = nlohmann::json::parse("\"" + escaped(all) + "\"", nullptr, false);
   CHECK_FALSE(parsed.is_discarded());
+}
+
+TEST_CASE("three-decimal numbers match an exact conversion") {
+  auto fixed3 = [](double v) {
+    std::string out;
+    log::append_fixed3(out, v);
+    return out;
+  };
+  CHECK(fixed3(1.5) == "1.500");
+  CHECK(fixed3(-1) == "-1.000");
+  CHECK(fixed3(0) == "0.000");
+  CHECK(fixed3(0.0004) == "0.000");
+  CHECK(fixed3(0.0006) == "0.001");
+  CHECK(fixed3(-0.25) == "-0.250");
+  CHECK(fixed3(123456.789) == "123456.789");
+  CHECK(fixed3(std::nan("")) == "null");
+  CHECK(fixed3(1e300).substr(0, 4) == "1000");
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> dist(-1e6, 1e6);
+  for (int i = 0; i < 100000; ++i) {
+    double v = dist(rng) / static_cast<double>(1 + i % 1000);
+    double scaled = v * 1000.0;
+    if (std::fabs(scaled - std::floor(scaled) - 0.5) < 1e-6) continue;  // a tie: either is right
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 3);
+    std::string exact(buf, r.ptr);
+    if (exact == "-0.000") exact = "0.000";
+    REQUIRE_MESSAGE(fixed3(v) == exact, v);
+  }
 }
 
 TEST_CASE("lines from many threads reach the file whole and parse as JSON") {
