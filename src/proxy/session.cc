@@ -1139,9 +1139,7 @@ void Session::park_origin_if_idle() {
       SSL_get_shutdown(ssl) != 0)
     return;
   stop_reading(upstream_);
-  release_tls_buffers(upstream_);
-  drop_bio_capacity(upstream_, true);
-  drop_bio_capacity(upstream_, false);
+  trim_leg(upstream_);
   // This session goes: nothing of the SSL may point into it (a ticket
   // while parked is dropped).
   SSL_set_app_data(ssl, nullptr);
@@ -1603,8 +1601,7 @@ std::unique_ptr<Relay> Session::make_relay() {
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
   info->sni = hello_.sni;
-  info->client_tls = std::string(SSL_get_version(client_.ssl.get())) + " " +
-                     SSL_get_cipher_name(client_.ssl.get());
+  info->client_tls = std::string(client_tls_.version) + " " + client_tls_.cipher;
   if (upstream_tls_.version)
     info->upstream_tls = std::string(upstream_tls_.version) + " " + upstream_tls_.cipher;
   info->alpn = upstream_alpn_;
@@ -1732,15 +1729,13 @@ void Session::schedule_trim() {
   arm_timer(std::min(std::chrono::milliseconds(kTrimAfterMs), ctx_.settings.idle_timeout));
 }
 
-// Record buffers and memory-BIO capacity of both legs, once quiet. Nothing
-// is buffered then: each call below checks and keeps what holds data.
-void Session::trim_idle_buffers() {
-  for (Leg* leg : {&client_, &upstream_}) {
-    if (leg->plain_out.empty()) std::string().swap(leg->plain_out);
-    release_tls_buffers(*leg);
-    drop_bio_capacity(*leg, true);
-    drop_bio_capacity(*leg, false);
-  }
+// Record buffers and memory-BIO capacity of a quiet (or parked) leg.
+// Nothing is buffered then: each call below checks and keeps what holds data.
+void Session::trim_leg(Leg& leg) {
+  if (leg.plain_out.empty()) std::string().swap(leg.plain_out);
+  release_tls_buffers(leg);
+  drop_bio_capacity(leg, true);
+  drop_bio_capacity(leg, false);
 }
 
 // OpenSSL's ~17 KiB record buffers of a quiet leg (SSL_MODE_RELEASE_BUFFERS
@@ -2134,7 +2129,8 @@ void Session::on_timer() {
       std::uint64_t next = idle - quiet;
       if (trim_pending_) {
         if (quiet >= kTrimAfterMs) {
-          trim_idle_buffers();
+          trim_leg(client_);
+          trim_leg(upstream_);
           trim_pending_ = false;
         } else {
           next = std::min(next, kTrimAfterMs - quiet);  // busy: look again then

@@ -22,7 +22,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -193,7 +192,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_leg_eof(Leg& from);
   void end_of_input(Leg& from, bool clean);
   void schedule_trim();
-  void trim_idle_buffers();
+  void trim_leg(Leg& leg);
   void release_tls_buffers(Leg& leg);
   void drop_bio_capacity(Leg& leg, bool read);
   void maybe_finish();
@@ -308,7 +307,6 @@ class Session final : public tls::ClientHandshakeHandler,
   bool upstream_reused_ = false;
   bool upstream_parked_ = false;
   std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
-  // The origin leg's handshake, for the log.
   // Each leg's TLS facts for the log, taken when its handshake completes:
   // later the SSL may be back "in init" after an unclean close, mid-way
   // through a post-handshake message, or parked.
