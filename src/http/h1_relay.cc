@@ -80,6 +80,23 @@ std::string head_with_close(const MessageHead& h) {
   out.append("Connection: close\r\n\r\n");
   return out;
 }
+
+// NTLM and Negotiate authenticate the connection, not the request (RFC
+// 4559): an origin connection that carried them belongs to this client.
+bool connection_bound_auth(const MessageHead& h, bool request) {
+  for (const auto& f : h.headers) {
+    std::string_view scheme;
+    if (iequals(f.name, request ? "authorization" : "www-authenticate")) {
+      scheme = std::string_view(f.value).substr(0, f.value.find(' '));
+    } else if (!request && iequals(f.name, "proxy-support")) {
+      scheme = "Negotiate";  // "Session-Based-Authentication" (MS-N2HT): the same binding
+    } else {
+      continue;
+    }
+    if (iequals(scheme, "NTLM") || iequals(scheme, "Negotiate")) return true;
+  }
+  return false;
+}
 }  // namespace
 
 class H1Relay::RequestHandler final : public H1Parser::Handler {
@@ -110,6 +127,7 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
       r_.answer_and_close(r_.refusal_->status, r_.refusal_->reason);
       return;
     }
+    if (connection_bound_auth(head, true)) r_.origin_pinned_ = true;
     bool close = connection_close(head);
     bool upgrade = head.find("upgrade") != nullptr;
     if (close && r_.keep_origin_ && head.version_minor == 1 && !upgrade &&
@@ -193,6 +211,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
     st.awaiting_head_forward = !informational_;
     r_.consumer_.on_response_head(st.ex, to_event_head(head, false));
     if (framing == Framing::tunnel) r_.tunnel_ = true;
+    if (connection_bound_auth(head, false)) r_.origin_pinned_ = true;
     if (!informational_) {
       bool close = connection_close(head);
       if (close || head.version_minor == 0 || framing == Framing::until_close)
@@ -378,7 +397,7 @@ void H1Relay::on_end(Side from, bool clean) {
 }
 
 bool H1Relay::origin_idle() const {
-  return keep_origin_ && origin_keep_alive_ && !tunnel_ && !closing_ && !refusal_ &&
+  return keep_origin_ && origin_keep_alive_ && !origin_pinned_ && !tunnel_ && !closing_ && !refusal_ &&
          awaiting_response_.empty() && !current_request_ && responses_.idle() &&
          out_[1].segs.empty() && !req_hold_.active && !resp_hold_.active && deferred_status_ == 0 &&
          deferred_answer_.empty();

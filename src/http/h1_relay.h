@@ -96,6 +96,7 @@ class H1Relay final : public Relay {
   bool closing_ = false;
   bool keep_origin_ = false;
   bool origin_keep_alive_ = true;  // no exchange so far asked the origin to close
+  bool origin_pinned_ = false;     // connection-bound authentication seen: never shared
   bool client_done_ = false;       // the client leg was ended after a "close" request
   bool requests_closed_ = false;   // a request with "close" was received: no more are taken
   // A request error that must wait for earlier responses (pipelining order).

@@ -210,6 +210,46 @@ TEST_CASE("keep_origin: an origin that says close, or a close-delimited body, is
   CHECK_FALSE(relay.origin_idle());
 }
 
+// NTLM and Negotiate authenticate the connection: sharing it (another
+// client's connection, or this client's after a release) would hand over
+// the login.
+TEST_CASE("keep_origin: connection-bound authentication pins the origin connection") {
+  struct Case {
+    const char* request;
+    const char* response;
+  };
+  for (const Case& c :
+       {Case{"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: NTLM TlRMTVNTUAABAAAA\r\n\r\n",
+             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"},
+        Case{"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: negotiate YIIC\r\n\r\n",
+             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"},
+        Case{"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\n"
+             "WWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n"},
+        Case{"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n"},
+        Case{"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+             "HTTP/1.1 200 OK\r\nProxy-Support: Session-Based-Authentication\r\nContent-Length: 0\r\n\r\n"}}) {
+    FakeIo io;
+    exchange::RecordingConsumer rec;
+    http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                        std::nullopt, {}, true};
+    relay.on_data(Side::client, std::string_view(c.request));
+    relay.on_data(Side::upstream, std::string_view(c.response));
+    REQUIRE(rec.violations.empty());
+    CHECK_MESSAGE(!relay.origin_idle(), c.request, c.response);
+  }
+  // Per-request schemes leave it shareable.
+  FakeIo io;
+  exchange::RecordingConsumer rec;
+  http::H1Relay relay{io, rec, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{},
+                      std::nullopt, {}, true};
+  relay.on_data(Side::client, std::string_view("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic dTpw\r\n\r\n"));
+  relay.on_data(Side::upstream,
+                std::string_view("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Length: 0\r\n\r\n"));
+  CHECK(relay.origin_idle());
+}
+
 TEST_CASE("keep_origin: a request pipelined after Connection: close never reaches the origin") {
   FakeIo io;
   exchange::RecordingConsumer rec;
