@@ -244,7 +244,7 @@ class Parser {
       std::uint64_t per_origin = cfg.upstream_reuse_per_origin;
       if (!check_keys(*t, "upstream", {"ca_file", "crl_file", "on_invalid", "refuse_with",
                                        "min_version", "alpn", "reuse", "reuse_idle_timeout",
-                                       "reuse_per_origin"}) ||
+                                       "reuse_per_origin", "release_idle", "release_idle_after"}) ||
           !get_choice(*t, "upstream", "refuse_with", {"error-page", "alert"}, refuse) ||
           !get_path(*t, "upstream", "ca_file", cfg.upstream_ca_file) ||
           !get_path(*t, "upstream", "crl_file", cfg.upstream_crl_file) ||
@@ -253,7 +253,9 @@ class Parser {
           !get_string_list(*t, "upstream", "alpn", cfg.upstream_alpn) ||
           !get_bool(*t, "upstream", "reuse", cfg.upstream_reuse) ||
           !get_duration(*t, "upstream", "reuse_idle_timeout", cfg.upstream_reuse_idle) ||
-          !get_uint(*t, "upstream", "reuse_per_origin", 1, 1024, per_origin))
+          !get_uint(*t, "upstream", "reuse_per_origin", 1, 1024, per_origin) ||
+          !get_bool(*t, "upstream", "release_idle", cfg.upstream_release_idle) ||
+          !get_duration(*t, "upstream", "release_idle_after", cfg.upstream_release_idle_after))
         return false;
       cfg.upstream_reuse_per_origin = per_origin;
       cfg.on_invalid = inv == "block" ? tls::OnInvalid::block : tls::OnInvalid::forward_untrusted;

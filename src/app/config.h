@@ -153,6 +153,10 @@ struct Config {
   bool upstream_reuse = true;
   milliseconds upstream_reuse_idle = std::chrono::seconds(4);
   std::size_t upstream_reuse_per_origin = 16;
+  // upstream.release_idle: an idle HTTP/1.1 client connection gives its
+  // origin connection back to the pool and takes one again at its next request.
+  bool upstream_release_idle = true;
+  milliseconds upstream_release_idle_after = std::chrono::milliseconds(100);
 
   milliseconds leaf_key_lifetime = std::chrono::hours(1);
   std::size_t cert_cache_entries = 10000;

@@ -107,6 +107,8 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   s.upstream_reuse = cfg.upstream_reuse;
   s.origin_pool.idle_timeout = cfg.upstream_reuse_idle;
   s.origin_pool.per_origin = cfg.upstream_reuse_per_origin;
+  s.release_idle_after = cfg.upstream_release_idle ? cfg.upstream_release_idle_after
+                                                   : std::chrono::milliseconds(0);
   s.h1.max_head = cfg.max_http_head;
   s.h1.max_trailers = cfg.max_http_head;
   s.via = cfg.via;

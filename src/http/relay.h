@@ -126,6 +126,10 @@ class Relay {
   // held, and it was never asked to close: the session may keep it for
   // another client connection (upstream.reuse).
   virtual bool origin_idle() const { return false; }
+  // Later exchanges go over another origin connection (an idle client's
+  // origin connection was released and a new one taken): their records
+  // carry its facts.
+  virtual void rebind_connection(std::shared_ptr<const exchange::ConnectionInfo> /*info*/) {}
 };
 
 // Bytes pass through untouched; endings are passed on in kind.

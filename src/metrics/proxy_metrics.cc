@@ -110,6 +110,13 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
     origin_pool_events[e] = r.counter("sightline_origin_pool_events_total",
                                       "Idle origin connections kept for reuse (upstream.reuse), by event.",
                                       {{"event", kPoolEvents[e]}});
+  for (std::size_t e = 0; e < kReleaseEvents.size(); ++e)
+    origin_release_events[e] =
+        r.counter("sightline_origin_releases_total",
+                  "Origin connections released by idle HTTP/1.1 client connections "
+                  "(upstream.release_idle), and how the next request got one: retaken from "
+                  "the pool, reconnected, or failed (502).",
+                  {{"event", kReleaseEvents[e]}});
   origin_pool_idle = r.gauge("sightline_origin_pool_idle_connections",
                              "Verified origin connections parked for reuse now.");
   for (std::size_t a = 0; a < kPolicy.size(); ++a)

@@ -72,6 +72,12 @@ struct ProxyMetrics {
                                                           "origin_closed", "full", "shutdown"};
   std::array<CounterId, kPoolEvents.size()> origin_pool_events;
   GaugeId origin_pool_idle;
+  // upstream.release_idle: origin connections released by idle client
+  // connections, and how the next request got one (pool, new connection)
+  // or did not.
+  static constexpr std::array<const char*, 4> kReleaseEvents{"released", "retaken", "reconnected",
+                                                             "failed"};
+  std::array<CounterId, kReleaseEvents.size()> origin_release_events;
 
   // Policy.
   PerValue<PolicyAction, CounterId> policy_decisions;

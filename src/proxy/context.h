@@ -56,6 +56,9 @@ struct SessionSettings {
   // connections to the same target (upstream.reuse).
   bool upstream_reuse = true;
   OriginPoolLimits origin_pool;
+  // With reuse: the origin connection of a client connection idle this long
+  // between HTTP/1.1 exchanges goes back to the pool (0: never).
+  std::chrono::milliseconds release_idle_after{0};
   std::vector<std::string> upstream_alpn;  // protocols the proxy relays
   http::H1Limits h1;
   http::H2Settings h2;

@@ -554,6 +554,11 @@ void Session::on_connected(int status) {
         arm_timer(ctx_.settings.handshake_timeout);
         after_hello();
         return;
+      case LateNext::reattach:
+        arm_timer(ctx_.settings.handshake_timeout);
+        state_ = State::upstream_handshake;
+        start_upstream_tls();
+        return;
     }
     return;
   }
@@ -1068,25 +1073,30 @@ void Session::open_upstream() {
 // The parked connection becomes this session's origin leg, its handshake
 // and verification already done: straight to the forged certificate.
 void Session::adopt_origin(std::unique_ptr<ParkedOrigin> parked) {
-  upstream_.tcp.reset(parked->tcp.release());
-  upstream_.tcp->data = this;
-  upstream_.initialized = true;
-  ++open_handles_;
-  upstream_.ssl = std::move(parked->ssl);
-  upstream_.rbio = parked->rbio;
-  upstream_.wbio = parked->wbio;
-  upstream_addr_ = std::move(parked->addr);
-  resume_key_ = std::move(parked->resume_key);
-  if (!resume_key_.empty())  // later session tickets refresh the resumption cache
-    SSL_set_app_data(upstream_.ssl.get(), static_cast<tls::UpstreamSessionSink*>(this));
+  take_parked_leg(*parked);
   upstream_reused_ = true;
   upstream_uses_ = parked->uses;
   on_upstream_verified();
 }
 
+void Session::take_parked_leg(ParkedOrigin& parked) {
+  upstream_.tcp.reset(parked.tcp.release());
+  upstream_.tcp->data = this;
+  upstream_.initialized = true;
+  ++open_handles_;
+  upstream_.ssl = std::move(parked.ssl);
+  upstream_.rbio = parked.rbio;
+  upstream_.wbio = parked.wbio;
+  upstream_addr_ = std::move(parked.addr);
+  resume_key_ = std::move(parked.resume_key);
+  if (!resume_key_.empty())  // later session tickets refresh the resumption cache
+    SSL_set_app_data(upstream_.ssl.get(), static_cast<tls::UpstreamSessionSink*>(this));
+}
+
 // Connects after the ClientHello, when no parked connection fitted.
 void Session::connect_late(LateNext next) {
   late_connect_ = true;
+
   late_next_ = next;
   // Whatever the client sends meanwhile waits in the socket: the step
   // after the connect reads it.
@@ -1112,6 +1122,9 @@ void Session::connect_failed(std::string why) {
     case LateNext::upstream_tls:  // the client's handshake waits: it gets the error page
       refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
       return;
+    case LateNext::reattach:  // the client's request gets the 502
+      reattach_failed(std::move(why));
+      return;
     case LateNext::decide:  // nothing decided yet, but the client speaks TLS: the same
       set_action("intercept");
       start_client_tls();
@@ -1128,16 +1141,23 @@ void Session::connect_failed(std::string why) {
 // Only a verified one, with nothing in flight or buffered either way.
 void Session::park_origin_if_idle() {
   park_pending_ = false;
-  if (pool_key_.empty() || upstream_parked_ || state_ != State::relaying || codec_ != "http/1.1" ||
+  if (park_origin(false)) upstream_parked_ = true;
+}
+
+// Parks the origin leg if it is idle; `client_stays`: the client
+// connection goes on without it (release_origin).
+bool Session::park_origin(bool client_stays) {
+  if (pool_key_.empty() || upstream_parked_ || origin_released_ || state_ != State::relaying ||
+      codec_ != "http/1.1" ||
       refusal_ || untrusted_ || verdict_ != "ok" || !upstream_.initialized || !upstream_.ssl ||
       upstream_.eof || upstream_.read_done || upstream_.write_shutdown || upstream_tls_error_ ||
       upstream_.writes_in_flight != 0 || pending_out(upstream_) != 0 || !relay_ ||
       !relay_->origin_idle())
-    return;
+    return false;
   SSL* ssl = upstream_.ssl.get();
   if (SSL_pending(ssl) != 0 || SSL_has_pending(ssl) || BIO_ctrl_pending(upstream_.rbio) != 0 ||
-      SSL_get_shutdown(ssl) != 0)
-    return;
+      SSL_get_shutdown(ssl) != 0 || (client_stays && pending_out(client_) != 0))
+    return false;
   stop_reading(upstream_);
   trim_leg(upstream_);
   // This session goes: nothing of the SSL may point into it (a ticket
@@ -1158,8 +1178,146 @@ void Session::park_origin_if_idle() {
   upstream_.initialized = false;
   upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = true;
   --open_handles_;  // the pool closes it from now on (never the last: the client's is open)
-  upstream_parked_ = true;
   host_.origin_pool().put(std::move(p));
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Idle origin release (upstream.release_idle, docs/interception.md)
+//
+// An HTTP/1.1 client connection that has been quiet for release_idle_after
+// between exchanges gives its origin connection back to the pool (which
+// keeps it for reuse_idle_timeout, within its limits): an idle browser
+// connection then holds one TLS leg, not two. Its next request takes a
+// parked connection under the same key, or connects, handshakes and
+// verifies again; one that cannot gets a 502 page.
+
+bool Session::release_candidate() const {
+  return ctx_.settings.release_idle_after.count() > 0 && !pool_key_.empty() && !origin_released_ &&
+         !upstream_parked_ && !reattaching_ && codec_ == "http/1.1";
+}
+
+void Session::release_origin() {
+  if (!park_origin(true)) return;
+  origin_released_ = true;
+  ++releases_;
+  count_release(0);
+}
+
+// The released client connection sent plaintext (`request`, read from its
+// TLS leg): it waits until an origin connection is back.
+void Session::reacquire_origin(std::span<const char> request) {
+  held_request_.assign(request.data(), request.size());
+  stop_reading(client_);
+  first_upstream_ = {t_connect_start_, t_resolved_, t_connected_, t_upstream_hs_start_,
+                     t_upstream_hs_done_, upstream_resumed_};
+  origin_released_ = false;
+  reattaching_ = true;
+  upstream_.eof = upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = false;
+  upstream_.paused = upstream_.reading = false;
+  upstream_.plain_out.clear();
+  if (auto parked = host_.origin_pool().take(pool_key_)) {
+    take_parked_leg(*parked);
+    finish_reattach(true);
+    return;
+  }
+  verify_ = {};
+  state_ = State::connecting;
+  connect_late(LateNext::reattach);
+}
+
+// The new origin connection is verified (or came verified from the pool):
+// the held request goes on over it.
+void Session::finish_reattach(bool pooled) {
+  SSL* ssl = upstream_.ssl.get();
+  restore_first_upstream();
+  if (!pooled) {
+    bool resumed = SSL_session_reused(ssl) == 1;
+    // Nothing less than what the client's certificate was forged from: a
+    // verified origin (on_invalid does not apply to a connection whose
+    // client already trusts the forged certificate).
+    if (!SSL_get0_peer_certificate(ssl) || verify_.first_error != X509_V_OK ||
+        SSL_get_verify_result(ssl) != X509_V_OK) {
+      int err = verify_.first_error != X509_V_OK ? verify_.first_error
+                                                 : static_cast<int>(SSL_get_verify_result(ssl));
+      if (ctx_.metrics && err != X509_V_OK)
+        ctx_.metrics->registry.inc(worker_, ctx_.metrics->verify_failures[metrics::idx(
+                                                metrics::verdict(std::string(tls::verdict_for(err))))]);
+      reattach_failed("upstream certificate invalid: " +
+                      (err != X509_V_OK ? tls::reason_for(verify_) : std::string("no certificate")));
+      return;
+    }
+    if (ctx_.metrics)
+      ctx_.metrics->registry.inc(worker_, resumed ? ctx_.metrics->upstream_tls_resumed
+                                                  : ctx_.metrics->upstream_tls_full);
+    if (!resume_key_.empty() && !resumed && SSL_version(ssl) != TLS1_3_VERSION)
+      host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
+  }
+  const unsigned char* alpn = nullptr;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  std::string_view chosen(reinterpret_cast<const char*>(alpn), alpn_len);
+  if (!chosen.empty() && chosen != "http/1.1") {
+    reattach_failed("origin chose " + std::string(chosen) + " on a new connection; the client speaks HTTP/1.1");
+    return;
+  }
+  reattaching_ = false;
+  ++reattaches_;
+  count_release(pooled ? 1 : 2);
+  state_ = State::relaying;
+  TlsFacts facts = TlsFacts::of(ssl);
+  relay_->rebind_connection(relay_connection_info(facts));
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  start_reading(upstream_);
+  start_reading(client_);
+  std::string held = std::exchange(held_request_, std::string());
+  relay_->on_data(Side::client, held);
+  if (state_ != State::relaying) return;
+  pump(client_);
+}
+
+// No origin connection for the client's next request: it is answered with
+// a 502 page naming the reason, and the client connection ends after it.
+void Session::reattach_failed(std::string reason) {
+  reattaching_ = false;
+  count_release(3);
+  log::emit(log::Level::warn, {{"event", "origin_reattach_failed"}, {"id", id_},
+                               {"target", request_.authority.to_string()}, {"reason", reason}});
+  if (upstream_.initialized) {
+    stop_reading(upstream_);
+    upstream_.read_done = true;
+    shutdown_write(upstream_);
+  } else {
+    upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = true;
+  }
+  restore_first_upstream();
+  close_reason_ = reason;
+  refusal_ = http::Refusal{502, std::move(reason)};
+  state_ = State::relaying;
+  relay_ = std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, relay_connection_info(upstream_tls_),
+                                           ctx_.settings.h1, refusal_, icap_options(), false);
+  idle_since_ = uv_now(host_.loop());
+  arm_timer(ctx_.settings.idle_timeout);
+  start_reading(client_);
+  std::string held = std::exchange(held_request_, std::string());
+  relay_->on_data(Side::client, held);
+  if (state_ != State::relaying) return;
+  pump(client_);
+}
+
+// The connection log line describes the first origin connection.
+void Session::restore_first_upstream() {
+  t_connect_start_ = first_upstream_.connect_start;
+  t_resolved_ = first_upstream_.resolved;
+  t_connected_ = first_upstream_.connected;
+  t_upstream_hs_start_ = first_upstream_.hs_start;
+  t_upstream_hs_done_ = first_upstream_.hs_done;
+  upstream_resumed_ = first_upstream_.resumed;
+}
+
+void Session::count_release(std::size_t event) {
+  if (ctx_.metrics) ctx_.metrics->registry.inc(worker_, ctx_.metrics->origin_release_events[event]);
 }
 
 void Session::drive_upstream_handshake() {
@@ -1200,6 +1358,10 @@ void Session::on_upstream_session(SSL_SESSION* session) {
 }
 
 void Session::on_upstream_verified() {
+  if (reattaching_) {
+    finish_reattach(false);
+    return;
+  }
   SSL* ssl = upstream_.ssl.get();
   // For the connection line, taken now: later the SSL may be mid-way
   // through a post-handshake message, or parked.
@@ -1299,6 +1461,10 @@ void Session::on_forged(tls::ForgedPtr leaf) {
 // reason; nothing from the origin is ever relayed.
 void Session::refuse_upstream(int alert, std::string reason, int status) {
   if (state_ == State::closing) return;
+  if (reattaching_) {  // the client's handshake is long done: its request gets the page
+    reattach_failed(std::move(reason));
+    return;
+  }
   if (ctx_.settings.refuse_with_alert || !client_.ssl) {
     refuse_client(alert, std::move(reason));
     return;
@@ -1596,16 +1762,21 @@ http::IcapOptions Session::icap_options() {
   return o;
 }
 
-std::unique_ptr<Relay> Session::make_relay() {
+// What the exchanges over the current origin connection record of it.
+std::shared_ptr<exchange::ConnectionInfo> Session::relay_connection_info(const TlsFacts& upstream) {
   auto info = connection_info();
   info->server = upstream_addr_;
   info->target = request_.authority.to_string();
   info->sni = hello_.sni;
   info->client_tls = std::string(client_tls_.version) + " " + client_tls_.cipher;
-  if (upstream_tls_.version)
-    info->upstream_tls = std::string(upstream_tls_.version) + " " + upstream_tls_.cipher;
-  info->alpn = upstream_alpn_;
+  if (upstream.version) info->upstream_tls = std::string(upstream.version) + " " + upstream.cipher;
+  info->alpn = upstream.version ? upstream.alpn : upstream_alpn_;
   set_archive_info(*info);
+  return info;
+}
+
+std::unique_ptr<Relay> Session::make_relay() {
+  auto info = relay_connection_info(upstream_tls_);
   if (upstream_alpn_ == "h2") {
     codec_ = "h2";
     auto h2 = std::make_unique<http::H2Relay>(*this, *ctx_.exchanges, std::move(info),
@@ -1695,6 +1866,10 @@ void Session::pump(Leg& from) {
       if (tap_ && tap_->data(&from == &client_ ? hooks::FlowDir::to_server : hooks::FlowDir::to_client, plain))
         pause_for_hooks();
       if (!archive_allows_more()) break;
+      if (origin_released_ && &from == &client_) {
+        reacquire_origin(plain);
+        return;
+      }
       relay_->on_data(side_of(from), plain);
       continue;
     }
@@ -1769,7 +1944,7 @@ void Session::end_of_input(Leg& from, bool clean) {
   // to the next one; this session then ends the client leg itself.
   if (&from == &client_) park_origin_if_idle();
   relay_->on_end(side_of(from), clean);
-  if (upstream_parked_ && &from == &client_) end(Side::client, clean);
+  if ((upstream_parked_ || origin_released_) && &from == &client_) end(Side::client, clean);
   maybe_finish();
 }
 
@@ -2098,6 +2273,10 @@ void Session::arm_timer(std::chrono::milliseconds ms) {
 }
 
 void Session::on_timer() {
+  if (reattaching_ && !late_connect_ && state_ != State::closing) {
+    reattach_failed("origin TLS handshake timed out");
+    return;
+  }
   if (late_connect_ && state_ != State::closing) {
     connect_failed("connect to " + request_.authority.to_string() + " timed out after " +
                    std::to_string(ctx_.settings.connect_timeout.count()) + " ms");
@@ -2135,6 +2314,12 @@ void Session::on_timer() {
         } else {
           next = std::min(next, kTrimAfterMs - quiet);  // busy: look again then
         }
+      }
+      if (release_candidate()) {
+        auto after = static_cast<std::uint64_t>(ctx_.settings.release_idle_after.count());
+        // Not idle then (a long poll): the next quiet spell schedules it again.
+        if (quiet >= after) release_origin();
+        else next = std::min(next, after - quiet);
       }
       arm_timer(std::chrono::milliseconds(next));
       return;
@@ -2290,6 +2475,8 @@ void Session::log_connection() {
   if (upstream_resumed_) j["upstream_resumed"] = true;
   if (upstream_reused_) j["upstream_reused"] = upstream_uses_;  // the client connections it served, this one included
   if (upstream_parked_) j["upstream_parked"] = true;
+  if (releases_ != 0) j["upstream_released"] = releases_;      // times the idle client gave it back
+  if (reattaches_ != 0) j["upstream_reattached"] = reattaches_;  // times a later request got one again
   if (upstream_tls_.version)  // a handshake with the origin completed
     j["upstream_tls"] = tls_json(upstream_tls_, false);
   // The same facts as a connection record for hook consumers that want them (JSON event feed).

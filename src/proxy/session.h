@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 namespace sightline::proxy {
@@ -162,7 +163,7 @@ class Session final : public tls::ClientHandshakeHandler,
   void note_pinned_client(const char* why, const char* alert);
   void start_client_tls();
   // Origin connection reuse (upstream.reuse, proxy/origin_pool.h).
-  enum class LateNext { upstream_tls, bypass, splice, plain_http, decide };
+  enum class LateNext { upstream_tls, bypass, splice, plain_http, decide, reattach };
   bool reuse_allowed() const;
   bool defer_connect_for_reuse();
   void begin_hello_peek();
@@ -174,6 +175,17 @@ class Session final : public tls::ClientHandshakeHandler,
   void connect_failed(std::string why);
   bool connecting() const;
   void park_origin_if_idle();
+  bool park_origin(bool client_stays);
+  void take_parked_leg(ParkedOrigin& parked);
+  // Idle origin release (upstream.release_idle, docs/interception.md).
+  bool release_candidate() const;
+  void release_origin();
+  void reacquire_origin(std::span<const char> request);
+  void finish_reattach(bool pooled);
+  void reattach_failed(std::string reason);
+  void count_release(std::size_t event);
+  void restore_first_upstream();
+  std::shared_ptr<exchange::ConnectionInfo> relay_connection_info(const TlsFacts& upstream);
   void start_upstream_tls();
   void drive_upstream_handshake();
   void on_upstream_verified();
@@ -307,6 +319,21 @@ class Session final : public tls::ClientHandshakeHandler,
   bool upstream_reused_ = false;
   bool upstream_parked_ = false;
   std::uint64_t upstream_uses_ = 1;  // client connections the origin connection served
+  // upstream.release_idle: the origin leg went back to the pool while the
+  // client idles (released) or is being taken again (reattaching); the
+  // plaintext that arrived meanwhile waits in held_request_.
+  bool origin_released_ = false;
+  bool reattaching_ = false;
+  unsigned releases_ = 0;
+  unsigned reattaches_ = 0;
+  std::string held_request_;
+  // The first origin connection's timings and resumption, for the log line
+  // (a reattachment's connect and handshake would overwrite them).
+  struct FirstUpstream {
+    std::uint64_t connect_start, resolved, connected, hs_start, hs_done;
+    bool resumed;
+  };
+  FirstUpstream first_upstream_{};
   // Each leg's TLS facts for the log, taken when its handshake completes:
   // later the SSL may be back "in init" after an unclean close, mid-way
   // through a post-handshake message, or parked.

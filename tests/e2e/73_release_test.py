@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Layer 73: idle origin release (upstream.release_idle).
+
+An HTTP/1.1 client connection quiet for release_idle_after between
+exchanges gives its origin connection back to the pool; its next request
+takes one again. A scriptable Python TLS origin counts its connections and
+answers with the index of the connection that served each request, so each
+check knows which origin connection carried what. Covered:
+
+  release, then the next request retakes the same connection from the pool
+  (no new origin connection; metrics released/retaken; the connection line
+  says upstream_released / upstream_reattached);
+  the pool dropped it meanwhile (reuse_idle_timeout): the next request
+  connects, handshakes and verifies a new one (reconnected);
+  the origin's certificate stopped verifying meanwhile: the request gets a
+  502 page naming the reason, the origin never sees it, the client
+  connection ends (failed, origin_reattach_failed in the log);
+  a client that closes while released costs no new origin connection;
+  NTLM authentication pins: that connection's origin leg is never released
+  while a later-idle neighbour's is;
+  release_idle = false keeps the origin leg;
+  the origin refuses connections: 502 naming the connect failure.
+"""
+
+import os
+import socket
+import ssl
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+H11 = ["http/1.1"]
+
+
+def app(conn):
+    """Answers every request with the index of this origin connection."""
+    while True:
+        try:
+            head = conn.read_head()
+        except EOFError:
+            return
+        conn.read_body(head)
+        conn.send(h.http_response(200, b"conn %d\n" % conn.index))
+
+
+def get(w, host, path="/ok", extra=""):
+    w.send(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, extra)).encode())
+    head = w.read_head()
+    _, body, _ = w.read_body(head, "GET")
+    return head, body
+
+
+def metrics(proxy):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("sightline_origin_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def release_event(proxy, event):
+    return metrics(proxy).get('sightline_origin_releases_total{event="%s"}' % event, 0.0)
+
+
+def pool_event(proxy, event):
+    return metrics(proxy).get('sightline_origin_pool_events_total{event="%s"}' % event, 0.0)
+
+
+def wait_metric(proxy, fn, event, at_least, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn(proxy, event) >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError("%s never reached %d (%r)" % (event, at_least, metrics(proxy)))
+
+
+def expect_eof(w):
+    try:
+        rest = w.recv_all()
+    except socket.timeout:
+        raise AssertionError("the proxy did not close the client connection")
+    except (ConnectionResetError, BrokenPipeError):
+        return
+    assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
+
+
+def finished(proxy, w, since):
+    w.sock.close()
+    ev = h.connection_line(proxy, w.client, since=since)
+    assert ev is not None, "no connection line for %s" % w.client
+    return ev
+
+
+def main(t):
+    pki = t.pki()
+    origin = h.TlsOrigin(pki, app)
+    target = "localhost:%d" % origin.port
+    proxy = t.start_proxy(pki, upstream={"release_idle_after": "150ms"})
+
+    def client(p=proxy, tgt=target):
+        return h.tls_tunnel(p.port, tgt, pki.root, alpn=H11)
+
+    with t.check("an idle client connection releases its origin connection; its next request "
+                 "retakes it from the pool", fatal=True):
+        m = proxy.mark()
+        w = client()
+        head, body = get(w, target)
+        assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
+        wait_metric(proxy, release_event, "released", 1)
+        got = metrics(proxy)
+        assert got.get("sightline_origin_pool_idle_connections") == 1, got
+        head, body = get(w, target, "/ok?again")
+        assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
+        assert origin.count() == 1, "origin connections: %d" % origin.count()
+        assert release_event(proxy, "retaken") == 1, metrics(proxy)
+        ev = finished(proxy, w, m)
+        assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
+        assert "upstream_reused" not in ev, ev
+
+    with t.check("a client that closes while released costs no new origin connection"):
+        m = proxy.mark()
+        n = origin.count()
+        released = release_event(proxy, "released")
+        w = client()
+        get(w, target)
+        wait_metric(proxy, release_event, "released", released + 1)
+        ev = finished(proxy, w, m)
+        assert ev.get("upstream_released") == 1 and "upstream_reattached" not in ev, ev
+        assert origin.count() == n, "%d new origin connections" % (origin.count() - n)
+
+    with t.check("NTLM pins the origin connection: never released, while a neighbour that went "
+                 "idle later is"):
+        released = release_event(proxy, "released")
+        m = proxy.mark()
+        a = client()
+        _, body_a = get(a, target, "/ntlm", "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==\r\n")
+        time.sleep(0.05)  # b goes idle strictly after a: a's release would come first
+        b = client()
+        get(b, target)
+        wait_metric(proxy, release_event, "released", released + 1)
+        head, body = get(a, target, "/ntlm-again")
+        assert head.status == 200 and body == body_a, "a served by %r, then %r" % (body_a, body)
+        assert release_event(proxy, "released") == released + 1, metrics(proxy)
+        ev = finished(proxy, a, m)
+        assert "upstream_released" not in ev and "upstream_parked" not in ev, ev
+        b.sock.close()
+
+    # A short pool timeout: a released connection is gone by the next request.
+    short = t.start_proxy(pki, name="short",
+                          upstream={"release_idle_after": "100ms", "reuse_idle_timeout": "200ms"})
+    with t.check("the pool dropped it meanwhile: the next request connects and verifies a new one"):
+        m = short.mark()
+        w = client(short)
+        _, first = get(w, target)
+        wait_metric(short, release_event, "released", 1)
+        wait_metric(short, pool_event, "expired", 1)
+        n = origin.count()
+        head, second = get(w, target)
+        assert head.status == 200 and second == b"conn %d\n" % n, "%r, expected conn %d" % (second, n)
+        assert first != second and origin.count() == n + 1, origin.count()
+        assert release_event(short, "reconnected") == 1, metrics(short)
+        ev = finished(short, w, m)
+        assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
+
+    # on_invalid = forward-untrusted completes the origin handshake even
+    # with a bad certificate: only the reattachment's own check stops it.
+    lax = t.start_proxy(pki, name="lax", upstream={"release_idle_after": "100ms",
+                                                   "reuse_idle_timeout": "200ms",
+                                                   "on_invalid": "forward-untrusted"})
+    for p in (short, lax):
+        with t.check("%s: the origin's certificate stopped verifying meanwhile: 502 naming the "
+                     "reason, the origin never gets the request" % p.name):
+            m = p.mark()
+            w = client(p)
+            head, _ = get(w, target)
+            assert head.status == 200
+            released, expired = release_event(p, "released"), pool_event(p, "expired")
+            wait_metric(p, release_event, "released", released + 1)
+            wait_metric(p, pool_event, "expired", expired + 1)
+            good = origin.ctx
+            bad = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            bad.load_cert_chain(pki.fullchain("expired"), pki.key("expired"))
+            bad.set_alpn_protocols(H11)
+            origin.ctx = bad
+            try:
+                n = origin.count()
+                head, body = get(w, target, "/secret")
+                assert head.status == 502, "status %r" % head.start
+                assert b"certificate" in body and b"expired" in body, body
+                expect_eof(w)
+            finally:
+                origin.ctx = good
+            assert origin.count() == n + 1, "%d new origin connections" % (origin.count() - n)
+            with origin.cond:
+                oc = origin.conns[n]
+            assert oc.done.wait(10), "the proxy kept the failed origin connection open"
+            assert b"/secret" not in bytes(oc.received), bytes(oc.received)
+            assert release_event(p, "failed") == 1, metrics(p)
+            ev = p.wait_event(lambda e: e.get("event") == "origin_reattach_failed", since=m)
+            assert ev is not None and "expired" in ev.get("reason", ""), ev
+
+    off = t.start_proxy(pki, name="off", upstream={"release_idle": False, "release_idle_after": "100ms"})
+    with t.check("release_idle = false: the origin leg stays with its idle client"):
+        m = off.mark()
+        w = client(off)
+        _, first = get(w, target)
+        time.sleep(0.6)  # six times release_idle_after
+        _, second = get(w, target)
+        assert first == second, "%r then %r" % (first, second)
+        ev = finished(off, w, m)
+        assert "upstream_released" not in ev, ev
+        assert release_event(off, "released") == 0, metrics(off)
+
+    with t.check("the origin refuses connections: the next request gets a 502 naming the connect "
+                 "failure"):
+        w = client(short)
+        get(w, target)
+        released, expired = release_event(short, "released"), pool_event(short, "expired")
+        wait_metric(short, release_event, "released", released + 1)
+        wait_metric(short, pool_event, "expired", expired + 1)
+        origin.lsock.shutdown(socket.SHUT_RDWR)
+        origin.lsock.close()
+        head, body = get(w, target)
+        assert head.status == 502 and b"connect to %s failed" % target.encode() in body, \
+            "%r %r" % (head.start, body)
+        expect_eof(w)
+        assert short.alive()
+
+
+if __name__ == "__main__":
+    h.run_test("73_release", main)
