@@ -33,6 +33,7 @@ class ArchiveTap final : public exchange::Consumer {
   void on_request_head(const exchange::Exchange& ex, const exchange::Head& head) override {
     if (archived(ex)) capture_.start(ex, head);
   }
+  bool wants_headers(const exchange::ConnectionInfo& connection) const override { return connection.archive; }
   void on_body(const exchange::Exchange& ex, exchange::Direction dir, std::span<const char> data) override {
     if (archived(ex)) capture_.body(ex, dir, data);
   }

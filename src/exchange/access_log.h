@@ -13,6 +13,7 @@ class AccessLog final : public Consumer {
   void on_response_head(const Exchange&, const Head&) override {}
   void on_response_end(const Exchange& ex, const Headers& trailers) override;
   void on_abort(const Exchange& ex, std::string_view reason) override;
+  bool wants_headers(const ConnectionInfo&) const override { return false; }
 };
 
 }  // namespace sightline::exchange

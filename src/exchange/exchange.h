@@ -130,11 +130,16 @@ class Consumer {
   virtual void on_response_head(const Exchange& ex, const Head& head) = 0;
   virtual void on_response_end(const Exchange& ex, const Headers& trailers) = 0;
   virtual void on_abort(const Exchange& ex, std::string_view reason) = 0;
+  // Whether this consumer reads the header fields of heads (Head::headers)
+  // on `connection`'s exchanges: when none does, codecs pass heads with the
+  // request line or status only and skip copying every field.
+  virtual bool wants_headers(const ConnectionInfo& /*connection*/) const { return true; }
 };
 
 // Ignores everything: the default when nothing subscribes.
 class NullConsumer final : public Consumer {
  public:
+  bool wants_headers(const ConnectionInfo&) const override { return false; }
   void on_request_head(const Exchange&, const Head&) override {}
   void on_body(const Exchange&, Direction, std::span<const char>) override {}
   void on_request_end(const Exchange&, const Headers&) override {}
@@ -166,6 +171,11 @@ class Fanout final : public Consumer {
   }
   void on_abort(const Exchange& ex, std::string_view reason) override {
     for (auto& c : consumers_) c->on_abort(ex, reason);
+  }
+  bool wants_headers(const ConnectionInfo& connection) const override {
+    for (const auto& c : consumers_)
+      if (c->wants_headers(connection)) return true;
+    return false;
   }
 
  private:

@@ -617,6 +617,23 @@ std::vector<std::string> connection_options(const MessageHead& head, bool* close
   return out;
 }
 
+// NTLM and Negotiate authenticate the connection, not the request (RFC
+// 4559): an origin connection that carried them belongs to this client.
+bool connection_bound_auth(const MessageHead& h, bool request) {
+  for (const auto& f : h.headers) {
+    std::string_view scheme;
+    if (iequals(f.name, request ? "authorization" : "www-authenticate")) {
+      scheme = std::string_view(f.value).substr(0, f.value.find(' '));
+    } else if (!request && iequals(f.name, "proxy-support")) {
+      scheme = "Negotiate";  // "Session-Based-Authentication" (MS-N2HT): the same binding
+    } else {
+      continue;
+    }
+    if (iequals(scheme, "NTLM") || iequals(scheme, "Negotiate")) return true;
+  }
+  return false;
+}
+
 bool connection_close(const MessageHead& head) {
   for (const auto& h : head.headers)
     if ((iequals(h.name, "connection") || iequals(h.name, "proxy-connection")) && list_has(h.value, "close"))

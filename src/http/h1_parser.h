@@ -49,6 +49,10 @@ std::vector<std::string> connection_options(const MessageHead& head, bool* close
 // Whether a message's Connection headers list "close" (without collecting
 // the other options: nothing is allocated).
 bool connection_close(const MessageHead& head);
+// Whether a request's Authorization (`request`) or a response's
+// WWW-Authenticate / Proxy-Support uses NTLM or Negotiate, which
+// authenticate the connection: it must then never serve another client.
+bool connection_bound_auth(const MessageHead& head, bool request);
 // One comma-separated field value (a Connection header's) with every
 // `token` taken out, the others kept in order ("close, X-T" -> "X-T").
 std::string list_without(std::string_view value, std::string_view token);

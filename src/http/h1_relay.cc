@@ -24,7 +24,7 @@ struct H1Relay::State {
   bool client_close = false;
 };
 
-exchange::Head to_event_head(const MessageHead& head, bool request) {
+exchange::Head to_event_head(const MessageHead& head, bool request, bool with_headers) {
   exchange::Head out;
   out.version = head.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
   if (request) {
@@ -36,6 +36,7 @@ exchange::Head to_event_head(const MessageHead& head, bool request) {
     out.status = head.status;
     out.reason = head.reason;
   }
+  if (!with_headers) return out;
   out.headers.reserve(head.headers.size());
   for (const auto& h : head.headers) out.headers.push_back({h.name, h.value});
   return out;
@@ -81,22 +82,6 @@ std::string head_with_close(const MessageHead& h) {
   return out;
 }
 
-// NTLM and Negotiate authenticate the connection, not the request (RFC
-// 4559): an origin connection that carried them belongs to this client.
-bool connection_bound_auth(const MessageHead& h, bool request) {
-  for (const auto& f : h.headers) {
-    std::string_view scheme;
-    if (iequals(f.name, request ? "authorization" : "www-authenticate")) {
-      scheme = std::string_view(f.value).substr(0, f.value.find(' '));
-    } else if (!request && iequals(f.name, "proxy-support")) {
-      scheme = "Negotiate";  // "Session-Based-Authentication" (MS-N2HT): the same binding
-    } else {
-      continue;
-    }
-    if (iequals(scheme, "NTLM") || iequals(scheme, "Negotiate")) return true;
-  }
-  return false;
-}
 }  // namespace
 
 class H1Relay::RequestHandler final : public H1Parser::Handler {
@@ -115,7 +100,8 @@ class H1Relay::RequestHandler final : public H1Parser::Handler {
     st->ex.timing.request_head_in = Clock::now();
     st->awaiting_head_forward = true;
     r_.responses_.expect_response_to(head.method);
-    exchange::Head ev = to_event_head(head, true);
+    // ICAP's RESPMOD shows the request head to the service.
+    exchange::Head ev = to_event_head(head, true, r_.headers_wanted_ || r_.icap_.respmod);
     st->ex.protocol = ev.version;
     st->ex.method = ev.method;
     st->ex.authority = ev.authority;
@@ -209,7 +195,7 @@ class H1Relay::ResponseHandler final : public H1Parser::Handler {
       st.ex.status = head.status;
     }
     st.awaiting_head_forward = !informational_;
-    r_.consumer_.on_response_head(st.ex, to_event_head(head, false));
+    r_.consumer_.on_response_head(st.ex, to_event_head(head, false, r_.headers_wanted_));
     if (framing == Framing::tunnel) r_.tunnel_ = true;
     if (connection_bound_auth(head, false)) r_.origin_pinned_ = true;
     if (!informational_) {
@@ -323,6 +309,7 @@ H1Relay::H1Relay(RelayIo& io, exchange::Consumer& consumer,
       responses_(H1Parser::Kind::response, *resp_handler_, limits),
       refusal_(std::move(refusal)),
       keep_origin_(keep_origin),
+      headers_wanted_(consumer_.wants_headers(*connection_)),
       icap_(std::move(icap)) {
   // A rule's `hooks` list selects ICAP like any hook (absent: all traffic).
   const auto& hooks = connection_->hooks;
@@ -398,7 +385,7 @@ void H1Relay::on_end(Side from, bool clean) {
 
 bool H1Relay::origin_idle() const {
   return keep_origin_ && origin_keep_alive_ && !origin_pinned_ && !tunnel_ && !closing_ && !refusal_ &&
-         awaiting_response_.empty() && !current_request_ && responses_.idle() &&
+         awaiting_response_.empty() && !current_request_ && requests_.idle() && responses_.idle() &&
          out_[1].segs.empty() && !req_hold_.active && !resp_hold_.active && deferred_status_ == 0 &&
          deferred_answer_.empty();
 }

@@ -35,6 +35,7 @@ class H1Relay final : public Relay {
   bool origin_idle() const override;
   void rebind_connection(std::shared_ptr<const exchange::ConnectionInfo> info) override {
     connection_ = std::move(info);
+    headers_wanted_ = consumer_.wants_headers(*connection_);
   }
 
  private:
@@ -100,6 +101,7 @@ class H1Relay final : public Relay {
   bool keep_origin_ = false;
   bool origin_keep_alive_ = true;  // no exchange so far asked the origin to close
   bool origin_pinned_ = false;     // connection-bound authentication seen: never shared
+  bool headers_wanted_ = true;     // some consumer reads head fields (exchange::Consumer::wants_headers)
   bool client_done_ = false;       // the client leg was ended after a "close" request
   bool requests_closed_ = false;   // a request with "close" was received: no more are taken
   // A request error that must wait for earlier responses (pipelining order).
@@ -117,6 +119,7 @@ class H1Relay final : public Relay {
 std::string error_response(int status, std::string_view reason);
 
 // Converts a parsed HTTP/1 head into the protocol-neutral event head.
-exchange::Head to_event_head(const MessageHead& head, bool request);
+// `with_headers` false: the request line or status only (no consumer reads the fields).
+exchange::Head to_event_head(const MessageHead& head, bool request, bool with_headers = true);
 
 }  // namespace sightline::http

@@ -27,12 +27,13 @@ std::vector<nghttp2_nv> to_nv(const HeaderPairs& h) {
   return nv;
 }
 
-exchange::Head to_event_head(const HeaderPairs& h, bool request) {
+// `with_headers` false: pseudo-headers only (no consumer reads the fields).
+exchange::Head to_event_head(const HeaderPairs& h, bool request, bool with_headers = true) {
   exchange::Head out;
   out.version = "HTTP/2";
   for (const auto& [n, v] : h) {
     if (n.empty() || n[0] != ':') {
-      out.headers.push_back({n, v});
+      if (with_headers) out.headers.push_back({n, v});
     } else if (n == ":method") {
       out.method = v;
     } else if (n == ":scheme") {
@@ -184,7 +185,7 @@ struct H2Relay::Callbacks {
       if (!st) return 0;
       if (f->hd.type == NGHTTP2_HEADERS) {
         if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
-          exchange::Head head = to_event_head(st->collecting, true);
+          exchange::Head head = to_event_head(st->collecting, true, r.headers_wanted_ || r.icap_.respmod);
           st->ex.method = head.method;
           st->ex.authority = head.authority;
           st->ex.target = head.target;
@@ -234,7 +235,7 @@ struct H2Relay::Callbacks {
     if (!st) return 0;
     if (f->hd.type == NGHTTP2_HEADERS) {
       if (f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
-        exchange::Head head = to_event_head(st->collecting, false);
+        exchange::Head head = to_event_head(st->collecting, false, r.headers_wanted_);
         if (head.status >= 100 && head.status < 200) {
           // Informational: relayed as a non-final header block.
           auto nv = to_nv(st->collecting);
@@ -425,6 +426,7 @@ H2Relay::H2Relay(RelayIo& io, exchange::Consumer& consumer,
       high_watermark_(output_high_watermark),
       refusal_(std::move(refusal)),
       upstream_ended_(refusal_.has_value()),
+      headers_wanted_(consumer_.wants_headers(*connection_)),
       icap_(std::move(icap)) {
   // A rule's `hooks` list selects ICAP like any hook (absent: all traffic).
   const auto& hooks = connection_->hooks;

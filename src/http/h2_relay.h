@@ -100,6 +100,7 @@ class H2Relay final : public Relay {
   std::unordered_map<std::int32_t, Stream*> up_index_;
   bool client_ended_ = false;
   bool upstream_ended_ = false;
+  bool headers_wanted_ = true;  // some consumer reads head fields (exchange::Consumer::wants_headers)
   bool failed_ = false;
   std::int32_t last_down_stream_ = 0;
   IcapOptions icap_;

@@ -18,6 +18,7 @@ class ExchangeMetrics final : public exchange::Consumer {
   void on_response_head(const exchange::Exchange&, const exchange::Head&) override {}
   void on_response_end(const exchange::Exchange& ex, const exchange::Headers&) override;
   void on_abort(const exchange::Exchange& ex, std::string_view reason) override;
+  bool wants_headers(const exchange::ConnectionInfo&) const override { return false; }
 
  private:
   void finish(const exchange::Exchange& ex, bool aborted);

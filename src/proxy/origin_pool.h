@@ -91,6 +91,7 @@ class OriginPool {
   // (the worker is draining or stopping).
   void clear(bool for_good = false);
   std::size_t size() const { return count_; }
+  bool closed() const { return closed_; }  // cleared for good: puts close
 
 
  private:

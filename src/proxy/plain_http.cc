@@ -9,6 +9,7 @@ namespace sightline::proxy {
 using exchange::Clock;
 using http::Framing;
 using http::iequals;
+using http::connection_bound_auth;
 using http::connection_options;
 using http::MessageHead;
 using http::Side;
@@ -152,6 +153,7 @@ class PlainHttpProxy::RequestHandler final : public http::H1Parser::Handler {
     p_.consumer_.on_request_head(st->ex, ev);
 
     if (!p_.select_upstream(hp->host, hp->port)) return;
+    if (connection_bound_auth(head, true)) p_.upstream_reusable_ = false;  // pinned: never pooled
     std::string out;
     out.reserve(256 + head.headers.size() * 48);
     out.append(head.method).append(" ").append(path).append(" HTTP/1.1\r\n");
@@ -208,6 +210,7 @@ class PlainHttpProxy::ResponseHandler final : public http::H1Parser::Handler {
       st.close_delimited = framing == Framing::until_close;
       if (close || head.version_minor == 0 || st.close_delimited) p_.upstream_reusable_ = false;
     }
+    if (connection_bound_auth(head, false)) p_.upstream_reusable_ = false;  // pinned: never pooled
     p_.consumer_.on_response_head(st.ex, event_head(head, false));
     std::string out;
     out.append("HTTP/1.1 ").append(std::to_string(head.status)).append(" ").append(head.reason).append("\r\n");

@@ -554,11 +554,23 @@ void Session::on_connected(int status) {
         arm_timer(ctx_.settings.handshake_timeout);
         after_hello();
         return;
-      case LateNext::reattach:
+      case LateNext::reattach: {
+        // dst rules see the address connected to: a new DNS answer must not
+        // lead the connection under another rule.
+        if (policy_ && request_.authority.kind == net::HostKind::name) {
+          std::string_view name;
+          policy::Decision d = policy_->decide(policy_query(true, name));
+          if (d.rule != rule_) {
+            reattach_failed("policy: the origin's new address " + upstream_addr_ + " falls under " +
+                            describe(d));
+            return;
+          }
+        }
         arm_timer(ctx_.settings.handshake_timeout);
         state_ = State::upstream_handshake;
         start_upstream_tls();
         return;
+      }
     }
     return;
   }
@@ -685,9 +697,18 @@ policy::Decision Session::decide(bool with_sni) {
   if (!ctx_.policies) return {};
   if (!policy_) policy_ = ctx_.policies->current();
   if (!policy_) return {};
+  std::string_view name;
+  policy::Query q = policy_query(with_sni, name);
+  policy::Decision d = policy_->decide(q);
+  apply_decision_rule(d, with_sni, name);
+  return d;
+}
+
+// What the policy is asked about this connection now.
+policy::Query Session::policy_query(bool with_sni, std::string_view& name) const {
   policy::Query q;
   const auto& target = request_.authority;
-  std::string_view name = target.kind == net::HostKind::name ? std::string_view(target.host) : "";
+  name = target.kind == net::HostKind::name ? std::string_view(target.host) : "";
   if (with_sni && !hello_.sni.empty()) name = hello_.sni;
   q.server_name = name;
   q.dst_port = target.port;
@@ -704,7 +725,11 @@ policy::Decision Session::decide(bool with_sni) {
   q.client_ip = policy::IpAddress::parse(client_ip_);
   q.user = user_;
   q.groups = groups_;
-  policy::Decision d = policy_->decide(q);
+  return q;
+}
+
+// The decision's own part, after policy_query.
+void Session::apply_decision_rule(policy::Decision& d, bool with_sni, std::string_view name) {
   policy_rule_ = describe(d);
   rule_ = d.rule;
   if (d.rule) {
@@ -719,7 +744,6 @@ policy::Decision Session::decide(bool with_sni) {
     auto_bypassed_ = true;
     d.action = policy::Action::bypass;
   }
-  return d;
 }
 
 // Plain HTTP through the explicit proxy: each request names its origin, so
@@ -1194,7 +1218,8 @@ bool Session::park_origin(bool client_stays) {
 
 bool Session::release_candidate() const {
   return ctx_.settings.release_idle_after.count() > 0 && !pool_key_.empty() && !origin_released_ &&
-         !upstream_parked_ && !reattaching_ && codec_ == "http/1.1";
+         !upstream_parked_ && !reattaching_ && codec_ == "http/1.1" &&
+         !host_.origin_pool().closed();  // draining: it would only close and reconnect
 }
 
 void Session::release_origin() {
@@ -1210,7 +1235,7 @@ void Session::reacquire_origin(std::span<const char> request) {
   held_request_.assign(request.data(), request.size());
   stop_reading(client_);
   first_upstream_ = {t_connect_start_, t_resolved_, t_connected_, t_upstream_hs_start_,
-                     t_upstream_hs_done_, upstream_resumed_};
+                     t_upstream_hs_done_, upstream_resumed_, upstream_addr_, verdict_, verdict_reason_};
   origin_released_ = false;
   reattaching_ = true;
   upstream_.eof = upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = false;
@@ -1230,7 +1255,6 @@ void Session::reacquire_origin(std::span<const char> request) {
 // the held request goes on over it.
 void Session::finish_reattach(bool pooled) {
   SSL* ssl = upstream_.ssl.get();
-  restore_first_upstream();
   if (!pooled) {
     bool resumed = SSL_session_reused(ssl) == 1;
     // Nothing less than what the client's certificate was forged from: a
@@ -1240,11 +1264,9 @@ void Session::finish_reattach(bool pooled) {
         SSL_get_verify_result(ssl) != X509_V_OK) {
       int err = verify_.first_error != X509_V_OK ? verify_.first_error
                                                  : static_cast<int>(SSL_get_verify_result(ssl));
-      if (ctx_.metrics && err != X509_V_OK)
-        ctx_.metrics->registry.inc(worker_, ctx_.metrics->verify_failures[metrics::idx(
-                                                metrics::verdict(std::string(tls::verdict_for(err))))]);
-      reattach_failed("upstream certificate invalid: " +
-                      (err != X509_V_OK ? tls::reason_for(verify_) : std::string("no certificate")));
+      verdict_ = err != X509_V_OK ? tls::verdict_for(err) : "invalid";
+      verdict_reason_ = err != X509_V_OK ? tls::reason_for(verify_) : "origin sent no certificate";
+      reattach_failed("upstream certificate invalid: " + verdict_reason_);
       return;
     }
     if (ctx_.metrics)
@@ -1265,8 +1287,8 @@ void Session::finish_reattach(bool pooled) {
   ++reattaches_;
   count_release(pooled ? 1 : 2);
   state_ = State::relaying;
-  TlsFacts facts = TlsFacts::of(ssl);
-  relay_->rebind_connection(relay_connection_info(facts));
+  relay_->rebind_connection(relay_connection_info(TlsFacts::of(ssl)));
+  restore_first_upstream();  // the connection line describes the first origin connection
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   start_reading(upstream_);
@@ -1282,6 +1304,10 @@ void Session::finish_reattach(bool pooled) {
 void Session::reattach_failed(std::string reason) {
   reattaching_ = false;
   count_release(3);
+  // Counted here: the connection line (and record_metrics) keep the first
+  // connection's verdict.
+  if (ctx_.metrics && verdict_ != first_upstream_.verdict && verdict_ != "ok" && verdict_ != "not-checked")
+    ctx_.metrics->registry.inc(worker_, ctx_.metrics->verify_failures[metrics::idx(metrics::verdict(verdict_))]);
   log::emit(log::Level::warn, {{"event", "origin_reattach_failed"}, {"id", id_},
                                {"target", request_.authority.to_string()}, {"reason", reason}});
   if (upstream_.initialized) {
@@ -1291,12 +1317,17 @@ void Session::reattach_failed(std::string reason) {
   } else {
     upstream_.read_done = upstream_.write_shutdown = upstream_.shutdown_done = true;
   }
-  restore_first_upstream();
   close_reason_ = reason;
+  reattach_failed_ = true;
   refusal_ = http::Refusal{502, std::move(reason)};
   state_ = State::relaying;
-  relay_ = std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, relay_connection_info(upstream_tls_),
-                                           ctx_.settings.h1, refusal_, icap_options(), false);
+  // The refused exchange records the connection that failed: its address,
+  // verdict and certificate (when one came), TLS facts if its handshake completed.
+  SSL* ssl = upstream_.ssl.get();
+  auto info = relay_connection_info(ssl && SSL_is_init_finished(ssl) ? TlsFacts::of(ssl) : TlsFacts{});
+  restore_first_upstream();
+  relay_ = std::make_unique<http::H1Relay>(*this, *ctx_.exchanges, std::move(info), ctx_.settings.h1,
+                                           refusal_, icap_options(), false);
   idle_since_ = uv_now(host_.loop());
   arm_timer(ctx_.settings.idle_timeout);
   start_reading(client_);
@@ -1314,6 +1345,9 @@ void Session::restore_first_upstream() {
   t_upstream_hs_start_ = first_upstream_.hs_start;
   t_upstream_hs_done_ = first_upstream_.hs_done;
   upstream_resumed_ = first_upstream_.resumed;
+  upstream_addr_ = first_upstream_.addr;
+  verdict_ = first_upstream_.verdict;
+  verdict_reason_ = first_upstream_.verdict_reason;
 }
 
 void Session::count_release(std::size_t event) {
@@ -1641,9 +1675,10 @@ void Session::pause_for_hooks() {
 }
 
 void Session::resume_after_hooks() {
-  if (!hooks_paused_ || state_ != State::relaying) return;
+  if (!hooks_paused_ || state_ == State::closing) return;
   hooks_paused_ = false;
-  resume_reading();
+  // While reattaching, finish_reattach starts reading.
+  if (state_ == State::relaying) resume_reading();
 }
 
 // Marks the connection archived when it is, with what the archive records
@@ -1691,9 +1726,9 @@ bool Session::archive_allows_more() {
     ctx_.archive->when_drained([host = &host_, weak = std::weak_ptr<int>(alive_), this] {
       // On the archive's writer thread (or here): hop to this session's loop.
       host->post([weak, this] {
-        if (weak.expired() || !archive_paused_ || state_ != State::relaying) return;
+        if (weak.expired() || !archive_paused_ || state_ == State::closing) return;
         archive_paused_ = false;
-        resume_reading();
+        if (state_ == State::relaying) resume_reading();  // else finish_reattach starts reading
       });
     });
   }
@@ -2165,8 +2200,10 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Session::start_reading(Leg& leg) {
+  // Hook and archive back-pressure hold relayed bytes; an origin handshake
+  // (a released connection's reattachment) reads regardless.
   if (leg.reading || leg.eof || leg.read_done || !leg.initialized || state_ == State::closing ||
-      hooks_paused_ || archive_paused_)
+      (state_ == State::relaying && (hooks_paused_ || archive_paused_)))
     return;
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(leg.tcp.get()), alloc_cb, read_cb) == 0)
     leg.reading = true;
@@ -2360,6 +2397,10 @@ void Session::close(std::string reason) {
     SSL_set_shutdown(upstream_.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
   if (tap_) tap_->close(client_.read_done && upstream_.read_done && !fatal_);
+  if (reattaching_) {  // closed mid-way (shutdown, abort): metrics and the line take the first connection
+    reattaching_ = false;
+    restore_first_upstream();
+  }
   // Metrics first: whoever sees the log line finds them counted.
   record_metrics();
   log_connection();
@@ -2477,6 +2518,7 @@ void Session::log_connection() {
   if (upstream_parked_) j["upstream_parked"] = true;
   if (releases_ != 0) j["upstream_released"] = releases_;      // times the idle client gave it back
   if (reattaches_ != 0) j["upstream_reattached"] = reattaches_;  // times a later request got one again
+  if (reattach_failed_) j["upstream_reattach_failed"] = true;     // close_reason says why
   if (upstream_tls_.version)  // a handshake with the origin completed
     j["upstream_tls"] = tls_json(upstream_tls_, false);
   // The same facts as a connection record for hook consumers that want them (JSON event feed).

@@ -140,6 +140,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void on_hello_data(const char* data, std::size_t n);
   void after_hello();
   policy::Decision decide(bool with_sni);
+  policy::Query policy_query(bool with_sni, std::string_view& name) const;
+  void apply_decision_rule(policy::Decision& d, bool with_sni, std::string_view name);
   std::string describe(const policy::Decision& d) const;
   PlainHttpSettings::RequestPolicy plain_request_policy(const net::HostPort& origin,
                                                        std::string_view proxy_authorization);
@@ -326,12 +328,14 @@ class Session final : public tls::ClientHandshakeHandler,
   bool reattaching_ = false;
   unsigned releases_ = 0;
   unsigned reattaches_ = 0;
+  bool reattach_failed_ = false;
   std::string held_request_;
   // The first origin connection's timings and resumption, for the log line
   // (a reattachment's connect and handshake would overwrite them).
   struct FirstUpstream {
     std::uint64_t connect_start, resolved, connected, hs_start, hs_done;
     bool resumed;
+    std::string addr, verdict, verdict_reason;
   };
   FirstUpstream first_upstream_{};
   // Each leg's TLS facts for the log, taken when its handshake completes:

@@ -89,12 +89,17 @@ class SwitchableOrigin:
         return "(switchable origin: certificate %s)" % self.cert
 
 
+LAST = {}  # the client address of the last get()
+
+
 def get(proxy, target, ctx, sni="localhost", session=None):
     """CONNECT + TLS (+ optional session) + GET /1k; reads until the origin
     closes, so TLS 1.3 tickets sent after the handshake have been read.
     Returns (status, body, reused, session)."""
     s, code, head = h.connect_tunnel(proxy.port, target)
     assert code == 200, "CONNECT %s -> %r" % (target, head.splitlines()[:1])
+    # Its connection line may come after the next one starts: find it by address.
+    LAST["client"] = "%s:%d" % s.getsockname()[:2]
     ss = ctx.wrap_socket(s, server_hostname=sni, session=session)
     try:
         ss.sendall(("GET /1k HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % target).encode())
@@ -151,7 +156,7 @@ def main(t):
         assert st == 200 and body == one_k, "status %s, %d bytes" % (st, len(body))
         assert not reused, "first connection resumed"
         assert sess is not None and sess.has_ticket, "no session ticket received"
-        ev = fwd.conn_event(valid, since=m)
+        ev = h.connection_line(fwd, LAST["client"], since=m)
         assert ev and ev["client_tls"]["resumed"] is False, "log: %r" % ev
         state["t13"] = sess
 
@@ -161,7 +166,7 @@ def main(t):
         st, body, reused, sess = get(fwd, valid, ctx13, session=state["t13"])
         assert st == 200 and body == one_k, "status %s, %d bytes" % (st, len(body))
         assert reused, "session not resumed"
-        ev = fwd.conn_event(valid, since=m)
+        ev = h.connection_line(fwd, LAST["client"], since=m)
         assert ev and ev["client_tls"]["resumed"] is True, "log: %r" % ev
         assert ev.get("upstream_verdict") == "ok", "origin not verified: %r" % ev
         assert "client_ticket_refused" not in ev, "log: %r" % ev
@@ -188,7 +193,7 @@ def main(t):
                  "untrusted certificate, the client's verification fails"):
         m = fwd.mark()
         expect_untrusted(fwd, expired, ctx13, state["t13b"])
-        ev = fwd.conn_event(expired, since=m)
+        ev = h.connection_line(fwd, LAST["client"], since=m)
         assert ev and ev.get("client_ticket_refused") is True, "log: %r" % ev
         assert ev.get("forged_by") == "untrusted-ca", "log: %r" % ev
 
@@ -207,14 +212,14 @@ def main(t):
         so.use("expired")
         m = fwd.mark()
         expect_untrusted(fwd, target, ctx13, res["fwd"])
-        ev = fwd.conn_event(target, since=m)
+        ev = h.connection_line(fwd, LAST["client"], since=m)
         assert ev and ev.get("client_ticket_refused") is True and \
             ev.get("upstream_verdict") == "expired", "[fwd] log: %r" % ev
         m = page.mark()
         st, body, reused, _ = get(page, target, ctx13, session=res["page"])
         assert st == 502 and not reused, "[page] status %s, resumed=%s" % (st, reused)
         assert b"origin cert" not in body, "[page] the origin's content reached the client"
-        ev = page.conn_event(target, since=m)
+        ev = h.connection_line(page, LAST["client"], since=m)
         assert ev and ev.get("client_ticket_refused") is True and ev.get("error_page") is True, \
             "[page] log: %r" % ev
         after = metric(page, "sightline_tls_handshakes_total",

@@ -26,6 +26,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,15 +35,22 @@ import harness as h  # noqa: E402
 H11 = ["http/1.1"]
 
 
+BIG = b"x" * (8 << 20)
+
+
 def app(conn):
-    """Answers every request with the index of this origin connection."""
+    """Answers every request with the index of this origin connection;
+    /big with 8 MiB."""
     while True:
         try:
             head = conn.read_head()
         except EOFError:
             return
         conn.read_body(head)
-        conn.send(h.http_response(200, b"conn %d\n" % conn.index))
+        if head.target.startswith("/big"):
+            conn.send(h.http_response(200, BIG))
+        else:
+            conn.send(h.http_response(200, b"conn %d\n" % conn.index))
 
 
 def get(w, host, path="/ok", extra=""):
@@ -121,10 +129,10 @@ def main(t):
         got = metrics(proxy)
         assert got.get("sightline_origin_pool_idle_connections") == 1, got
         head, body = get(w, target, "/ok?again")
+        ev = finished(proxy, w, m)  # closed at once: no second idle spell
         assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
         assert origin.count() == 1, "origin connections: %d" % origin.count()
         assert release_event(proxy, "retaken") == 1, metrics(proxy)
-        ev = finished(proxy, w, m)
         assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
         assert "upstream_reused" not in ev, ev
 
@@ -156,6 +164,26 @@ def main(t):
         assert "upstream_released" not in ev and "upstream_parked" not in ev, ev
         b.sock.close()
 
+    with t.check("a request head still arriving is not a pause: no release until it is complete"):
+        released = release_event(proxy, "released")
+        m = proxy.mark()
+        a = client()
+        get(a, target)
+        a.send(("GET /slow HTTP/1.1\r\nHost: %s\r\n" % target).encode())  # the rest comes later
+        time.sleep(0.05)  # b goes idle strictly after a's partial head arrived
+        b = client()
+        get(b, target)
+        wait_metric(proxy, release_event, "released", released + 1)
+        assert release_event(proxy, "released") == released + 1, metrics(proxy)
+        a.send(b"X-Late: 1\r\n\r\n")
+        head = a.read_head()
+        _, body, _ = a.read_body(head, "GET")
+        assert head.status == 200 and body.startswith(b"conn "), "%r %r" % (head.start, body)
+        # Released mid-head, the rest of it would have needed a reattachment.
+        ev = finished(proxy, a, m)
+        assert "upstream_reattached" not in ev, ev
+        b.sock.close()
+
     # A short pool timeout: a released connection is gone by the next request.
     short = t.start_proxy(pki, name="short",
                           upstream={"release_idle_after": "100ms", "reuse_idle_timeout": "200ms"})
@@ -167,10 +195,10 @@ def main(t):
         wait_metric(short, pool_event, "expired", 1)
         n = origin.count()
         head, second = get(w, target)
+        ev = finished(short, w, m)  # closed at once: no second idle spell
         assert head.status == 200 and second == b"conn %d\n" % n, "%r, expected conn %d" % (second, n)
         assert first != second and origin.count() == n + 1, origin.count()
         assert release_event(short, "reconnected") == 1, metrics(short)
-        ev = finished(short, w, m)
         assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
 
     # on_invalid = forward-untrusted completes the origin handshake even
@@ -209,6 +237,44 @@ def main(t):
             assert release_event(p, "failed") == 1, metrics(p)
             ev = p.wait_event(lambda e: e.get("event") == "origin_reattach_failed", since=m)
             assert ev is not None and "expired" in ev.get("reason", ""), ev
+            # The line describes the first origin connection; close_reason says why it ended.
+            ev = h.connection_line(p, w.client, since=m)
+            assert ev.get("upstream_reattach_failed") is True and ev.get("upstream_verdict") == "ok", ev
+            assert "expired" in ev.get("close_reason", ""), ev
+
+    # A blocking hook consumer over its limit holds relayed bytes; the
+    # reattachment's origin handshake must still be read.
+    pcap = t.start_proxy(pki, name="pcap", upstream={"release_idle_after": "100ms",
+                                                     "reuse_idle_timeout": "200ms"},
+                         extra='[pcap]\ndir = "%s"\nqueue_size = 65536\non_overflow = "block"\n'
+                               % os.path.join(t.dir, "pcap"))
+    with t.check("hook back-pressure during a reattachment: the request is served, not stalled"):
+        stop = threading.Event()
+
+        def bulk():  # keeps the PCAP writer's queue full; bounded by the check
+            b = client(pcap)
+            b.sock.settimeout(60)
+            while not stop.is_set():
+                get(b, target, "/big")
+            b.sock.close()
+
+        th = threading.Thread(target=bulk, daemon=True)
+        th.start()
+        try:
+            for i in range(3):
+                w = client(pcap)
+                get(w, target)
+                released, expired = release_event(pcap, "released"), pool_event(pcap, "expired")
+                wait_metric(pcap, release_event, "released", released + 1)
+                wait_metric(pcap, pool_event, "expired", expired + 1)
+                w.sock.settimeout(30)
+                head, body = get(w, target, "/after%d" % i)
+                w.sock.close()
+                assert head.status == 200 and body.startswith(b"conn "), "trial %d: %r %r" % (
+                    i, head.start, body[:200])
+        finally:
+            stop.set()
+            th.join(60)
 
     off = t.start_proxy(pki, name="off", upstream={"release_idle": False, "release_idle_after": "100ms"})
     with t.check("release_idle = false: the origin leg stays with its idle client"):

@@ -153,6 +153,23 @@ def main(t):
         assert origin.connections - before <= 1, "%d new origin connections for 3 sequential " \
             "client connections" % (origin.connections - before)
 
+    with t.check("NTLM pins: an origin connection that carried NTLM is never pooled for another client"):
+        before = None
+        for i, auth in enumerate(("", "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAA\r\n", "", "")):
+            if i == 1:
+                before = origin.connections  # one origin connection is pooled now
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+            s.sendall(("GET %s/ntlm%d HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n"
+                       % (base, i, auth)).encode())
+            code, headers, _ = read_response(s)
+            assert code == 200, (code, headers)
+            assert s.recv(1) == b"", "client connection not closed after Connection: close"
+            s.close()
+        # The NTLM request takes the pooled connection, which then closes
+        # with its client: the next request needs a new one, the last reuses it.
+        assert origin.connections - before == 1, "%d new origin connections (want 1)" % (
+            origin.connections - before)
+
     with t.check("request bodies byte-exact: Content-Length and chunked (1 MiB)"):
         data = os.urandom(1 << 20)
         digest = hashlib.sha256(data).hexdigest().encode()

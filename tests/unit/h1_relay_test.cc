@@ -268,3 +268,58 @@ TEST_CASE("keep_origin: a request pipelined after Connection: close never reache
   for (const auto& e : rec.events) heads += e.rfind("req-head", 0) == 0;
   CHECK(heads == 1);
 }
+
+namespace {
+// Counts the header fields it is handed, and says whether it wants them.
+struct FieldCounter final : exchange::Consumer {
+  bool want = false;
+  std::size_t request_fields = 0, response_fields = 0;
+  std::string method, target, authority;
+  int status = 0;
+  void on_request_head(const exchange::Exchange&, const exchange::Head& h) override {
+    request_fields += h.headers.size();
+    method = h.method;
+    target = h.target;
+    authority = h.authority;
+  }
+  void on_body(const exchange::Exchange&, exchange::Direction, std::span<const char>) override {}
+  void on_request_end(const exchange::Exchange&, const exchange::Headers&) override {}
+  void on_response_head(const exchange::Exchange&, const exchange::Head& h) override {
+    response_fields += h.headers.size();
+    status = h.status;
+  }
+  void on_response_end(const exchange::Exchange&, const exchange::Headers&) override {}
+  void on_abort(const exchange::Exchange&, std::string_view) override {}
+  bool wants_headers(const exchange::ConnectionInfo&) const override { return want; }
+};
+}  // namespace
+
+// Copying every field of every head is skipped when no consumer reads them
+// (the access log and metrics read the request line and status only).
+TEST_CASE("heads carry their fields only when a consumer wants them") {
+  for (bool want : {false, true}) {
+    FakeIo io;
+    FieldCounter c;
+    c.want = want;
+    http::H1Relay relay{io, c, std::make_shared<exchange::ConnectionInfo>(), http::H1Limits{}};
+    relay.on_data(Side::client, std::string_view("GET /x?y HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n"));
+    relay.on_data(Side::upstream, std::string_view("HTTP/1.1 204 No Content\r\nServer: t\r\n\r\n"));
+    CHECK(c.method == "GET");
+    CHECK(c.target == "/x?y");
+    CHECK(c.authority == "a.test");
+    CHECK(c.status == 204);
+    CHECK(c.request_fields == (want ? 2u : 0u));
+    CHECK(c.response_fields == (want ? 1u : 0u));
+    CHECK(io.to_upstream == "GET /x?y HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n");
+    CHECK(io.to_client == "HTTP/1.1 204 No Content\r\nServer: t\r\n\r\n");
+  }
+  exchange::Fanout fan;
+  auto a = std::make_shared<FieldCounter>();
+  fan.add(a);
+  exchange::ConnectionInfo info;
+  CHECK_FALSE(fan.wants_headers(info));
+  auto b = std::make_shared<FieldCounter>();
+  b->want = true;
+  fan.add(b);
+  CHECK(fan.wants_headers(info));
+}
