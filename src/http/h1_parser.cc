@@ -95,7 +95,11 @@ const char* check_section_bytes(std::string_view raw) {
 }
 
 // Parses field lines, each ending in CRLF (the final empty line excluded).
+// Fills `out` from its first element on, reusing the strings already
+// there: a connection's messages carry much the same fields, so after its
+// first message a head is parsed without allocating.
 const char* parse_fields(std::string_view lines, HeaderList& out) {
+  std::size_t n = 0;
   while (!lines.empty()) {
     const auto eol = lines.find(kCRLF);
     const std::string_view line = lines.substr(0, eol);
@@ -112,8 +116,15 @@ const char* parse_fields(std::string_view lines, HeaderList& out) {
     if (!is_token(name)) return "invalid header name";
     const std::string_view value = line.substr(colon + 1);
     if (!std::all_of(value.begin(), value.end(), is_field_char)) return "invalid byte in header value";
-    out.push_back({std::string(name), std::string(trim_ows(value))});
+    if (n < out.size()) {
+      out[n].name.assign(name);
+      out[n].value.assign(trim_ows(value));
+    } else {
+      out.push_back({std::string(name), std::string(trim_ows(value))});
+    }
+    ++n;
   }
+  out.resize(n);
   return nullptr;
 }
 
@@ -238,7 +249,11 @@ bool H1Parser::parse_head(std::string_view raw) {
   // raw = start-line CRLF *(field-line CRLF) CRLF
   const auto eol = raw.find(kCRLF);
   const std::string_view line = raw.substr(0, eol);
-  MessageHead head;
+  // Reused from message to message (its strings keep their capacity);
+  // handlers see it only during on_head.
+  MessageHead& head = head_;
+  head.version_minor = 1;
+  head.status = 0;
   if (request) {
     const auto sp1 = line.find(' ');
     const auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
@@ -256,8 +271,8 @@ bool H1Parser::parse_head(std::string_view raw) {
       case Version::unsupported: return fail(505, "unsupported HTTP version");
       case Version::ok: break;
     }
-    head.method = std::string(method);
-    head.target = std::string(target);
+    head.method.assign(method);
+    head.target.assign(target);
   } else {
     // "HTTP/1.1 200 OK"; the SP before an empty reason is often left out.
     if (line.size() < 12 || line[8] != ' ') return fail(502, "malformed status line");
@@ -274,7 +289,7 @@ bool H1Parser::parse_head(std::string_view raw) {
     if (!std::all_of(reason.begin(), reason.end(), is_field_char))
       return fail(502, "invalid byte in reason phrase");
     head.status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
-    head.reason = std::string(reason);
+    head.reason.assign(reason);
   }
 
   const std::string_view fields = raw.substr(eol + 2, raw.size() - eol - 4);

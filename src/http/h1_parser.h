@@ -141,6 +141,7 @@ class H1Parser {
   H1Limits limits_;
   State state_ = State::head;
   std::string head_buf_;  // unfinished head, chunk line or trailer section
+  MessageHead head_;      // the last head parsed (passed to on_head)
   std::uint64_t remaining_ = 0;
   std::deque<std::string> request_methods_;
   bool informational_ = false;

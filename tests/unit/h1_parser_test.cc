@@ -203,6 +203,33 @@ TEST_CASE("simple GET") {
   CHECK(p.finish());
 }
 
+// The parser reuses one MessageHead (and its strings) from message to
+// message: each head must carry exactly its own start line and fields.
+TEST_CASE("consecutive heads on one parser carry only their own fields") {
+  Recorder rec;
+  H1Parser p(Kind::response, rec);
+  const std::string in =
+      "HTTP/1.1 200 OK\r\nServer: a-long-server-name/1.0\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n"
+      "HTTP/1.1 404 Not Found here\r\nContent-Length: 0\r\n\r\n"
+      "HTTP/1.1 204 \r\nDate: Thu, 27 Nov 2026 15:31:13 GMT\r\nServer: s\r\n\r\n";
+  for (int i = 0; i < 3; ++i) p.expect_response_to("GET");
+  REQUIRE(p.feed({in.data(), in.size()}));
+  REQUIRE(rec.heads.size() == 3);
+  CHECK(rec.heads[0].headers.size() == 4);
+  CHECK(rec.heads[0].headers[0].value == "a-long-server-name/1.0");
+  CHECK(rec.heads[1].status == 404);
+  CHECK(rec.heads[1].reason == "Not Found here");
+  REQUIRE(rec.heads[1].headers.size() == 1);
+  CHECK(rec.heads[1].headers[0].name == "Content-Length");
+  CHECK(rec.heads[1].headers[0].value == "0");
+  CHECK(rec.heads[2].status == 204);
+  CHECK(rec.heads[2].reason.empty());
+  REQUIRE(rec.heads[2].headers.size() == 2);
+  CHECK(rec.heads[2].headers[0].value == "Thu, 27 Nov 2026 15:31:13 GMT");
+  CHECK(rec.heads[2].headers[1].name == "Server");
+  CHECK(rec.heads[2].headers[1].value == "s");
+}
+
 TEST_CASE("HTTP/1.0 request without Host") {
   const Result r = req("GET / HTTP/1.0\r\n\r\n");
   CHECK(r.ok);
