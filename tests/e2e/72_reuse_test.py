@@ -71,52 +71,6 @@ def app(conn):
             return False
 
 
-def get(w, host, path="/ok", extra=""):
-    w.send(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, extra)).encode())
-    head = w.read_head()
-    _, body, _ = w.read_body(head, "GET")
-    return head, body
-
-
-def expect_eof(w):
-    try:
-        rest = w.recv_all()
-    except socket.timeout:
-        raise AssertionError("the proxy did not close the client connection")
-    except (ConnectionResetError, BrokenPipeError):
-        raise AssertionError("the proxy reset the client connection")
-    assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
-
-
-def metrics(proxy):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    finally:
-        c.close()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("sightline_origin_pool"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def pool_event(proxy, event):
-    return metrics(proxy).get('sightline_origin_pool_events_total{event="%s"}' % event, 0.0)
-
-
-def wait_pool_event(proxy, event, at_least, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pool_event(proxy, event) >= at_least:
-            return
-        time.sleep(0.05)
-    raise AssertionError("origin pool event %s never reached %d (%r)" % (event, at_least, metrics(proxy)))
-
-
 def main(t):
     pki = t.pki()
     origin = h.TlsOrigin(pki, app)
@@ -154,13 +108,13 @@ def main(t):
                  fatal=True):
         m = proxy.mark()
         w = client()
-        head, body = get(w, target)
+        head, body = h.http_get(w, target)
         assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
         ev = finished(w, m)
         assert ev.get("upstream_parked") is True, "first connection line: %r" % ev
         assert ev.get("upstream_tls", {}).get("version") == "TLSv1.3", ev.get("upstream_tls")
         w = client()
-        head, body = get(w, target, "/ok?again")
+        head, body = h.http_get(w, target, "/ok?again")
         assert body == b"conn 0\n", "second client served by %r" % body
         assert origin.count() == 1, "origin connections: %d" % origin.count()
         ev = finished(w, m)
@@ -170,8 +124,8 @@ def main(t):
             "the dst rule did not see the parked connection's address: policy %r" % ev.get("policy")
 
     with t.check("metrics: parked and reused counted, one connection idle"):
-        wait_pool_event(proxy, "parked", 2)
-        got = metrics(proxy)
+        h.wait_origin_event(proxy, "pool_events", "parked", 2)
+        got = h.origin_metrics(proxy)
         assert got.get('sightline_origin_pool_events_total{event="reused"}') == 1, got
         assert got.get("sightline_origin_pool_idle_connections") == 1, got
 
@@ -181,10 +135,10 @@ def main(t):
         before = len(oc.received)
         m = proxy.mark()
         w = client()
-        head, body = get(w, target, "/ok?close", "Connection: close, X-Trace\r\nX-Trace: 1\r\n")
+        head, body = h.http_get(w, target, "/ok?close", "Connection: close, X-Trace\r\nX-Trace: 1\r\n")
         assert body == b"conn 0\n", "served by %r" % body
         assert head.has_token("connection", "close"), "no Connection: close to the client: %r" % head.raw
-        expect_eof(w)
+        h.expect_close(w)
         ev = finished(w, m)
         assert ev.get("upstream_parked") is True, "connection line: %r" % ev
         req = bytes(oc.received[before:])
@@ -192,7 +146,7 @@ def main(t):
                 % target).encode()
         assert req == want, "origin received %r, expected %r" % (req, want)
         w = client()
-        _, body = get(w, target, "/ok?after-close")
+        _, body = h.http_get(w, target, "/ok?after-close")
         finished(w, m)
         assert body == b"conn 0\n" and origin.count() == 1, "%r, %d connections" % (body, origin.count())
 
@@ -200,18 +154,18 @@ def main(t):
         m = proxy.mark()
         n = origin.count()
         w = client(sni="origin.test")  # also in the origin's certificate
-        _, body = get(w, target)
+        _, body = h.http_get(w, target)
         w.sock.close()
         assert body == b"conn %d\n" % n and origin.count() == n + 1, \
             "SNI origin.test served by %r, %d new connections" % (body, origin.count() - n)
         w = client(alpn=None)
-        _, body = get(w, target)
+        _, body = h.http_get(w, target)
         finished(w, m)
         assert body == b"conn %d\n" % (n + 1) and origin.count() == n + 2, \
             "no ALPN served by %r, %d new connections" % (body, origin.count() - n)
         # Without ALPN (HTTP/1.1 sniffed) the connection is kept under its own key.
         w = client(alpn=None)
-        _, body = get(w, target, "/ok?no-alpn-again")
+        _, body = h.http_get(w, target, "/ok?no-alpn-again")
         ev = finished(w, m)
         assert body == b"conn %d\n" % (n + 1) and ev.get("upstream_reused") == 2, \
             "second no-ALPN client served by %r, connection line %r" % (body, ev)
@@ -219,30 +173,30 @@ def main(t):
     with t.check("an origin that answers Connection: close is not kept"):
         m = proxy.mark()
         w = client()
-        _, body = get(w, target, "/bye")
+        _, body = h.http_get(w, target, "/bye")
         first = body
         ev = finished(w, m)
         assert "upstream_parked" not in ev, "parked after Connection: close: %r" % ev
         n = origin.count()
         w = client()
-        _, body = get(w, target)
+        _, body = h.http_get(w, target)
         finished(w, m)
         assert body != first, "the closed connection served again (%r)" % body
 
     with t.check("an origin that closes a parked connection: dropped, the next client gets a fresh one"):
-        closed = pool_event(proxy, "origin_closed")
-        parked = pool_event(proxy, "parked")
+        closed = h.origin_event(proxy, "pool_events", "origin_closed")
+        parked = h.origin_event(proxy, "pool_events", "parked")
         m = proxy.mark()
         w = client()
-        _, body = get(w, target, "/ok-close-later")
+        _, body = h.http_get(w, target, "/ok-close-later")
         gone = body
         finished(w, m)
-        wait_pool_event(proxy, "parked", parked + 1)
+        h.wait_origin_event(proxy, "pool_events", "parked", parked + 1)
         CLOSE_NOW.set()
-        wait_pool_event(proxy, "origin_closed", closed + 1)
+        h.wait_origin_event(proxy, "pool_events", "origin_closed", closed + 1)
         for i in range(3):  # whatever is still parked, none is the closed one
             w = client()
-            head, body = get(w, target, "/ok?%d" % i)
+            head, body = h.http_get(w, target, "/ok?%d" % i)
             finished(w, m)
             assert head.status == 200 and body != gone, "served by the closed connection %r" % body
 
@@ -250,9 +204,9 @@ def main(t):
                  "late connect, spliced to the origin's own certificate"):
         m = proxy.mark()
         w = client()
-        get(w, target)
+        h.http_get(w, target)
         finished(w, m)
-        assert metrics(proxy).get("sightline_origin_pool_idle_connections", 0) >= 1, "nothing parked"
+        assert h.origin_metrics(proxy).get("sightline_origin_pool_idle_connections", 0) >= 1, "nothing parked"
         s, code, _ = h.connect_tunnel(proxy.port, target)
         assert code == 200
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -263,7 +217,7 @@ def main(t):
         w = h.Wire(ss)
         client_addr = "%s:%d" % ss.getsockname()[:2]
         issuer = h.cert_field(ssl.DER_cert_to_PEM_cert(ss.getpeercert(True)), "issuer")
-        _, body = get(w, "bypass.test:%d" % origin.port)
+        _, body = h.http_get(w, "bypass.test:%d" % origin.port)
         ss.close()
         assert body.startswith(b"conn "), body
         ev = h.connection_line(proxy, client_addr, since=m)
@@ -275,28 +229,28 @@ def main(t):
         for sni, rule in (("blocked.test", "blocked-name"), ("dstblock.test", "block-by-dst")):
             m = proxy.mark()
             w = client()
-            get(w, target)
+            h.http_get(w, target)
             finished(w, m)  # parked
             w = client(sni=sni)
-            head, body = get(w, target)
+            head, body = h.http_get(w, target)
             w.sock.close()
             assert head.status == 403 and rule.encode() in body, "%s: %r %r" % (sni, head.start, body)
         w = client()
-        head, _ = get(w, target)
+        head, _ = h.http_get(w, target)
         w.sock.close()
         assert head.status == 200 and proxy.alive(), "the proxy stopped serving"
 
     with t.check("static listener: the second client connection reuses the origin connection"):
         m = proxy.mark()
         n = origin.count()
-        parked = pool_event(proxy, "parked")
+        parked = h.origin_event(proxy, "pool_events", "parked")
         for i in range(2):
             cp = h.curl(["--cacert", pki.root, "--http1.1", "--resolve",
                          "localhost:%d:127.0.0.1" % static_port,
                          "https://localhost:%d/ok?static%d" % (static_port, i)])
             assert cp.returncode == 0 and cp.stdout.startswith(b"conn "), h.curl_err(cp)
             if i == 0:
-                wait_pool_event(proxy, "parked", parked + 1)
+                h.wait_origin_event(proxy, "pool_events", "parked", parked + 1)
         ev = proxy.wait_event(lambda e: e.get("event") == "connection" and e.get("upstream_reused"),
                               since=m)
         assert ev is not None, "no static connection reused an origin connection"
@@ -306,17 +260,17 @@ def main(t):
                  "connection still serves a matching client"):
         m = proxy.mark()
         w = client()
-        get(w, target)
+        h.http_get(w, target)
         finished(w, m)  # one parked for (target, localhost, http/1.1)
         origin.lsock.shutdown(socket.SHUT_RDWR)  # no new connections from now on
         origin.lsock.close()
         w = client(sni="fresh.test")  # another key: the proxy must connect, and cannot
-        head, body = get(w, target)
+        head, body = h.http_get(w, target)
         w.sock.close()
         assert head.status == 502, "status %r" % head.start
         assert b"connect to %s failed" % target.encode() in body, body
         w = client()
-        head, body = get(w, target, "/ok?still")
+        head, body = h.http_get(w, target, "/ok?still")
         finished(w, m)
         assert head.status == 200 and body.startswith(b"conn "), "%r %r" % (head.start, body)
 
@@ -326,11 +280,11 @@ def main(t):
     short = t.start_proxy(pki, name="short", upstream={"reuse_idle_timeout": "300ms"})
     with t.check("reuse_idle_timeout: a parked connection expires; the next client gets a fresh one"):
         w = h.tls_tunnel(short.port, t2, pki.root, alpn=H11)
-        _, first = get(w, t2)
+        _, first = h.http_get(w, t2)
         w.sock.close()
-        wait_pool_event(short, "expired", 1)
+        h.wait_origin_event(short, "pool_events", "expired", 1)
         w = h.tls_tunnel(short.port, t2, pki.root, alpn=H11)
-        _, second = get(w, t2)
+        _, second = h.http_get(w, t2)
         w.sock.close()
         assert first != second and origin2.count() == 2, "%r %r, %d connections" % (
             first, second, origin2.count())
@@ -348,15 +302,15 @@ def main(t):
         n = origin2.count()
         m = named.mark()
         w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11)
-        get(w, t2)
+        h.http_get(w, t2)
         w.sock.close()
         assert h.connection_line(named, w.client, since=m).get("upstream_parked") is True
         w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11, server_hostname="blocked.test")
-        head, body = get(w, t2)
+        head, body = h.http_get(w, t2)
         w.sock.close()
         assert head.status == 403 and b"blocked-name" in body, "%r %r" % (head.start, body)
         w = h.tls_tunnel(named.port, t2, pki.root, alpn=H11)
-        head, _ = get(w, t2)
+        head, _ = h.http_get(w, t2)
         w.sock.close()
         assert head.status == 200 and named.alive(), "the proxy stopped serving"
         assert origin2.count() == n + 1, "%d origin connections" % (origin2.count() - n)
@@ -373,10 +327,10 @@ def main(t):
             ctx.verify_mode = ssl.CERT_NONE
             ctx.set_alpn_protocols(H11)
             w = h.Wire(ctx.wrap_socket(s, server_hostname="localhost"))
-            get(w, tb)
+            h.http_get(w, tb)
             w.sock.close()
         assert bad.count() == 2, "origin connections: %d" % bad.count()
-        assert pool_event(untrusted, "parked") == 0, metrics(untrusted)
+        assert h.origin_event(untrusted, "pool_events", "parked") == 0, h.origin_metrics(untrusted)
 
     origin3 = h.TlsOrigin(pki, app)
     t3 = "localhost:%d" % origin3.port
@@ -384,7 +338,7 @@ def main(t):
     with t.check("upstream.reuse = false: one origin connection per client, Connection: close unchanged"):
         for i in range(2):
             w = h.tls_tunnel(off.port, t3, pki.root, alpn=H11)
-            _, body = get(w, t3, "/ok", "Connection: close\r\n" if i else "")
+            _, body = h.http_get(w, t3, "/ok", "Connection: close\r\n" if i else "")
             w.sock.close()
             assert body == b"conn %d\n" % i, "client %d served by %r" % (i, body)
         oc = origin3.wait_conn(1)
@@ -393,7 +347,7 @@ def main(t):
         # SSL is in when the connection ends.
         ev = h.connection_line(off, w.client)
         assert (ev.get("upstream_tls") or {}).get("version") == "TLSv1.3", ev
-        assert "sightline_origin_pool_idle_connections" in metrics(off)
+        assert "sightline_origin_pool_idle_connections" in h.origin_metrics(off)
 
 
 if __name__ == "__main__":

@@ -41,66 +41,10 @@ BIG = b"x" * (8 << 20)
 def app(conn):
     """Answers every request with the index of this origin connection;
     /big with 8 MiB."""
-    while True:
-        try:
-            head = conn.read_head()
-        except EOFError:
-            return
-        conn.read_body(head)
-        if head.target.startswith("/big"):
-            conn.send(h.http_response(200, BIG))
-        else:
-            conn.send(h.http_response(200, b"conn %d\n" % conn.index))
-
-
-def get(w, host, path="/ok", extra=""):
-    w.send(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, extra)).encode())
-    head = w.read_head()
-    _, body, _ = w.read_body(head, "GET")
-    return head, body
-
-
-def metrics(proxy):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    finally:
-        c.close()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("sightline_origin_"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def release_event(proxy, event):
-    return metrics(proxy).get('sightline_origin_releases_total{event="%s"}' % event, 0.0)
-
-
-def pool_event(proxy, event):
-    return metrics(proxy).get('sightline_origin_pool_events_total{event="%s"}' % event, 0.0)
-
-
-def wait_metric(proxy, fn, event, at_least, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn(proxy, event) >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError("%s never reached %d (%r)" % (event, at_least, metrics(proxy)))
-
-
-def expect_eof(w):
-    try:
-        rest = w.recv_all()
-    except socket.timeout:
-        raise AssertionError("the proxy did not close the client connection")
-    except (ConnectionResetError, BrokenPipeError):
-        return
-    assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
+    def respond(conn, head, _body):
+        conn.send(h.http_response(200, BIG if head.target.startswith("/big") else b"conn %d\n" % conn.index))
+        return True
+    h.serve_http1(conn, respond)
 
 
 def finished(proxy, w, since):
@@ -123,58 +67,58 @@ def main(t):
                  "retakes it from the pool", fatal=True):
         m = proxy.mark()
         w = client()
-        head, body = get(w, target)
+        head, body = h.http_get(w, target)
         assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
-        wait_metric(proxy, release_event, "released", 1)
-        got = metrics(proxy)
+        h.wait_origin_event(proxy, "releases", "released", 1)
+        got = h.origin_metrics(proxy)
         assert got.get("sightline_origin_pool_idle_connections") == 1, got
-        head, body = get(w, target, "/ok?again")
+        head, body = h.http_get(w, target, "/ok?again")
         ev = finished(proxy, w, m)  # closed at once: no second idle spell
         assert head.status == 200 and body == b"conn 0\n", "%r %r" % (head.start, body)
         assert origin.count() == 1, "origin connections: %d" % origin.count()
-        assert release_event(proxy, "retaken") == 1, metrics(proxy)
+        assert h.origin_event(proxy, "releases", "retaken") == 1, h.origin_metrics(proxy)
         assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
         assert "upstream_reused" not in ev, ev
 
     with t.check("a client that closes while released costs no new origin connection"):
         m = proxy.mark()
         n = origin.count()
-        released = release_event(proxy, "released")
+        released = h.origin_event(proxy, "releases", "released")
         w = client()
-        get(w, target)
-        wait_metric(proxy, release_event, "released", released + 1)
+        h.http_get(w, target)
+        h.wait_origin_event(proxy, "releases", "released", released + 1)
         ev = finished(proxy, w, m)
         assert ev.get("upstream_released") == 1 and "upstream_reattached" not in ev, ev
         assert origin.count() == n, "%d new origin connections" % (origin.count() - n)
 
     with t.check("NTLM pins the origin connection: never released, while a neighbour that went "
                  "idle later is"):
-        released = release_event(proxy, "released")
+        released = h.origin_event(proxy, "releases", "released")
         m = proxy.mark()
         a = client()
-        _, body_a = get(a, target, "/ntlm", "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==\r\n")
+        _, body_a = h.http_get(a, target, "/ntlm", "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==\r\n")
         time.sleep(0.05)  # b goes idle strictly after a: a's release would come first
         b = client()
-        get(b, target)
-        wait_metric(proxy, release_event, "released", released + 1)
-        head, body = get(a, target, "/ntlm-again")
+        h.http_get(b, target)
+        h.wait_origin_event(proxy, "releases", "released", released + 1)
+        head, body = h.http_get(a, target, "/ntlm-again")
         assert head.status == 200 and body == body_a, "a served by %r, then %r" % (body_a, body)
-        assert release_event(proxy, "released") == released + 1, metrics(proxy)
+        assert h.origin_event(proxy, "releases", "released") == released + 1, h.origin_metrics(proxy)
         ev = finished(proxy, a, m)
         assert "upstream_released" not in ev and "upstream_parked" not in ev, ev
         b.sock.close()
 
     with t.check("a request head still arriving is not a pause: no release until it is complete"):
-        released = release_event(proxy, "released")
+        released = h.origin_event(proxy, "releases", "released")
         m = proxy.mark()
         a = client()
-        get(a, target)
+        h.http_get(a, target)
         a.send(("GET /slow HTTP/1.1\r\nHost: %s\r\n" % target).encode())  # the rest comes later
         time.sleep(0.05)  # b goes idle strictly after a's partial head arrived
         b = client()
-        get(b, target)
-        wait_metric(proxy, release_event, "released", released + 1)
-        assert release_event(proxy, "released") == released + 1, metrics(proxy)
+        h.http_get(b, target)
+        h.wait_origin_event(proxy, "releases", "released", released + 1)
+        assert h.origin_event(proxy, "releases", "released") == released + 1, h.origin_metrics(proxy)
         a.send(b"X-Late: 1\r\n\r\n")
         head = a.read_head()
         _, body, _ = a.read_body(head, "GET")
@@ -190,15 +134,15 @@ def main(t):
     with t.check("the pool dropped it meanwhile: the next request connects and verifies a new one"):
         m = short.mark()
         w = client(short)
-        _, first = get(w, target)
-        wait_metric(short, release_event, "released", 1)
-        wait_metric(short, pool_event, "expired", 1)
+        _, first = h.http_get(w, target)
+        h.wait_origin_event(short, "releases", "released", 1)
+        h.wait_origin_event(short, "pool_events", "expired", 1)
         n = origin.count()
-        head, second = get(w, target)
+        head, second = h.http_get(w, target)
         ev = finished(short, w, m)  # closed at once: no second idle spell
         assert head.status == 200 and second == b"conn %d\n" % n, "%r, expected conn %d" % (second, n)
         assert first != second and origin.count() == n + 1, origin.count()
-        assert release_event(short, "reconnected") == 1, metrics(short)
+        assert h.origin_event(short, "releases", "reconnected") == 1, h.origin_metrics(short)
         assert ev.get("upstream_released") == 1 and ev.get("upstream_reattached") == 1, ev
 
     # on_invalid = forward-untrusted completes the origin handshake even
@@ -211,11 +155,11 @@ def main(t):
                      "reason, the origin never gets the request" % p.name):
             m = p.mark()
             w = client(p)
-            head, _ = get(w, target)
+            head, _ = h.http_get(w, target)
             assert head.status == 200
-            released, expired = release_event(p, "released"), pool_event(p, "expired")
-            wait_metric(p, release_event, "released", released + 1)
-            wait_metric(p, pool_event, "expired", expired + 1)
+            released, expired = h.origin_event(p, "releases", "released"), h.origin_event(p, "pool_events", "expired")
+            h.wait_origin_event(p, "releases", "released", released + 1)
+            h.wait_origin_event(p, "pool_events", "expired", expired + 1)
             good = origin.ctx
             bad = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             bad.load_cert_chain(pki.fullchain("expired"), pki.key("expired"))
@@ -223,10 +167,10 @@ def main(t):
             origin.ctx = bad
             try:
                 n = origin.count()
-                head, body = get(w, target, "/secret")
+                head, body = h.http_get(w, target, "/secret")
                 assert head.status == 502, "status %r" % head.start
                 assert b"certificate" in body and b"expired" in body, body
-                expect_eof(w)
+                h.expect_close(w)
             finally:
                 origin.ctx = good
             assert origin.count() == n + 1, "%d new origin connections" % (origin.count() - n)
@@ -234,7 +178,7 @@ def main(t):
                 oc = origin.conns[n]
             assert oc.done.wait(10), "the proxy kept the failed origin connection open"
             assert b"/secret" not in bytes(oc.received), bytes(oc.received)
-            assert release_event(p, "failed") == 1, metrics(p)
+            assert h.origin_event(p, "releases", "failed") == 1, h.origin_metrics(p)
             ev = p.wait_event(lambda e: e.get("event") == "origin_reattach_failed", since=m)
             assert ev is not None and "expired" in ev.get("reason", ""), ev
             # The line describes the first origin connection; close_reason says why it ended.
@@ -255,7 +199,7 @@ def main(t):
             b = client(pcap)
             b.sock.settimeout(60)
             while not stop.is_set():
-                get(b, target, "/big")
+                h.http_get(b, target, "/big")
             b.sock.close()
 
         th = threading.Thread(target=bulk, daemon=True)
@@ -263,12 +207,12 @@ def main(t):
         try:
             for i in range(3):
                 w = client(pcap)
-                get(w, target)
-                released, expired = release_event(pcap, "released"), pool_event(pcap, "expired")
-                wait_metric(pcap, release_event, "released", released + 1)
-                wait_metric(pcap, pool_event, "expired", expired + 1)
+                h.http_get(w, target)
+                released, expired = h.origin_event(pcap, "releases", "released"), h.origin_event(pcap, "pool_events", "expired")
+                h.wait_origin_event(pcap, "releases", "released", released + 1)
+                h.wait_origin_event(pcap, "pool_events", "expired", expired + 1)
                 w.sock.settimeout(30)
-                head, body = get(w, target, "/after%d" % i)
+                head, body = h.http_get(w, target, "/after%d" % i)
                 w.sock.close()
                 assert head.status == 200 and body.startswith(b"conn "), "trial %d: %r %r" % (
                     i, head.start, body[:200])
@@ -280,27 +224,27 @@ def main(t):
     with t.check("release_idle = false: the origin leg stays with its idle client"):
         m = off.mark()
         w = client(off)
-        _, first = get(w, target)
+        _, first = h.http_get(w, target)
         time.sleep(0.6)  # six times release_idle_after
-        _, second = get(w, target)
+        _, second = h.http_get(w, target)
         assert first == second, "%r then %r" % (first, second)
         ev = finished(off, w, m)
         assert "upstream_released" not in ev, ev
-        assert release_event(off, "released") == 0, metrics(off)
+        assert h.origin_event(off, "releases", "released") == 0, h.origin_metrics(off)
 
     with t.check("the origin refuses connections: the next request gets a 502 naming the connect "
                  "failure"):
         w = client(short)
-        get(w, target)
-        released, expired = release_event(short, "released"), pool_event(short, "expired")
-        wait_metric(short, release_event, "released", released + 1)
-        wait_metric(short, pool_event, "expired", expired + 1)
+        h.http_get(w, target)
+        released, expired = h.origin_event(short, "releases", "released"), h.origin_event(short, "pool_events", "expired")
+        h.wait_origin_event(short, "releases", "released", released + 1)
+        h.wait_origin_event(short, "pool_events", "expired", expired + 1)
         origin.lsock.shutdown(socket.SHUT_RDWR)
         origin.lsock.close()
-        head, body = get(w, target)
+        head, body = h.http_get(w, target)
         assert head.status == 502 and b"connect to %s failed" % target.encode() in body, \
             "%r %r" % (head.start, body)
-        expect_eof(w)
+        h.expect_close(w)
         assert short.alive()
 
 

@@ -1244,6 +1244,58 @@ def tls_tunnel(proxy_port, target, cafile, alpn=None, server_hostname="localhost
     return w
 
 
+def http_get(w, host, path="/ok", extra=""):
+    """GET over a Wire (keep-alive); returns (head, body)."""
+    w.send(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, extra)).encode())
+    head = w.read_head()
+    _, body, _ = w.read_body(head, "GET")
+    return head, body
+
+
+def expect_close(w):
+    """The proxy ends the client connection cleanly after what was read."""
+    try:
+        rest = w.recv_all()
+    except socket.timeout:
+        raise AssertionError("the proxy did not close the client connection")
+    except (ConnectionResetError, BrokenPipeError):
+        raise AssertionError("the proxy reset the client connection")
+    assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
+
+
+def origin_metrics(proxy):
+    """The proxy's sightline_origin_* series (origin pool and releases):
+    {'name{labels}': value}."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("sightline_origin_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def origin_event(proxy, family, event):
+    """sightline_origin_<family>_total{event=...}: family "pool_events" or "releases"."""
+    return origin_metrics(proxy).get('sightline_origin_%s_total{event="%s"}' % (family, event), 0.0)
+
+
+def wait_origin_event(proxy, family, event, at_least, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if origin_event(proxy, family, event) >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError("origin %s %s never reached %d (%r)" % (family, event, at_least,
+                                                                origin_metrics(proxy)))
+
+
 def connection_line(proxy, client, since=0, timeout=10.0):
     """The proxy's 'connection' log line for the client address 'ip:port'
     (e.g. Wire.client from tls_tunnel), or None after timeout."""
