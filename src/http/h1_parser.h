@@ -125,6 +125,13 @@ class H1Parser {
   bool in_tunnel() const { return state_ == State::tunnel; }
   // True between messages (nothing of a next message received yet).
   bool idle() const { return state_ == State::head && head_buf_.empty(); }
+  // Between messages: frees the reused head and buffer capacity (an idle
+  // connection keeps nothing of its last message).
+  void trim() {
+    if (!idle()) return;
+    head_ = MessageHead{};
+    std::string().swap(head_buf_);
+  }
 
  private:
   enum class State { head, body_length, chunk_size, chunk_data, chunk_crlf, trailers,

@@ -33,6 +33,10 @@ class H1Relay final : public Relay {
   void on_data(Side from, std::span<const char> data) override;
   void on_end(Side from, bool clean) override;
   bool origin_idle() const override;
+  void trim() override {
+    requests_.trim();
+    responses_.trim();
+  }
   void rebind_connection(std::shared_ptr<const exchange::ConnectionInfo> info) override {
     connection_ = std::move(info);
     headers_wanted_ = consumer_.wants_headers(*connection_);

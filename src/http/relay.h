@@ -130,6 +130,8 @@ class Relay {
   // origin connection was released and a new one taken): their records
   // carry its facts.
   virtual void rebind_connection(std::shared_ptr<const exchange::ConnectionInfo> /*info*/) {}
+  // Both legs have been quiet a while: memory kept for the next message may go.
+  virtual void trim() {}
 };
 
 // Bytes pass through untouched; endings are passed on in kind.

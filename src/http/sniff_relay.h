@@ -51,6 +51,9 @@ class SniffRelay final : public Relay {
   }
 
   bool origin_idle() const override { return inner_ && inner_->origin_idle(); }
+  void trim() override {
+    if (inner_) inner_->trim();
+  }
   void rebind_connection(std::shared_ptr<const exchange::ConnectionInfo> info) override {
     if (inner_) inner_->rebind_connection(std::move(info));
   }

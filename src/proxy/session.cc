@@ -2347,6 +2347,7 @@ void Session::on_timer() {
         if (quiet >= kTrimAfterMs) {
           trim_leg(client_);
           trim_leg(upstream_);
+          if (relay_) relay_->trim();
           trim_pending_ = false;
         } else {
           next = std::min(next, kTrimAfterMs - quiet);  // busy: look again then

@@ -228,6 +228,15 @@ TEST_CASE("consecutive heads on one parser carry only their own fields") {
   CHECK(rec.heads[2].headers[0].value == "Thu, 27 Nov 2026 15:31:13 GMT");
   CHECK(rec.heads[2].headers[1].name == "Server");
   CHECK(rec.heads[2].headers[1].value == "s");
+  // Trimmed between messages (an idle connection), then a fourth.
+  p.trim();
+  p.expect_response_to("GET");
+  const std::string more = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  REQUIRE(p.feed({more.data(), more.size()}));
+  REQUIRE(rec.heads.size() == 4);
+  REQUIRE(rec.heads[3].headers.size() == 1);
+  CHECK(rec.heads[3].headers[0].value == "2");
+  CHECK(p.idle());
 }
 
 TEST_CASE("HTTP/1.0 request without Host") {
