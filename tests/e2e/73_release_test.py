@@ -220,6 +220,39 @@ def main(t):
             stop.set()
             th.join(60)
 
+    # dst rules see the address connected to: a reconnection that a new DNS
+    # answer sends elsewhere must not escape them. origin.test (in the test
+    # certificate) first resolves to 127.0.0.2, then to 127.0.0.3, where a
+    # rule blocks it.
+    with t.check("a reconnection that DNS sends under another dst rule is refused (502 naming the rule)"):
+        o2 = h.TlsOrigin(pki, app, host="127.0.0.2")
+        o3 = h.TlsOrigin(pki, app, host="127.0.0.3", port=o2.port)
+        pol = os.path.join(t.dir, "dst.toml")
+        with open(pol, "w") as f:
+            f.write('[policy]\ndefault = "inspect"\nauto_bypass = false\n\n'
+                    '[[rule]]\nname = "dst-block"\naction = "block"\ndomains = ["origin.test"]\n'
+                    'dst = ["127.0.0.3/32"]\n')
+        dns = t.start_proxy(pki, name="dns", upstream={"release_idle_after": "100ms",
+                                                       "reuse_idle_timeout": "200ms"},
+                            extra='[policy]\nfiles = ["%s"]\n' % pol)
+        hosts = h.HostsEntry("origin.test", "127.0.0.2")
+        try:
+            tgt = "origin.test:%d" % o2.port
+            w = h.tls_tunnel(dns.port, tgt, pki.root, alpn=H11, server_hostname="origin.test")
+            head, body = h.http_get(w, tgt)
+            assert head.status == 200 and body == b"conn 0\n" and o2.count() == 1, (head.start, body)
+            h.wait_origin_event(dns, "releases", "released", 1)
+            h.wait_origin_event(dns, "pool_events", "expired", 1)
+            hosts.set("127.0.0.3")
+            head, body = h.http_get(w, tgt, "/moved")
+            assert head.status == 502 and b"dst-block" in body, "%r %r" % (head.start, body)
+            h.expect_close(w)
+            for c in list(o3.conns):
+                c.done.wait(10)
+                assert b"/moved" not in bytes(c.received), bytes(c.received)
+        finally:
+            hosts.kill()
+
     off = t.start_proxy(pki, name="off", upstream={"release_idle": False, "release_idle_after": "100ms"})
     with t.check("release_idle = false: the origin leg stays with its idle client"):
         m = off.mark()

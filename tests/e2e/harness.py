@@ -1020,6 +1020,35 @@ class TestRun:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class HostsEntry:
+    """Maps `name` to an address in /etc/hosts (needs root) until kill(),
+    which puts the file's original text back; also at exit and on signals.
+    Only loopback addresses: tests never reach other hosts."""
+
+    PATH = "/etc/hosts"
+
+    def __init__(self, name, addr):
+        if os.geteuid() != 0 or not os.access(self.PATH, os.W_OK):
+            raise Skip("needs root to edit /etc/hosts")
+        with open(self.PATH) as f:
+            self.original = f.read()
+        self.name = name
+        _register(self)
+        self.set(addr)
+
+    def set(self, addr):
+        assert addr.startswith("127."), addr
+        sep = "" if self.original.endswith("\n") or not self.original else "\n"
+        # Written in place: /etc/hosts is often a bind mount (no rename over it).
+        with open(self.PATH, "w") as f:
+            f.write(self.original + sep + "%s %s  # sightline e2e, removed after the test\n" % (addr, self.name))
+
+    def kill(self):
+        _unregister(self)
+        with open(self.PATH, "w") as f:
+            f.write(self.original)
+
+
 class Skip(Exception):
     pass
 
@@ -1337,7 +1366,8 @@ class TlsOrigin:
     closes; then conn.done is set. alpn: protocols the origin may select
     (None: it selects none)."""
 
-    def __init__(self, pki, handler, alpn=("http/1.1",), cert="valid-ec", timeout=30.0):
+    def __init__(self, pki, handler, alpn=("http/1.1",), cert="valid-ec", timeout=30.0,
+                 host="127.0.0.1", port=0):
         self.handler = handler
         self.timeout = timeout
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1345,7 +1375,7 @@ class TlsOrigin:
         if alpn:
             self.ctx.set_alpn_protocols(list(alpn))
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
         self.conns = []
