@@ -1030,23 +1030,27 @@ class HostsEntry:
     def __init__(self, name, addr):
         if os.geteuid() != 0 or not os.access(self.PATH, os.W_OK):
             raise Skip("needs root to edit /etc/hosts")
-        with open(self.PATH) as f:
+        with open(self.PATH, "rb") as f:
             self.original = f.read()
         self.name = name
         _register(self)
         self.set(addr)
 
+    # Only the bytes after the original text are ever written or cut, in
+    # place (/etc/hosts is often a bind mount: no rename over it), so other
+    # tests resolving names meanwhile always see the original entries.
     def set(self, addr):
         assert addr.startswith("127."), addr
-        sep = "" if self.original.endswith("\n") or not self.original else "\n"
-        # Written in place: /etc/hosts is often a bind mount (no rename over it).
-        with open(self.PATH, "w") as f:
-            f.write(self.original + sep + "%s %s  # sightline e2e, removed after the test\n" % (addr, self.name))
+        sep = b"" if self.original.endswith(b"\n") or not self.original else b"\n"
+        with open(self.PATH, "r+b") as f:
+            f.seek(len(self.original))
+            f.write(sep + b"%s %s  # sightline e2e, removed after the test\n" % (addr.encode(), self.name.encode()))
+            f.truncate()
 
     def kill(self):
         _unregister(self)
-        with open(self.PATH, "w") as f:
-            f.write(self.original)
+        with open(self.PATH, "r+b") as f:
+            f.truncate(len(self.original))
 
 
 class Skip(Exception):
