@@ -1260,20 +1260,14 @@ void Session::finish_reattach(bool pooled) {
     // Nothing less than what the client's certificate was forged from: a
     // verified origin (on_invalid does not apply to a connection whose
     // client already trusts the forged certificate).
-    if (!SSL_get0_peer_certificate(ssl) || verify_.first_error != X509_V_OK ||
-        SSL_get_verify_result(ssl) != X509_V_OK) {
-      int err = verify_.first_error != X509_V_OK ? verify_.first_error
-                                                 : static_cast<int>(SSL_get_verify_result(ssl));
-      verdict_ = err != X509_V_OK ? tls::verdict_for(err) : "invalid";
-      verdict_reason_ = err != X509_V_OK ? tls::reason_for(verify_) : "origin sent no certificate";
+    if (!judge_origin_certificate(ssl)) {
       reattach_failed("upstream certificate invalid: " + verdict_reason_);
       return;
     }
     if (ctx_.metrics)
       ctx_.metrics->registry.inc(worker_, resumed ? ctx_.metrics->upstream_tls_resumed
                                                   : ctx_.metrics->upstream_tls_full);
-    if (!resume_key_.empty() && !resumed && SSL_version(ssl) != TLS1_3_VERSION)
-      host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
+    keep_tls12_session(ssl, resumed);
   }
   const unsigned char* alpn = nullptr;
   unsigned int alpn_len = 0;
@@ -1391,6 +1385,33 @@ void Session::on_upstream_session(SSL_SESSION* session) {
   host_.upstream_sessions().put(resume_key_, std::move(owned));
 }
 
+// Sets verdict_ (and its reason) for the origin's certificate; true when
+// it verified. Both the callback's record and OpenSSL's own result must be
+// clean (defence in depth: OpenSSL's result is trusted too).
+bool Session::judge_origin_certificate(SSL* ssl) {
+  if (!SSL_get0_peer_certificate(ssl)) {
+    verdict_ = "invalid";
+    verdict_reason_ = "origin sent no certificate";
+    return false;
+  }
+  long result = SSL_get_verify_result(ssl);
+  if (verify_.first_error == X509_V_OK && result != X509_V_OK) {
+    verify_.first_error = static_cast<int>(result);
+    verify_.first_error_depth = -1;
+  }
+  verdict_ = tls::verdict_for(verify_.first_error);
+  if (verify_.first_error == X509_V_OK) return true;
+  verdict_reason_ = tls::reason_for(verify_);
+  return false;
+}
+
+// TLS 1.2 sessions exist at the end of the handshake (TLS 1.3 tickets
+// come later through on_upstream_session).
+void Session::keep_tls12_session(SSL* ssl, bool resumed) {
+  if (!resume_key_.empty() && !resumed && SSL_version(ssl) != TLS1_3_VERSION)
+    host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
+}
+
 void Session::on_upstream_verified() {
   if (reattaching_) {
     finish_reattach(false);
@@ -1401,33 +1422,14 @@ void Session::on_upstream_verified() {
   // through a post-handshake message, or parked.
   upstream_tls_ = TlsFacts::of(ssl);
   X509* origin = SSL_get0_peer_certificate(ssl);
-  long result = SSL_get_verify_result(ssl);
-  if (!origin) {
-    verdict_ = "invalid";
-    verdict_reason_ = "origin sent no certificate";
-    refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
-    return;
-  }
-  // Both the callback's record and OpenSSL's own result must be clean.
-  if (verify_.first_error == X509_V_OK && result != X509_V_OK) {
-    verify_.first_error = static_cast<int>(result);  // defence in depth: trust OpenSSL's own result
-    verify_.first_error_depth = -1;
-  }
-  int err = verify_.first_error;
-  verdict_ = tls::verdict_for(err);
-  if (err != X509_V_OK) {
-    verdict_reason_ = tls::reason_for(verify_);
-    if (rule_on_invalid_.value_or(ctx_.settings.on_invalid) == tls::OnInvalid::block) {
+  if (!judge_origin_certificate(ssl)) {
+    if (!origin || rule_on_invalid_.value_or(ctx_.settings.on_invalid) == tls::OnInvalid::block) {
       refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
       return;
     }
     untrusted_ = true;
   }
-  // TLS 1.2 sessions exist at the end of the handshake (TLS 1.3 tickets
-  // come later through on_upstream_session).
-  if (!untrusted_ && !resume_key_.empty() && !upstream_resumed_ && !upstream_reused_ &&
-      SSL_version(ssl) != TLS1_3_VERSION)
-    host_.upstream_sessions().put(resume_key_, tls::SslSessionPtr(SSL_get1_session(ssl)));
+  if (!untrusted_ && !upstream_reused_) keep_tls12_session(ssl, upstream_resumed_);
   const unsigned char* alpn = nullptr;
   unsigned int alpn_len = 0;
   SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);

@@ -191,6 +191,8 @@ class Session final : public tls::ClientHandshakeHandler,
   void start_upstream_tls();
   void drive_upstream_handshake();
   void on_upstream_verified();
+  bool judge_origin_certificate(SSL* ssl);
+  void keep_tls12_session(SSL* ssl, bool resumed);
   void on_forged(tls::ForgedPtr leaf);
   void refuse_client(int alert, std::string reason);
   void refuse_upstream(int alert, std::string reason, int status = 502);
