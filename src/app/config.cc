@@ -493,8 +493,10 @@ class Parser {
       std::uint64_t interval_ms = static_cast<std::uint64_t>(ac.sync_interval.count());
       if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "interval_ms", "max_segment_bytes",
                                       "max_segment_age", "max_body", "queue_bytes", "on_failure",
-                                      "writer_id", "retention_days", "compression", "commit_delay"}) ||
+                                      "writer_id", "retention_days", "compression", "compress_min_bytes",
+                                      "commit_delay"}) ||
           !get_compression(*t, ac.compression) ||
+          !get_uint(*t, "archive", "compress_min_bytes", 0, 1ull << 30, ac.compress_min_bytes) ||
           !get_uint(*t, "archive", "retention_days", 0, 36500, ac.retention_days) ||
           !get_path(*t, "archive", "dir", ac.dir) || !get_path(*t, "archive", "key", ac.key) ||
           !get_bool(*t, "archive", "all", ac.all) ||

@@ -114,6 +114,7 @@ struct ArchiveConfig {
   std::string writer_id;                    // default: the host name
   std::uint64_t retention_days = 0;         // prune sealed segments older than this; 0: keep all
   int compression = -1;                     // -1: "fast" (ISA-L); 0 (stored) .. 9 (smallest): zlib level
+  std::uint64_t compress_min_bytes = 2048;  // smaller records are stored (archive::Compression::min_bytes)
   bool enabled() const { return !dir.empty(); }
 };
 

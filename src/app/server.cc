@@ -56,6 +56,7 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   so.fail_open = ac.on_failure == "open";
   so.retention_days = static_cast<unsigned>(ac.retention_days);
   so.writer.compression = ac.compression < 0 ? archive::Compression{} : archive::Compression::zlib(ac.compression);
+  so.writer.compression.min_bytes = static_cast<std::size_t>(ac.compress_min_bytes);
   ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
   if (!ctx.archive) {
     if (error) *error = "archive: " + why;

@@ -364,6 +364,10 @@ void stored_append(std::string& out, std::string_view data) {
 }  // namespace
 
 bool append_gzip_member(std::string& out, std::string_view data, Compression how) {
+  if (data.size() < how.min_bytes) {
+    stored_append(out, data);
+    return true;
+  }
   // isal_zstream counts in 32 bits; records are far smaller (bodies are capped).
   if (how.codec == Compression::Codec::fast && data.size() < (1ull << 31) && fast_append(out, data)) return true;
   const int level = how.codec == Compression::Codec::fast ? 0 : std::clamp(how.level, 0, 9);

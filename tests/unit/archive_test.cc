@@ -846,6 +846,46 @@ TEST_CASE("archive: bodies already compressed are stored in their member, not de
   expect_intact(a.verify());
 }
 
+TEST_CASE("archive: records under compress_min_bytes are stored, larger ones deflated") {
+  // sample_exchange(i, 40): every record well under 2 KiB; (i, 20000): a
+  // request record of 20 kB of 'x'.
+  auto members = [](Compression how) {
+    Archive a;
+    WriterOptions opts;
+    opts.compression = how;
+    auto w = a.open(opts);
+    REQUIRE(!w->append(sample_exchange(1)));
+    REQUIRE(!w->append(sample_exchange(2, 20000)));
+    REQUIRE(!w->seal());
+    expect_intact(a.verify());
+    auto segs = a.files(".warc.gz");
+    REQUIRE(segs.size() == 1);
+    MemberScan scan = scan_members(read_file(segs[0]));
+    REQUIRE(scan.complete());
+    REQUIRE(scan.members.size() == 7);  // warcinfo, then request/response/metadata per exchange
+    return scan.members;
+  };
+  auto stored = [](const Member& m) { return m.compressed_length > m.data.size(); };  // data plus framing
+  for (Compression how : {Compression{}, Compression::zlib(6)}) {
+    CAPTURE(how.level);
+    REQUIRE(how.min_bytes == 2048);  // the default, as in the config
+    auto m = members(how);
+    for (std::size_t i : {0, 1, 2, 3, 5, 6}) {
+      CAPTURE(i);
+      CHECK(m[i].data.size() < 2048);
+      CHECK(stored(m[i]));
+    }
+    CHECK(m[4].data.size() > 20000);
+    CHECK(m[4].compressed_length < m[4].data.size() / 10);
+  }
+  // 0: every record goes through the codec, small ones included.
+  Compression always;
+  always.min_bytes = 0;
+  auto m = members(always);
+  CHECK_FALSE(stored(m[1]));
+  CHECK_FALSE(stored(m[0]));  // warcinfo
+}
+
 TEST_CASE("archive: every compression setting writes standard gzip members that verify") {
   // Text that compresses, unlike the random ids and digests around it.
   std::string html;

@@ -1,4 +1,5 @@
 #include "app/config.h"
+#include "archive/warc.h"
 
 #include <doctest/doctest.h>
 
@@ -274,6 +275,7 @@ TEST_CASE("[archive] section") {
   CHECK(d->archive.sync == "record");       // durable by default
   CHECK(d->archive.on_failure == "closed");  // refuse rather than lose records
   CHECK(d->archive.compression == -1);       // "fast"
+  CHECK(d->archive.compress_min_bytes == sightline::archive::Compression::kDefaultMinBytes);
   CHECK(d->archive.commit_delay == std::chrono::milliseconds(10));
   auto fast = parse("[archive]\ncompression = \"fast\"\n", err);
   REQUIRE_MESSAGE(fast, err.message);
@@ -282,7 +284,7 @@ TEST_CASE("[archive] section") {
       "[archive]\ndir = \"/var/lib/a\"\nkey = \"/etc/a.key\"\nall = true\nsync = \"interval\"\n"
       "interval_ms = 250\nmax_segment_bytes = 1048576\nmax_segment_age = \"10m\"\nmax_body = 1024\n"
       "queue_bytes = 1048576\non_failure = \"open\"\nwriter_id = \"proxy_1.dc\"\nretention_days = 2555\ncompression = 6\n"
-      "commit_delay = \"2ms\"\n",
+      "compress_min_bytes = 0\ncommit_delay = \"2ms\"\n",
       err);
   REQUIRE_MESSAGE(cfg, err.message);
   const ArchiveConfig& a = cfg->archive;
@@ -300,12 +302,14 @@ TEST_CASE("[archive] section") {
   CHECK(a.writer_id == "proxy_1.dc");
   CHECK(a.retention_days == 2555);  // 7 years
   CHECK(a.compression == 6);
+  CHECK(a.compress_min_bytes == 0);
   CHECK(a.commit_delay == std::chrono::milliseconds(2));
   for (const char* bad : {"[archive]\nsync = \"always\"\n", "[archive]\non_failure = \"maybe\"\n",
                           "[archive]\ninterval_ms = 0\n", "[archive]\nwriter_id = \"a/b\"\n",
                           "[archive]\nqueue_bytes = 10\n", "[archive]\nretention = 3\n",
                           "[archive]\ncompression = 10\n", "[archive]\ncompression = -1\n",
-                          "[archive]\ncompression = \"best\"\n", "[archive]\ncommit_delay = \"0ms\"\n"}) {
+                          "[archive]\ncompression = \"best\"\n", "[archive]\ncommit_delay = \"0ms\"\n",
+                          "[archive]\ncompress_min_bytes = -1\n"}) {
     CAPTURE(bad);
     ConfigError e;
     CHECK_FALSE(parse(bad, e));
