@@ -1,6 +1,7 @@
 // sightline command line. CLI11 parses it (a Debian package, and its
 // subcommand support fits `run` now and `policy`/`archive` later).
 #include "app/archive_cli.h"
+#include "app/archive_ship_cli.h"
 #include "app/config.h"
 #include "archive/keys.h"
 #include "archive/verify.h"
@@ -289,6 +290,7 @@ int main(int argc, char** argv) {
   arch_verify->add_option("--key", af.verify_key, "archive public key PEM (the private key works too)");
 
   sightline::app::ArchiveRetrievalCli archive_retrieval(arch);
+  sightline::app::ArchiveShipCli archive_ship(arch);
 
   auto* version = cli.add_subcommand("version", "print the version");
 
@@ -300,6 +302,7 @@ int main(int argc, char** argv) {
   if (check->parsed()) return policy_check(check_files);
   if (passwd->parsed()) return sightline::identity::passwd_command(pw_file, pw_user, pw_stdin, pw_scheme);
   if (auto rc = archive_retrieval.run()) return *rc;
+  if (auto rc = archive_ship.run()) return *rc;
   if (arch->parsed()) return archive_command(af, arch_keygen->parsed());
   if (explain->parsed()) {
     if (explain_files.empty() && !ex_config.empty()) {

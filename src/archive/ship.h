@@ -1,0 +1,96 @@
+// Shipping sealed segments to S3 Object Lock (WORM) storage.
+//
+// Each sealed segment's files go to
+//   <prefix>/<node-id>/<yyyy>/<mm>/<dd>/<file name>
+// (the date of the segment's seal, UTC): the segment, its records file, its
+// index sidecar, then its manifest and signature last, so a manifest in the
+// bucket means the rest is there. Every PUT carries Content-MD5 and
+// x-amz-content-sha256, the lock mode and retain-until date (seal time +
+// retention) and x-amz-meta-sha256; it counts only once the server answered
+// 2xx with an ETag equal to the MD5 sent (single PUTs) and a version id.
+//
+// The shipping journal (DIR/shipping.journal, JSON lines, appended and
+// fdatasync'ed per confirmed file) survives crashes: a torn last line is cut
+// on open, and a file whose PUT was confirmed but not journaled is found by
+// HEAD (same x-amz-meta-sha256) and adopted, not uploaded twice.
+#pragma once
+
+#include "archive/s3.h"
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace sightline::archive {
+
+struct ShippedFile {
+  std::string segment;  // sealed segment name
+  std::string file;     // file name in the archive directory
+  std::string key;      // object key
+  std::string version_id;
+  std::string etag;
+  std::string sha256;   // hex, of the file's bytes
+  std::uint64_t size = 0;
+  std::string retain_until;  // RFC 3339, empty without a lock
+  std::string shipped_at;
+  bool adopted = false;      // found already uploaded (HEAD), not sent again
+};
+
+class ShipJournal {
+ public:
+  // Reads DIR/shipping.journal (creating it), cutting a torn last line.
+  static std::optional<ShipJournal> open(const std::string& dir, std::string* why);
+
+  const ShippedFile* find(const std::string& file) const;
+  bool complete(const std::string& segment) const { return complete_.count(segment) > 0; }
+  // Appended and synced before they return.
+  std::optional<std::string> record(const ShippedFile& f);
+  std::optional<std::string> record_complete(const std::string& segment, const std::string& manifest_version);
+  const std::vector<ShippedFile>& files() const { return files_; }
+  std::string path() const { return path_; }
+  std::size_t cut_bytes() const { return cut_bytes_; }  // torn tail removed on open
+
+ private:
+  std::optional<std::string> append(const std::string& line);
+  std::string path_;
+  std::vector<ShippedFile> files_;
+  std::map<std::string, std::size_t> by_file_;
+  std::set<std::string> complete_;
+  std::size_t cut_bytes_ = 0;
+};
+
+struct ShipOptions {
+  std::string dir;
+  std::string node_id;  // key component; default: the segments' writer id
+  std::optional<s3::LockMode> lock_mode = s3::LockMode::compliance;  // nullopt: no lock headers
+  // retain-until = seal time + this; zero: no retention header (the
+  // bucket's default retention applies).
+  std::chrono::seconds retention{0};
+  bool legal_hold = false;
+  std::uint64_t multipart_threshold = 64ull << 20;
+  std::uint64_t part_size = 16ull << 20;
+};
+
+struct ShipReport {
+  std::vector<ShippedFile> shipped;        // this run, in order
+  std::vector<std::string> done_segments;  // completed this run
+  std::vector<std::string> errors;         // "segment: reason"; the segment stays for the next run
+  std::size_t backlog_segments = 0;        // sealed, not yet complete after this run
+  std::uint64_t backlog_bytes = 0;
+  std::int64_t oldest_backlog_s = 0;       // age of the oldest unshipped seal
+};
+
+// Ships every sealed segment of opts.dir the journal does not list as
+// complete, oldest first; stops at the first S3 transport failure (the
+// store is down: the rest waits for the next run).
+ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal& journal);
+
+// The key of a segment file: <prefix>/<node>/<yyyy>/<mm>/<dd>/<file>.
+std::string ship_key(const s3::Client& client, const std::string& node, const std::string& sealed_rfc3339,
+                     const std::string& file);
+
+}  // namespace sightline::archive

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Layer 99: shipping sealed archive segments to S3 Object Lock, against a
+real Ceph RADOS Gateway started on loopback (tests/e2e/rgw.py).
+
+- A proxy archives traffic into small segments; `sightline archive ship`
+  uploads every sealed segment's files under <prefix>/<node>/<y>/<m>/<d>/,
+  each with COMPLIANCE retention until seal time + retention, and records
+  the version ids the store returned in the shipping journal: the store's
+  versions, retention and bytes match the journal and the local files.
+- A locked version cannot be deleted until its retention passes.
+- Shipping again uploads nothing (idempotent); a crash that lost journal
+  lines (a torn tail, whole lines) is recovered by adopting what the store
+  already holds: no second version of any key.
+- radosgw down: nothing is lost, the backlog is reported, exit 1; shipping
+  resumes when it is back.
+- A segment whose bytes differ from its signed manifest is not shipped.
+- Wrong credentials: refused by the store, the secret never printed.
+- Segments over the multipart threshold go up in parts and are locked too.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+import rgw as rgwmod  # noqa: E402
+
+BUCKET = "archive-lock"
+RETAIN_S = 6
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def journal(d):
+    path = os.path.join(d, "shipping.journal")
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def sealed(d):
+    return sorted(n for n in os.listdir(d) if n.endswith(".warc.gz"))
+
+
+def main(t):
+    pki = t.pki()
+    nginx = t.start_nginx(pki, certs=["valid-ec"], upload=True)
+    port = nginx.port("valid-ec")
+    key = os.path.join(t.dir, "archive.key")
+    cp = subprocess.run([h.sightline_bin(), "archive", "keygen", key], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+
+    def archive(d, requests, name):
+        """A proxy archiving `requests` exchanges into segments of at most
+        256 KiB; stopped, so every segment is sealed."""
+        sport = h.free_port()
+        p = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
+                                     'target = "localhost:%d"\n\n[archive]\ndir = "%s"\nkey = "%s"\n'
+                                     'all = true\nmax_segment_bytes = 262144\nwriter_id = "%s"\n'
+                                     % (sport, port, d, key, name)),
+                    name=name, port=sport)
+        cp = subprocess.run(["h2load", "-n", str(requests), "-c", "4", "-m", "1", "--h1",
+                             "https://127.0.0.1:%d/1k" % sport], capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0 and "%d succeeded" % requests in cp.stdout, cp.stdout[-600:] + cp.stderr[-300:]
+        assert p.stop() == 0
+        return sealed(d)
+
+    d = os.path.join(t.dir, "node1")
+    segs = archive(d, 300, "node1")
+    assert len(segs) >= 3, segs
+
+    rgw = rgwmod.Rgw(os.path.join(t.dir, "rgw")).start()
+    t.note("radosgw up in %.1f s" % sum(rgw.timings.values()) if rgw.timings else "radosgw up")
+    rgw.create_lock_bucket(BUCKET)
+    url = "%s/%s/fleet" % (rgw.endpoint, BUCKET)
+    creds = os.path.join(t.dir, "s3.credentials")
+    with open(creds, "w") as f:
+        f.write("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" % (rgw.access_key, rgw.secret_key))
+    os.chmod(creds, 0o600)
+
+    def ship(src, *extra, credentials=creds):
+        cmd = [h.sightline_bin(), "archive", "ship", src, "--s3", url, "--credentials-file", credentials,
+               "--retain-seconds", str(RETAIN_S)] + list(extra)
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
+        lines = [json.loads(x) for x in cp.stdout.splitlines() if x.strip()]
+        return cp, lines
+
+    def versions():
+        return rgw.list_versions(BUCKET, "fleet/")
+
+    with t.check("ship: every sealed segment's five files, locked COMPLIANCE, version ids journaled", fatal=True):
+        cp, lines = ship(d)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert "shipped %d segment(s)" % len(segs) in cp.stderr, cp.stderr
+        j = journal(d)
+        files = [e for e in j if "file" in e]
+        assert len(files) == 5 * len(segs) == len(lines), (len(files), len(segs), len(lines))
+        assert sorted(e["segment"] for e in j if e.get("complete")) == segs, j[-3:]
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        vs = {v["key"]: v for v in versions()}
+        assert len(vs) == len(files), (len(vs), len(files))
+        for e in files:
+            assert e["key"] == "fleet/node1/%s/%s" % (day, e["file"]), e
+            v = vs[e["key"]]
+            assert v["version_id"] == e["version_id"], (v, e)
+            assert e["sha256"] == sha256(os.path.join(d, e["file"])), e
+            mode, until = rgw.get_retention(BUCKET, e["key"], e["version_id"])
+            assert mode == "COMPLIANCE", (mode, e["key"])
+            assert rgwmod.parse_iso8601(until) > time.time(), until
+        # Manifest and signature go last: a manifest in the bucket means the rest is there.
+        for s in segs:
+            order = [e["file"] for e in files if e["segment"] == s]
+            assert order[0] == s and order[-2:] == [s + ".manifest.json", s + ".manifest.json.sig"], order
+        seg0 = [e for e in files if e["file"] == segs[0]][0]
+        body = rgw.get_object(BUCKET, seg0["key"], seg0["version_id"])
+        assert hashlib.sha256(body).hexdigest() == sha256(os.path.join(d, segs[0])), "segment bytes differ"
+
+    with t.check("a locked version cannot be deleted (403) while retained"):
+        st = rgw.delete_version(BUCKET, seg0["key"], seg0["version_id"])
+        assert st == 403, st
+        assert len(versions()) == 5 * len(segs)
+
+    with t.check("shipping again uploads nothing"):
+        cp, lines = ship(d)
+        assert cp.returncode == 0 and lines == [], cp.stdout + cp.stderr
+        assert len(versions()) == 5 * len(segs)
+
+    with t.check("crash recovery: lost journal lines and a torn tail, no second versions"):
+        path = os.path.join(d, "shipping.journal")
+        text = open(path).read().splitlines(keepends=True)
+        # The last segment's completion line and its last two files' lines are
+        # gone; half a line is left where the crash cut the write.
+        kept = text[:-3]
+        with open(path, "w") as f:
+            f.writelines(kept)
+            f.write(text[-3][: len(text[-3]) // 2])
+        cp, lines = ship(d)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert "torn last line" in cp.stderr, cp.stderr
+        assert len(lines) == 2 and all(x["adopted"] for x in lines), lines
+        assert len(versions()) == 5 * len(segs), "a key was uploaded twice"
+        assert sorted(e["segment"] for e in journal(d) if e.get("complete")) == segs
+
+    with t.check("radosgw down: backlog reported, nothing lost; shipped when it is back"):
+        more = archive(d, 150, "node1")
+        new = [s for s in more if s not in segs]
+        assert new, more
+        rgw.stop_gateway()
+        cp, lines = ship(d)
+        assert cp.returncode == 1 and lines == [], cp.stdout + cp.stderr
+        assert "unreachable" in cp.stderr or "Couldn't connect" in cp.stderr, cp.stderr
+        assert "backlog %d segment(s)" % len(new) in cp.stderr, cp.stderr
+        rgw.start_gateway()
+        cp, lines = ship(d)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert len(lines) == 5 * len(new), len(lines)
+        assert len(versions()) == 5 * len(more)
+
+    with t.check("a segment that differs from its signed manifest is not shipped"):
+        d2 = os.path.join(t.dir, "node2")
+        s2 = archive(d2, 60, "node2")
+        victim = os.path.join(d2, s2[0])
+        os.chmod(victim, 0o600)
+        with open(victim, "r+b") as f:
+            f.seek(200)
+            b = f.read(1)
+            f.seek(200)
+            f.write(bytes([b[0] ^ 1]))
+        cp, lines = ship(d2)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "differs from its manifest" in cp.stderr, cp.stderr
+        assert not any(x["segment"] == s2[0] for x in lines), lines
+        assert not any(v["key"].endswith(s2[0]) for v in versions())
+
+    with t.check("wrong secret: refused by the store, never printed"):
+        bad = os.path.join(t.dir, "bad.credentials")
+        with open(bad, "w") as f:
+            f.write("%s\nwrong-secret-do-not-print\n" % rgw.access_key)
+        d3 = os.path.join(t.dir, "node3")
+        archive(d3, 20, "node3")
+        cp, lines = ship(d3, credentials=bad)
+        assert cp.returncode == 1 and lines == [], cp.stdout + cp.stderr
+        assert "SignatureDoesNotMatch" in cp.stderr, cp.stderr
+        assert "wrong-secret" not in cp.stdout + cp.stderr
+        assert journal(d3) == []
+
+    with t.check("multipart: a segment over the threshold goes up in parts, locked"):
+        d4 = os.path.join(t.dir, "node4")
+        os.makedirs(d4)
+        sport = h.free_port()
+        p = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
+                                     'target = "localhost:%d"\n\n[archive]\ndir = "%s"\nkey = "%s"\n'
+                                     'all = true\ncompression = 0\nwriter_id = "node4"\n' % (sport, port, d4, key)),
+                    name="node4", port=sport)
+        big = os.path.join(t.dir, "big.bin")
+        h.write_pseudorandom(big, 6 << 20, seed=4)
+        cp = h.curl(["--cacert", pki.root, "--data-binary", "@" + big, "-o", "/dev/null",
+                     "--resolve", "localhost:%d:127.0.0.1" % sport, "https://localhost:%d/upload" % sport])
+        assert cp.returncode == 0, h.curl_err(cp)
+        assert p.stop() == 0
+        seg = sealed(d4)[0]
+        assert os.path.getsize(os.path.join(d4, seg)) > 5 << 20
+        cp, lines = ship(d4, "--multipart-threshold", str(5 << 20), "--part-size", str(5 << 20))
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        e = [x for x in lines if x["file"] == seg][0]
+        mode, _ = rgw.get_retention(BUCKET, e["key"], e["version_id"])
+        assert mode == "COMPLIANCE", mode
+        body = rgw.get_object(BUCKET, e["key"], e["version_id"])
+        assert hashlib.sha256(body).hexdigest() == e["sha256"] == sha256(os.path.join(d4, seg))
+
+    with t.check("once retention has passed, the store allows the delete"):
+        until = rgwmod.parse_iso8601(rgw.get_retention(BUCKET, seg0["key"], seg0["version_id"])[1])
+        wait = until - time.time() + 1.5
+        assert wait < 60, wait
+        if wait > 0:
+            time.sleep(wait)
+        st = rgw.delete_version(BUCKET, seg0["key"], seg0["version_id"])
+        assert st == 204, st
+
+    rgw.stop()
+
+
+if __name__ == "__main__":
+    h.run_test("99_s3", main)
