@@ -1,5 +1,8 @@
 #include "app/config.h"
 
+#include "archive/format.h"
+#include "archive/s3.h"
+
 #include "core/duration.h"
 #include "icap/icap_client.h"
 #include "net/address.h"
@@ -494,7 +497,7 @@ class Parser {
       if (!check_keys(*t, "archive", {"dir", "key", "all", "sync", "interval_ms", "max_segment_bytes",
                                       "max_segment_age", "max_body", "queue_bytes", "on_failure",
                                       "writer_id", "retention_days", "compression", "compress_min_bytes",
-                                      "commit_delay"}) ||
+                                      "commit_delay", "s3"}) ||
           !get_compression(*t, ac.compression) ||
           !get_uint(*t, "archive", "compress_min_bytes", 0, 1ull << 30, ac.compress_min_bytes) ||
           !get_uint(*t, "archive", "retention_days", 0, 36500, ac.retention_days) ||
@@ -515,6 +518,36 @@ class Parser {
         return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.';
       });
       if (!id_ok) return fail(t->get("writer_id")->source(), "archive.writer_id", "letters, digits, '_' and '.' only");
+      if (const toml::node* n = t->get("s3")) {
+        if (!n->is_table()) return fail(n->source(), "archive.s3", "expected a table");
+        const toml::table& st = *n->as_table();
+        ArchiveS3Config& s3 = ac.s3;
+        const std::string p = "archive.s3";
+        if (!check_keys(st, p, {"url", "virtual_host", "region", "access_key", "secret_key", "credentials_file",
+                                "ca_file", "node_id", "lock_mode", "retention", "legal_hold", "interval",
+                                "backoff_max", "ready_backlog_bytes", "ready_backlog_age", "multipart_threshold",
+                                "part_size"}) ||
+            !get_string(st, p, "url", s3.url) || !get_bool(st, p, "virtual_host", s3.virtual_host) ||
+            !get_string(st, p, "region", s3.region) || !get_string(st, p, "access_key", s3.access_key) ||
+            !get_string(st, p, "secret_key", s3.secret_key) ||
+            !get_path(st, p, "credentials_file", s3.credentials_file) || !get_path(st, p, "ca_file", s3.ca_file) ||
+            !get_string(st, p, "node_id", s3.node_id) ||
+            !get_choice(st, p, "lock_mode", {"compliance", "governance", "none"}, s3.lock_mode) ||
+            !get_duration(st, p, "retention", s3.retention) || !get_bool(st, p, "legal_hold", s3.legal_hold) ||
+            !get_duration(st, p, "interval", s3.interval) || !get_duration(st, p, "backoff_max", s3.backoff_max) ||
+            !get_uint(st, p, "ready_backlog_bytes", 0, 1ull << 50, s3.ready_backlog_bytes) ||
+            !get_duration(st, p, "ready_backlog_age", s3.ready_backlog_age) ||
+            !get_uint(st, p, "multipart_threshold", 5ull << 20, 5ull << 30, s3.multipart_threshold) ||
+            !get_uint(st, p, "part_size", 5ull << 20, 5ull << 30, s3.part_size))
+          return false;
+        if (!s3.node_id.empty() && !archive::valid_writer_id(s3.node_id))
+          return fail(st.get("node_id")->source(), "archive.s3.node_id", "letters, digits, '_' and '.' only");
+        std::string why;
+        if (!s3.url.empty() && !archive::s3::parse_target(s3.url, s3.virtual_host, &why))
+          return fail(st.get("url")->source(), "archive.s3.url", why);
+        if ((s3.access_key.empty()) != (s3.secret_key.empty()))
+          return fail(st.source(), "archive.s3", "access_key and secret_key go together");
+      }
     }
     if (bad_section_) return false;
 

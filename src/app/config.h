@@ -98,6 +98,27 @@ struct IcapConfig {
   bool enabled() const { return !reqmod.empty() || !respmod.empty() || !services.empty(); }
 };
 
+// Shipping sealed segments to S3 Object Lock (issue 10, docs/archive-s3.md).
+// Off unless `url` is set.
+struct ArchiveS3Config {
+  std::string url;  // http(s)://host[:port]/bucket[/prefix]
+  bool virtual_host = false;
+  std::string region = "us-east-1";
+  std::string access_key, secret_key, credentials_file;  // else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+  std::string ca_file;
+  std::string node_id;                  // default: archive.writer_id
+  std::string lock_mode = "compliance";  // "compliance" | "governance" | "none"
+  milliseconds retention{0};             // 0: archive.retention_days
+  bool legal_hold = false;
+  milliseconds interval = std::chrono::seconds(30);
+  milliseconds backoff_max = std::chrono::minutes(5);
+  std::uint64_t ready_backlog_bytes = 0;  // /readyz fails past this (0: never)
+  milliseconds ready_backlog_age{0};      // or past this age of the oldest unshipped seal (0: never)
+  std::uint64_t multipart_threshold = 64ull << 20;
+  std::uint64_t part_size = 16ull << 20;
+  bool enabled() const { return !url.empty(); }
+};
+
 // The compliance archive (issue 9, docs/archive.md). Off unless `dir` is set.
 struct ArchiveConfig {
   std::string dir;
@@ -115,6 +136,7 @@ struct ArchiveConfig {
   std::uint64_t retention_days = 0;         // prune sealed segments older than this; 0: keep all
   int compression = -1;                     // -1: "fast" (ISA-L); 0 (stored) .. 9 (smallest): zlib level
   std::uint64_t compress_min_bytes = 2048;  // smaller records are stored (archive::Compression::min_bytes)
+  ArchiveS3Config s3;
   bool enabled() const { return !dir.empty(); }
 };
 

@@ -2,6 +2,7 @@
 // subcommand support fits `run` now and `policy`/`archive` later).
 #include "app/archive_cli.h"
 #include "app/archive_ship_cli.h"
+#include "archive/s3.h"
 #include "app/config.h"
 #include "archive/keys.h"
 #include "archive/verify.h"
@@ -119,7 +120,7 @@ struct RunFlags {
   std::optional<std::string> admin_listen;
   std::string pcap_dir, pcap_over_ip, keylog_client, keylog_upstream, events_socket;
   std::string icap_reqmod, icap_respmod, icap_fail;
-  std::string archive_dir, archive_key, archive_sync;
+  std::string archive_dir, archive_key, archive_sync, archive_s3;
   bool archive_all = false;
   std::string credentials, user_map;
 };
@@ -183,6 +184,14 @@ int do_run(const RunFlags& f) {
   if (!f.archive_dir.empty()) cfg->archive.dir = f.archive_dir;
   if (!f.archive_key.empty()) cfg->archive.key = f.archive_key;
   if (!f.archive_sync.empty()) cfg->archive.sync = f.archive_sync;
+  if (!f.archive_s3.empty()) {
+    std::string why;
+    if (!archive::s3::parse_target(f.archive_s3, cfg->archive.s3.virtual_host, &why)) {
+      std::cerr << "sightline: --archive-s3 " << f.archive_s3 << ": " << why << "\n";
+      return 2;
+    }
+    cfg->archive.s3.url = f.archive_s3;
+  }
   if (f.archive_all) cfg->archive.all = true;
   if (!f.credentials.empty()) cfg->identity.credentials = f.credentials;
   if (!f.user_map.empty()) cfg->identity.user_map = f.user_map;
@@ -247,6 +256,8 @@ int main(int argc, char** argv) {
   run->add_option("--archive-key", rf.archive_key, "Ed25519 archive signing key (sightline archive keygen)");
   run->add_option("--archive-sync", rf.archive_sync, "archive durability: record, interval or none")
       ->check(CLI::IsMember({"record", "interval", "none"}));
+  run->add_option("--archive-s3", rf.archive_s3,
+                  "ship sealed segments to S3 Object Lock: http(s)://host[:port]/bucket[/prefix]");
   run->add_option("--keylog-upstream", rf.keylog_upstream,
                   "append upstream-leg TLS secrets here (NSS key log; diagnostics only)");
 

@@ -57,6 +57,43 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
   so.retention_days = static_cast<unsigned>(ac.retention_days);
   so.writer.compression = ac.compression < 0 ? archive::Compression{} : archive::Compression::zlib(ac.compression);
   so.writer.compression.min_bytes = static_cast<std::size_t>(ac.compress_min_bytes);
+  if (ac.s3.enabled()) {
+    const ArchiveS3Config& sc = ac.s3;
+    archive::ShipperOptions sh;
+    sh.ship.dir = ac.dir;
+    sh.ship.node_id = sc.node_id.empty() ? so.writer.writer_id : sc.node_id;
+    if (sc.lock_mode == "none") sh.ship.lock_mode.reset();
+    else if (sc.lock_mode == "governance") sh.ship.lock_mode = archive::s3::LockMode::governance;
+    sh.ship.retention = sc.retention.count() > 0
+                            ? std::chrono::duration_cast<std::chrono::seconds>(sc.retention)
+                            : std::chrono::seconds(static_cast<std::int64_t>(ac.retention_days) * 86400);
+    sh.ship.legal_hold = sc.legal_hold;
+    sh.ship.multipart_threshold = sc.multipart_threshold;
+    sh.ship.part_size = sc.part_size;
+    sh.client.target = *archive::s3::parse_target(sc.url, sc.virtual_host, &why);  // checked when parsed
+    auto creds = archive::s3::resolve_credentials(sc.access_key, sc.secret_key, sc.credentials_file, &why);
+    if (!creds) {
+      if (error) *error = "archive.s3: " + why;
+      return false;
+    }
+    sh.client.credentials = std::move(*creds);
+    sh.client.region = sc.region;
+    sh.client.ca_file = sc.ca_file;
+    sh.interval = sc.interval;
+    sh.backoff_max = sc.backoff_max;
+    sh.ready_backlog_bytes = sc.ready_backlog_bytes;
+    sh.ready_backlog_age = std::chrono::duration_cast<std::chrono::seconds>(sc.ready_backlog_age);
+    ctx.archive_shipper = archive::ArchiveShipper::start(std::move(sh), &why);
+    if (!ctx.archive_shipper) {
+      if (error) *error = "archive.s3: " + why;
+      return false;
+    }
+    so.on_sealed = [s = ctx.archive_shipper.get()] { s->poke(); };
+    log::emit(log::Line(log::Level::info, "archive_s3_enabled")
+                  .str("url", archive::s3::to_string(*archive::s3::parse_target(sc.url, sc.virtual_host, &why)))
+                  .str("node", sc.node_id.empty() ? so.writer.writer_id : sc.node_id)
+                  .str("lock_mode", sc.lock_mode));
+  }
   ctx.archive = archive::ArchiveService::start(so, std::move(key), &why);
   if (!ctx.archive) {
     if (error) *error = "archive: " + why;
@@ -418,6 +455,28 @@ int run_server(const Config& cfg) {
     m.registry.callback_gauge("sightline_archive_failing", "1 while archive writes fail.", {},
                               [a] { return a->failing() ? 1.0 : 0.0; });
   }
+  if (const auto* sh = ctx.archive_shipper.get()) {
+    const auto& ss = sh->stats();
+    auto counter = [&m](const char* name, const char* help, const std::atomic<std::uint64_t>& v) {
+      m.registry.callback_counter(name, help, {}, [&v] { return static_cast<double>(v.load()); });
+    };
+    counter("sightline_archive_s3_segments_total", "Sealed segments shipped to S3 and confirmed.", ss.segments);
+    counter("sightline_archive_s3_files_total", "Segment files uploaded (or adopted) and confirmed.", ss.files);
+    counter("sightline_archive_s3_bytes_total", "Bytes of confirmed segment files.", ss.bytes);
+    counter("sightline_archive_s3_adopted_total",
+            "Files found already in the store after a crash, journaled without a second upload.", ss.adopted);
+    counter("sightline_archive_s3_failed_passes_total", "Shipping passes that left segments behind.", ss.failures);
+    m.registry.callback_gauge("sightline_archive_s3_backlog_segments", "Sealed segments not yet shipped.", {},
+                              [&ss] { return static_cast<double>(ss.backlog_segments.load()); });
+    m.registry.callback_gauge("sightline_archive_s3_backlog_bytes", "Bytes of sealed segments not yet shipped.", {},
+                              [&ss] { return static_cast<double>(ss.backlog_bytes.load()); });
+    m.registry.callback_gauge("sightline_archive_s3_backlog_age_seconds",
+                              "Seconds since the oldest unshipped segment was sealed.", {},
+                              [&ss] { return static_cast<double>(ss.backlog_age_s.load()); });
+    m.registry.callback_gauge("sightline_archive_s3_last_success_timestamp_seconds",
+                              "Unix time of the last shipping pass that left nothing behind.", {},
+                              [&ss] { return static_cast<double>(ss.last_success_unix.load()); });
+  }
   m.registry.freeze();
   g_metrics = &m;
   start_hooks(ctx, ctx.metrics);
@@ -495,6 +554,7 @@ int run_server(const Config& cfg) {
       for (auto& w : workers)
         if (w->finished()) why += "worker stopped\n";
       if (ctx.policies && !ctx.policies->current()) why += "no policy loaded\n";
+      if (ctx.archive_shipper) why += ctx.archive_shipper->not_ready();
       if (!why.empty()) return metrics::AdminServer::Response{503, "text/plain; charset=utf-8", why};
       return metrics::AdminServer::Response{200, "text/plain; charset=utf-8", "ready\n"};
     });

@@ -112,6 +112,7 @@ struct SegmentWriter::State {
   Digest head{};
   std::uint64_t next_seq = 1;
   std::uint64_t next_segment_seq = 1;
+  std::uint64_t seals = 0;
   std::string previous_segment;
 
   // The open segment.
@@ -362,6 +363,7 @@ struct SegmentWriter::State {
     records_fd.reset();
     previous_segment = name;
     ++next_segment_seq;
+    ++seals;
     name.clear();
     records = 0;
     dirty = false;
@@ -597,5 +599,6 @@ std::optional<std::string> SegmentWriter::seal() { return st_->do_seal(); }
 std::string SegmentWriter::current_segment() const { return st_->fd ? st_->name + ".open" : std::string(); }
 Digest SegmentWriter::chain_head() const { return st_->head; }
 std::uint64_t SegmentWriter::next_record_seq() const { return st_->next_seq; }
+std::uint64_t SegmentWriter::seals() const { return st_->seals; }
 
 }  // namespace sightline::archive

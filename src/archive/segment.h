@@ -89,6 +89,7 @@ class SegmentWriter {
   std::string current_segment() const;
   Digest chain_head() const;
   std::uint64_t next_record_seq() const;
+  std::uint64_t seals() const;  // segments this writer sealed since it opened
 
  private:
   struct State;

@@ -201,6 +201,7 @@ bool ArchiveService::write_batch() {
     records.push_back(&*item.record);
   }
   SegmentWriter::AppendResult res = writer_->append_all(records);
+  notify_seals();  // append_all rotates by size
   // What the written exchanges kept alive goes back to the threads that
   // allocated it, one lock per thread and batch.
   std::shared_ptr<ReturnList> home;
@@ -260,6 +261,7 @@ bool ArchiveService::write_batch() {
   auto now = WallClock::now();
   if (!err) err = writer_->maybe_sync(now);
   if (!err) err = writer_->maybe_rotate(now);
+  notify_seals();
   maybe_prune(std::chrono::steady_clock::now());
   std::unique_lock lock(mu_);
   if (err) set_failing(*err);
@@ -289,6 +291,7 @@ void ArchiveService::run() {
         auto now = WallClock::now();
         auto err = writer_->maybe_sync(now);
         if (!err) err = writer_->maybe_rotate(now);
+        notify_seals();
         maybe_prune(std::chrono::steady_clock::now());
         lock.lock();
         if (err) set_failing(*err);
@@ -326,6 +329,14 @@ void ArchiveService::run() {
     stats_.failures.fetch_add(1, std::memory_order_relaxed);
     log::emit(log::Line(log::Level::error, "archive_seal_failed").str("msg", *err));
   }
+  notify_seals();
+}
+
+void ArchiveService::notify_seals() {
+  const std::uint64_t n = writer_->seals();
+  if (n == seals_seen_) return;
+  seals_seen_ = n;
+  if (opts_.on_sealed) opts_.on_sealed();
 }
 
 }  // namespace sightline::archive

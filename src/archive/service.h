@@ -53,6 +53,9 @@ struct ServiceOptions {
   // everything.
   unsigned retention_days = 0;
   std::chrono::seconds prune_interval{3600};
+  // Called on the writer thread after each seal (the S3 shipper's poke);
+  // must not block.
+  std::function<void()> on_sealed;
 };
 
 class ArchiveService {
@@ -107,6 +110,8 @@ class ArchiveService {
  private:
   ArchiveService(ServiceOptions opts, std::unique_ptr<SegmentWriter> writer, tls::EvpPkeyPtr key);
   void maybe_prune(std::chrono::steady_clock::time_point now);
+  void notify_seals();  // writer thread: calls on_sealed once per new seal
+  std::uint64_t seals_seen_ = 0;
   void run();
   bool write_batch();
   void take_incoming(std::unique_lock<std::mutex>& lock);

@@ -11,6 +11,7 @@
 #include "http/h1_parser.h"
 #include "http/h2_relay.h"
 #include "archive/service.h"
+#include "archive/shipper.h"
 #include "icap/icap_client.h"
 #include "identity/store.h"
 #include "tls/cert_cache.h"
@@ -120,6 +121,9 @@ struct ProxyContext {
   hooks::PcapSink* pcap = nullptr;  // owned by `hooks`; for its metrics
   hooks::EventFeedSink* events = nullptr;  // owned by `hooks`; for its metrics
   IcapSettings icap;
+  // Ships sealed archive segments to S3 (null: off). Declared before
+  // `archive` so it outlives it: the archive's last seal pokes it.
+  std::unique_ptr<archive::ArchiveShipper> archive_shipper;
   // Compliance archive (null: off) and whether it takes every inspected
   // exchange (else the policy rule's `archive` option decides).
   std::unique_ptr<archive::ArchiveService> archive;

@@ -333,3 +333,43 @@ TEST_CASE("the shipped example configuration parses") {
   CHECK(cfg->upstream_reuse);  // the default, as shipped
   CHECK(cfg->upstream_reuse_idle == std::chrono::seconds(4));
 }
+
+TEST_CASE("config: [archive.s3] shipping settings and their checks") {
+  ConfigError err;
+  auto d = parse("[archive]\ndir = \"/a\"\n", err);
+  REQUIRE(d);
+  CHECK_FALSE(d->archive.s3.enabled());
+  CHECK(d->archive.s3.lock_mode == "compliance");
+  CHECK(d->archive.s3.interval == std::chrono::seconds(30));
+  auto cfg = parse(
+      "[archive]\ndir = \"/a\"\n[archive.s3]\nurl = \"https://s3.example/bucket/fleet\"\nvirtual_host = false\n"
+      "region = \"eu-west-1\"\ncredentials_file = \"/etc/s3.cred\"\nca_file = \"/etc/ca.pem\"\nnode_id = \"p1\"\n"
+      "lock_mode = \"governance\"\nretention = \"7d\"\nlegal_hold = true\ninterval = \"5s\"\nbackoff_max = \"1m\"\n"
+      "ready_backlog_bytes = 1000\nready_backlog_age = \"1h\"\nmultipart_threshold = 10485760\n"
+      "part_size = 5242880\n",
+      err);
+  REQUIRE_MESSAGE(cfg, err.message);
+  const ArchiveS3Config& s = cfg->archive.s3;
+  CHECK(s.enabled());
+  CHECK(s.url == "https://s3.example/bucket/fleet");
+  CHECK(s.region == "eu-west-1");
+  CHECK(s.credentials_file == "/etc/s3.cred");
+  CHECK(s.node_id == "p1");
+  CHECK(s.lock_mode == "governance");
+  CHECK(s.retention == std::chrono::hours(24 * 7));
+  CHECK(s.legal_hold);
+  CHECK(s.interval == std::chrono::seconds(5));
+  CHECK(s.backoff_max == std::chrono::minutes(1));
+  CHECK(s.ready_backlog_bytes == 1000);
+  CHECK(s.ready_backlog_age == std::chrono::hours(1));
+  CHECK(s.multipart_threshold == 10485760);
+  CHECK(s.part_size == 5242880);
+  for (const char* bad : {"url = \"s3.example/bucket\"\n", "url = \"https://h/\"\n", "lock_mode = \"strict\"\n",
+                          "access_key = \"AK\"\n", "node_id = \"a/b\"\n", "part_size = 1024\n", "bucket = \"x\"\n",
+                          "interval = \"0s\"\n"}) {
+    CAPTURE(bad);
+    ConfigError e;
+    CHECK_FALSE(parse(std::string("[archive]\ndir = \"/a\"\n[archive.s3]\n") + bad, e));
+    CHECK(e.message.find("archive.s3") != std::string::npos);
+  }
+}
