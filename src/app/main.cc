@@ -2,11 +2,12 @@
 // subcommand support fits `run` now and `policy`/`archive` later).
 #include "app/archive_cli.h"
 #include "app/archive_ship_cli.h"
-#include "archive/s3.h"
 #include "app/config.h"
-#include "archive/keys.h"
-#include "archive/verify.h"
 #include "app/server.h"
+#include "archive/keys.h"
+#include "archive/s3.h"
+#include "archive/verify.h"
+#include "archive/verify_s3.h"
 #include "core/log.h"
 #include "icap/icap_client.h"
 #include "identity/passwd.h"
@@ -16,7 +17,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <tuple>
 #include <sys/prctl.h>
@@ -78,7 +83,61 @@ int policy_explain(const std::vector<std::string>& files, const std::string& sni
 // Exit codes: 0 done / intact, 1 problems found, 2 usage or I/O errors.
 struct ArchiveFlags {
   std::string key_file, dir, verify_key;
+  // verify s3://bucket/prefix
+  std::string endpoint, region = "us-east-1", credentials_file, ca_file, work_dir;
+  bool virtual_host = false;
 };
+
+// `sightline archive verify s3://bucket/prefix`: downloads into a temporary
+// directory (or --work-dir, kept) and checks it like a local archive.
+int verify_s3_command(const ArchiveFlags& f, EVP_PKEY* key) {
+  namespace archive = sightline::archive;
+  namespace fs = std::filesystem;
+  std::string rest = f.dir.substr(5), why;
+  auto slash = rest.find('/');
+  const std::string bucket = rest.substr(0, slash), prefix = slash == std::string::npos ? "" : rest.substr(slash + 1);
+  std::string endpoint = f.endpoint.empty() ? "https://s3." + f.region + ".amazonaws.com" : f.endpoint;
+  while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
+  std::string url = f.virtual_host ? endpoint.substr(0, endpoint.find("://") + 3) + bucket + "." +
+                                         endpoint.substr(endpoint.find("://") + 3) + "/" + prefix
+                                   : endpoint + "/" + bucket + "/" + prefix;
+  auto target = archive::s3::parse_target(url, f.virtual_host, &why);
+  auto creds = target ? archive::s3::resolve_credentials("", "", f.credentials_file, &why) : std::nullopt;
+  if (!target || !creds) {
+    std::cerr << "sightline: " << f.dir << ": " << why << "\n";
+    return 2;
+  }
+  archive::s3::ClientOptions co;
+  co.target = *target;
+  co.credentials = *creds;
+  co.region = f.region;
+  co.ca_file = f.ca_file;
+  archive::s3::Client client(co);
+  std::string work = f.work_dir;
+  if (work.empty()) {
+    std::string tmpl = (fs::temp_directory_path() / "sightline-verify-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) {
+      std::cerr << "sightline: mkdtemp: " << std::strerror(errno) << "\n";
+      return 2;
+    }
+    work = tmpl;
+  }
+  auto report = archive::verify_s3(client, key, work, &why);
+  if (f.work_dir.empty()) {
+    std::error_code ec;
+    fs::remove_all(work, ec);
+  }
+  if (!report) {
+    std::cerr << "sightline: " << why << "\n";
+    return 2;
+  }
+  for (const auto& finding : report->findings) std::cout << archive::format_finding(finding) << "\n";
+  std::cout << report->nodes.size() << " nodes, " << report->objects << " object versions, " << report->segments
+            << " segments, " << report->records << " records, ";
+  if (report->intact()) std::cout << "intact\n";
+  else std::cout << report->problems() << " problems\n";
+  return report->intact() ? 0 : 1;
+}
 
 int archive_command(const ArchiveFlags& f, bool keygen) {
   namespace archive = sightline::archive;
@@ -100,6 +159,7 @@ int archive_command(const ArchiveFlags& f, bool keygen) {
     return 2;
   }
   auto key = archive::load_verify_key(f.verify_key, &err);
+  if (key && f.dir.rfind("s3://", 0) == 0) return verify_s3_command(f, key.get());
   auto report = key ? archive::verify_archive(f.dir, key.get(), &err) : std::nullopt;
   if (!report) {
     std::cerr << "sightline: " << err << "\n";
@@ -297,8 +357,16 @@ int main(int argc, char** argv) {
   auto* arch_keygen = arch->add_subcommand("keygen", "make an Ed25519 signing key: FILE (0600) and FILE.pub");
   arch_keygen->add_option("file", af.key_file, "private key file to create");
   auto* arch_verify = arch->add_subcommand("verify", "check an archive directory; exit 0 only when intact");
-  arch_verify->add_option("dir", af.dir, "archive directory, or an export (FILE.warc.gz)");
+  arch_verify->add_option("dir", af.dir, "archive directory, an export (FILE.warc.gz), or s3://bucket/prefix");
   arch_verify->add_option("--key", af.verify_key, "archive public key PEM (the private key works too)");
+  arch_verify->add_option("--endpoint", af.endpoint,
+                          "for s3://bucket/prefix: the store's URL (default https://s3.REGION.amazonaws.com)");
+  arch_verify->add_option("--region", af.region, "for s3://: SigV4 region (default us-east-1)");
+  arch_verify->add_option("--credentials-file", af.credentials_file,
+                          "for s3://: access key and secret (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)");
+  arch_verify->add_option("--ca-file", af.ca_file, "for s3://: CA bundle of an https endpoint");
+  arch_verify->add_flag("--virtual-host", af.virtual_host, "for s3://: bucket in the host name");
+  arch_verify->add_option("--work-dir", af.work_dir, "for s3://: download here and keep it (default: a temporary directory)");
 
   sightline::app::ArchiveRetrievalCli archive_retrieval(arch);
   sightline::app::ArchiveShipCli archive_ship(arch);

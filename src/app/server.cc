@@ -89,6 +89,7 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
       return false;
     }
     so.on_sealed = [s = ctx.archive_shipper.get()] { s->poke(); };
+    so.writer.ship_journal = ctx.archive_shipper->journal_path();
     log::emit(log::Line(log::Level::info, "archive_s3_enabled")
                   .str("url", archive::s3::to_string(*archive::s3::parse_target(sc.url, sc.virtual_host, &why)))
                   .str("node", sc.node_id.empty() ? so.writer.writer_id : sc.node_id)

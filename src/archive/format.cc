@@ -97,6 +97,12 @@ std::string manifest_json(const Manifest& m) {
       {"sealed", m.sealed},
       {"key_fingerprint", m.key_fingerprint},
   };
+  if (m.has_shipped) {
+    nlohmann::ordered_json files = nlohmann::ordered_json::array();
+    for (const auto& f : m.shipped)
+      files.push_back({{"file", f.file}, {"key", f.key}, {"version_id", f.version_id}, {"sha256", f.sha256}});
+    j["shipped"] = {{"journal_lines", m.shipped_journal_lines}, {"files", std::move(files)}};
+  }
   return j.dump(1) + "\n";
 }
 
@@ -208,6 +214,13 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
     m.created = j.at("created").get<std::string>();
     m.sealed = j.at("sealed").get<std::string>();
     m.key_fingerprint = j.at("key_fingerprint").get<std::string>();
+    if (auto it = j.find("shipped"); it != j.end()) {
+      m.has_shipped = true;
+      m.shipped_journal_lines = it->at("journal_lines").get<std::uint64_t>();
+      for (const auto& f : it->at("files"))
+        m.shipped.push_back({f.at("file").get<std::string>(), f.at("key").get<std::string>(),
+                             f.at("version_id").get<std::string>(), f.at("sha256").get<std::string>()});
+    }
     if (!inline_records) {
       m.first_seq = j.at("first_seq").get<std::uint64_t>();
       m.record_count = j.at("record_count").get<std::uint64_t>();

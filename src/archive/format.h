@@ -47,6 +47,16 @@ struct ManifestRecord {
   Digest chain{};   // chain value after this record
 };
 
+// A file of an earlier segment the S3 shipper confirmed (ship.h): the
+// object version that is the archive's copy, bound into the next manifest's
+// signature so a version uploaded over the key later is seen as tampering.
+struct ShippedRef {
+  std::string file;
+  std::string key;
+  std::string version_id;
+  std::string sha256;
+};
+
 struct Manifest {
   std::string format;   // "sightline-archive-manifest/2" (records file) or "/1" (records listed inline)
   std::string segment;  // sealed file name
@@ -67,6 +77,11 @@ struct Manifest {
   std::string created;
   std::string sealed;
   std::string key_fingerprint;
+  // With S3 shipping: the files confirmed since the previous manifest, and
+  // how many lines of the shipping journal are accounted for so far.
+  bool has_shipped = false;
+  std::uint64_t shipped_journal_lines = 0;
+  std::vector<ShippedRef> shipped;
 };
 
 // "sha256:<hex>", how manifests, tombstones and exports write chain values

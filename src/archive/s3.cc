@@ -124,6 +124,9 @@ std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   std::string_view line(data, size * n);
   if (line.rfind("HTTP/", 0) == 0) {
     r->headers.clear();  // a 100 Continue's headers are not the answer's
+    // ":ok" marks a 2xx status line, for a streaming sink (a name no header has).
+    auto sp = line.find(' ');
+    if (sp != std::string_view::npos && sp + 1 < line.size() && line[sp + 1] == '2') r->headers[":ok"] = "1";
     return size * n;
   }
   auto colon = line.find(':');
@@ -286,7 +289,7 @@ std::string Client::key(std::string_view name) const {
 }
 
 Response Client::request(const std::string& method, const std::string& key, const std::string& query,
-                         std::string_view body, const std::vector<std::string>& headers) {
+                         std::string_view body, const std::vector<std::string>& headers, std::FILE* sink) {
   Response r;
   if (!curl_->handle) curl_->handle.reset(curl_easy_init());
   CURL* c = curl_->handle.get();
@@ -326,8 +329,18 @@ Response Client::request(const std::string& method, const std::string& key, cons
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, list.get());
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  // A sink gets 2xx bodies only: an error's XML body stays in r.body.
+  struct Sink {
+    std::FILE* file;
+    Response* r;
+  } sink_state{sink, &r};
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, +[](char* data, std::size_t size, std::size_t n, void* user) {
+    auto* st = static_cast<Sink*>(user);
+    if (st->file && st->r->headers.count(":ok"))
+      return std::fwrite(data, 1, size * n, st->file) == size * n ? size * n : std::size_t{0};
+    return on_body(data, size, n, &st->r->body);
+  });
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink_state);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, static_cast<long>(opts_.timeout.count()));
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts_.connect_timeout.count()));
@@ -470,6 +483,21 @@ Response Client::head(const std::string& key, const std::string& version_id) {
 
 Response Client::get(const std::string& key, const std::string& version_id) {
   return request("GET", key, version_id.empty() ? "" : "versionId=" + uri_encode(version_id, false), "", {});
+}
+
+Response Client::get_to_file(const std::string& key, const std::string& version_id, const std::string& path) {
+  Response r;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), std::fclose);
+  if (!f) {
+    r.error = "cannot create " + path;
+    return r;
+  }
+  r = request("GET", key, version_id.empty() ? "" : "versionId=" + uri_encode(version_id, false), "", {}, f.get());
+  if (std::fflush(f.get()) != 0 && r.ok()) {
+    r.status = 0;
+    r.error = "write error on " + path;
+  }
+  return r;
 }
 
 std::optional<std::vector<ObjectVersion>> Client::list_versions(const std::string& prefix, std::string* why) {

@@ -113,12 +113,14 @@ class Client {
   Response put_legal_hold(const std::string& key, const std::string& version_id, bool on);
   Response head(const std::string& key, const std::string& version_id = {});
   Response get(const std::string& key, const std::string& version_id = {});
+  // GET into a file (created or truncated), streamed: segments can be large.
+  Response get_to_file(const std::string& key, const std::string& version_id, const std::string& path);
   // Every version of every key under `prefix` (ListObjectVersions, paged).
   std::optional<std::vector<ObjectVersion>> list_versions(const std::string& prefix, std::string* why);
 
  private:
   Response request(const std::string& method, const std::string& key, const std::string& query,
-                   std::string_view body, const std::vector<std::string>& headers);
+                   std::string_view body, const std::vector<std::string>& headers, std::FILE* sink = nullptr);
 
   struct Curl;
   ClientOptions opts_;

@@ -5,6 +5,8 @@
 #include "hooks/pcap.h"
 #include "sightline_build.h"
 
+#include <nlohmann/json.hpp>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -113,6 +115,7 @@ struct SegmentWriter::State {
   std::uint64_t next_seq = 1;
   std::uint64_t next_segment_seq = 1;
   std::uint64_t seals = 0;
+  std::uint64_t shipped_lines = 0;  // journal lines the manifests so far account for
   std::string previous_segment;
 
   // The open segment.
@@ -298,6 +301,26 @@ struct SegmentWriter::State {
     finish_record(b, bytes, meta_id, "metadata", meta);
   }
 
+  // The journal's complete lines past those earlier manifests listed. The
+  // shipper appends whole lines while this reads: a line without its
+  // newline is not counted yet.
+  void add_shipped(Manifest& m) const {
+    m.has_shipped = true;
+    m.shipped_journal_lines = shipped_lines;
+    auto text = read_text_file(opts.ship_journal);
+    if (!text) return;
+    std::uint64_t line_no = 0;
+    std::size_t at = 0;
+    for (auto nl = text->find('\n'); nl != std::string::npos; at = nl + 1, nl = text->find('\n', at)) {
+      if (++line_no <= shipped_lines) continue;
+      auto j = nlohmann::json::parse(text->begin() + static_cast<std::ptrdiff_t>(at),
+                                     text->begin() + static_cast<std::ptrdiff_t>(nl), nullptr, false);
+      if (j.is_object() && j.contains("file"))
+        m.shipped.push_back({j.value("file", ""), j.value("key", ""), j.value("version_id", ""), j.value("sha256", "")});
+    }
+    m.shipped_journal_lines = std::max(shipped_lines, line_no);
+  }
+
   std::optional<std::string> do_sync() {
     if (!fd || !dirty) return std::nullopt;
     if (::fdatasync(fd.get()) != 0) return errno_text("fdatasync", open_path(), errno);
@@ -340,6 +363,7 @@ struct SegmentWriter::State {
     m.created = created_text;
     m.sealed = warc_date(WallClock::now());
     m.key_fingerprint = fingerprint;
+    if (!opts.ship_journal.empty()) add_shipped(m);
     std::string text = manifest_json(m);
     std::string err;
     auto sig = sign_base64(key.get(), text, &err);
@@ -364,6 +388,7 @@ struct SegmentWriter::State {
     previous_segment = name;
     ++next_segment_seq;
     ++seals;
+    if (m.has_shipped) shipped_lines = m.shipped_journal_lines;
     name.clear();
     records = 0;
     dirty = false;
@@ -495,6 +520,7 @@ std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpP
     st->next_seq = m->first_seq + m->record_count;
     st->next_segment_seq = seq + 1;
     st->previous_segment = m->segment;
+    st->shipped_lines = m->shipped_journal_lines;
     rep.resumed_from = file;
   } else if (latest_sealed > 0) {
     return fail("archive: sealed segments of writer " + st->opts.writer_id + " have no manifest");

@@ -38,6 +38,9 @@ struct WriterOptions {
   SyncMode sync = SyncMode::record;
   std::chrono::milliseconds sync_interval{1000};
   Compression compression;  // of each record's gzip member (bodies marked incompressible are stored)
+  // With S3 shipping: the shipping journal, whose new entries each manifest
+  // lists (Manifest::shipped). Empty: manifests have no "shipped" field.
+  std::string ship_journal;
 };
 
 // What open() found of a previous run. A crashed writer's open segment is

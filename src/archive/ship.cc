@@ -168,6 +168,12 @@ std::optional<std::string> ShipJournal::record_complete(const std::string& segme
   return std::nullopt;
 }
 
+std::string file_sha256_hex(const std::string& path) {
+  std::string why;
+  auto d = digest_file(path, &why);
+  return d ? d->sha256 : std::string();
+}
+
 std::string ship_key(const s3::Client& client, const std::string& node, const std::string& sealed_rfc3339,
                      const std::string& file) {
   // "2026-11-27T..." -> "2026/11/27"

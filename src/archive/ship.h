@@ -89,6 +89,9 @@ struct ShipReport {
 // store is down: the rest waits for the next run).
 ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal& journal);
 
+// SHA-256 (hex) of a file, streamed; empty when it cannot be read.
+std::string file_sha256_hex(const std::string& path);
+
 // The key of a segment file: <prefix>/<node>/<yyyy>/<mm>/<dd>/<file>.
 std::string ship_key(const s3::Client& client, const std::string& node, const std::string& sealed_rfc3339,
                      const std::string& file);

@@ -53,6 +53,7 @@ class ArchiveShipper {
   void poke();  // a segment was sealed: ship without waiting for the interval
   void stop();  // ends after the pass in progress
   const ShipperStats& stats() const { return stats_; }
+  std::string journal_path() const { return journal_.path(); }
   // Why /readyz should fail because of the backlog; empty when it should not.
   std::string not_ready() const;
 

@@ -301,12 +301,15 @@ def main(t):
     # inspection hooks on so that their metrics exist too. Its ICAP service
     # exists only for its per-service series: max_body = 0 lets every body
     # pass unadapted, so the slow download below is not held. Its archive
-    # (no rule selects anything for it) exists for the archive series.
+    # (no rule selects anything for it) exists for the archive series, and
+    # its S3 shipping (to a closed port: nothing is ever sealed) for theirs.
     archive_key = os.path.join(t.dir, "archive.key")
     subprocess.run([h.sightline_bin(), "archive", "keygen", archive_key], check=True, capture_output=True)
     proxy2 = t.start_proxy(pki, name="sightline2", workers=1,
                            extra='[policy]\nfiles = []\n\n[icap]\nrespmod = "icap://127.0.0.1:9/none"\n'
-                                 'fail = "open"\nmax_body = 0\n',
+                                 'fail = "open"\nmax_body = 0\n\n'
+                                 '[archive.s3]\nurl = "http://127.0.0.1:9/none"\naccess_key = "ak"\n'
+                                 'secret_key = "sk"\n',
                            args=["--archive-dir", os.path.join(t.dir, "archive"), "--archive-key", archive_key,
                                  "--pcap-dir", os.path.join(t.dir, "pcap"),
                                  "--keylog-upstream", os.path.join(t.dir, "upstream.keys"),

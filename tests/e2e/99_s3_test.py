@@ -18,6 +18,9 @@ real Ceph RADOS Gateway started on loopback (tests/e2e/rgw.py).
 - Segments over the multipart threshold go up in parts and are locked too.
 - In the proxy ([archive.s3]): two nodes ship into one bucket as each
   segment is sealed (keys disjoint, one version per key, journal = store);
+  each manifest records the versions shipped before it; `archive verify
+  s3://` says intact, then names a version uploaded over a segment and an
+  archived version deleted after its retention;
   with radosgw down the backlog grows, passes fail with a logged reason and
   /readyz says not ready; when it is back, shipping resumes and recovers.
 """
@@ -245,6 +248,8 @@ def main(t):
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    proxies_url = "%s/%s/proxies" % (rgw.endpoint, BUCKET)
+
     def shipping_proxy(d, name):
         sport = h.free_port()
         p = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
@@ -252,7 +257,7 @@ def main(t):
                                      'all = true\nmax_segment_bytes = 131072\nwriter_id = "%s"\n\n'
                                      '[archive.s3]\nurl = "%s"\ncredentials_file = "%s"\nretention = "%ds"\n'
                                      'interval = "1h"\nbackoff_max = "1s"\nready_backlog_bytes = 1\n'
-                                     % (sport, port, d, key, name, url, creds, RETAIN_S)),
+                                     % (sport, port, d, key, name, proxies_url, creds, RETAIN_S)),
                     name=name, port=sport)
         return p, sport
 
@@ -263,7 +268,7 @@ def main(t):
 
     with t.check("in the proxy: two nodes ship each seal at once, keys disjoint; outage: backlog, "
                  "not ready, resumed", fatal=True):
-        before = len(versions())
+        before = len(rgw.list_versions(BUCKET, "proxies/"))
         pa, porta = shipping_proxy(os.path.join(t.dir, "proxyA"), "proxyA")
         pb, portb = shipping_proxy(os.path.join(t.dir, "proxyB"), "proxyB")
         for p, sp in ((pa, porta), (pb, portb)):
@@ -272,10 +277,10 @@ def main(t):
             assert wait_for(lambda: metric(p, "sightline_archive_s3_segments_total") >= 2, 30), \
                 p.stderr_text()[-2000:]
             assert "archive_shipped" in p.stderr_text()
-        keys = [v["key"] for v in versions()]
+        keys = [v["key"] for v in rgw.list_versions(BUCKET, "proxies/")]
         for node in ("proxyA", "proxyB"):
-            assert any("/%s/" % node in k for k in keys), node
-        assert len(set(keys)) == len(keys) == len(versions()), "a key has two versions"
+            assert any(k.startswith("proxies/%s/" % node) for k in keys), node
+        assert len(set(keys)) == len(keys), "a key has two versions"
         assert len(keys) > before
         rgw.stop_gateway()
         load(porta, 120)
@@ -295,11 +300,43 @@ def main(t):
         # The proxy's journal matches the store, file for file.
         for p, d in ((pa, "proxyA"), (pb, "proxyB")):
             assert p.stop() == 0
+        vs = {v["key"]: v["version_id"] for v in rgw.list_versions(BUCKET, "proxies/")}
         for d in ("proxyA", "proxyB"):
-            vs = {v["key"]: v["version_id"] for v in versions()}
             for e in journal(os.path.join(t.dir, d)):
                 if "file" in e:
                     assert vs.get(e["key"]) == e["version_id"], e
+
+    def verify_s3(*extra):
+        cp = subprocess.run([h.sightline_bin(), "archive", "verify", "s3://%s/proxies" % BUCKET, "--endpoint",
+                             rgw.endpoint, "--credentials-file", creds, "--key", key + ".pub"] + list(extra),
+                            capture_output=True, text=True, timeout=120)
+        return cp
+
+    with t.check("manifests record the versions shipped before them; verify s3:// says intact"):
+        da = os.path.join(t.dir, "proxyA")
+        recorded = {}
+        for n in sealed(da):
+            m = json.load(open(os.path.join(da, n + ".manifest.json")))
+            assert "shipped" in m, m.keys()
+            for f in m["shipped"]["files"]:
+                recorded[f["file"]] = (f["version_id"], n)
+        shipped_a = {e["file"]: e["version_id"] for e in journal(da) if "file" in e}
+        # Every confirmed upload but those after the last seal is in a manifest.
+        assert recorded and all(shipped_a[f] == v for f, (v, _) in recorded.items()), (recorded, shipped_a)
+        assert len(recorded) >= len(shipped_a) - 5, (len(recorded), len(shipped_a))
+        cp = verify_s3()
+        assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout[-1500:] + cp.stderr
+        assert "2 nodes" in cp.stdout, cp.stdout[-300:]
+
+    with t.check("verify s3:// names a version uploaded over an archived segment, exits 1"):
+        victim = [e for e in journal(da) if "file" in e and e["file"].endswith(".warc.gz")][0]
+        data = bytearray(rgw.get_object(BUCKET, victim["key"], victim["version_id"]))
+        data[100] ^= 1
+        st, _ = rgw.put_object(BUCKET, victim["key"], bytes(data))
+        assert st == 200, st
+        cp = verify_s3()
+        assert cp.returncode == 1, cp.stdout[-1500:] + cp.stderr
+        assert "2 versions" in cp.stdout and victim["file"] in cp.stdout, cp.stdout[-1500:]
 
     with t.check("once retention has passed, the store allows the delete"):
         until = rgwmod.parse_iso8601(rgw.get_retention(BUCKET, seg0["key"], seg0["version_id"])[1])
@@ -309,6 +346,17 @@ def main(t):
             time.sleep(wait)
         st = rgw.delete_version(BUCKET, seg0["key"], seg0["version_id"])
         assert st == 204, st
+
+    with t.check("verify s3://: an archived version deleted once unlocked is named as gone"):
+        # The victim's first version, recorded in a later manifest of proxyA.
+        vid, in_manifest = recorded[victim["file"]]
+        until = rgwmod.parse_iso8601(rgw.get_retention(BUCKET, victim["key"], vid)[1])
+        if until - time.time() + 1.5 > 0:
+            time.sleep(until - time.time() + 1.5)
+        assert rgw.delete_version(BUCKET, victim["key"], vid) == 204
+        cp = verify_s3()
+        assert cp.returncode == 1, cp.stdout[-1500:] + cp.stderr
+        assert "version %s recorded in %s.manifest.json is gone" % (vid, in_manifest) in cp.stdout, cp.stdout[-1500:]
 
     rgw.stop()
 
