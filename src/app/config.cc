@@ -526,7 +526,7 @@ class Parser {
         if (!check_keys(st, p, {"url", "virtual_host", "region", "access_key", "secret_key", "credentials_file",
                                 "ca_file", "node_id", "lock_mode", "retention", "legal_hold", "interval",
                                 "backoff_max", "ready_backlog_bytes", "ready_backlog_age", "multipart_threshold",
-                                "part_size"}) ||
+                                "part_size", "delete_local_after"}) ||
             !get_string(st, p, "url", s3.url) || !get_bool(st, p, "virtual_host", s3.virtual_host) ||
             !get_string(st, p, "region", s3.region) || !get_string(st, p, "access_key", s3.access_key) ||
             !get_string(st, p, "secret_key", s3.secret_key) ||
@@ -537,6 +537,7 @@ class Parser {
             !get_duration(st, p, "interval", s3.interval) || !get_duration(st, p, "backoff_max", s3.backoff_max) ||
             !get_uint(st, p, "ready_backlog_bytes", 0, 1ull << 50, s3.ready_backlog_bytes) ||
             !get_duration(st, p, "ready_backlog_age", s3.ready_backlog_age) ||
+            !get_duration(st, p, "delete_local_after", s3.delete_local_after) ||
             !get_uint(st, p, "multipart_threshold", 5ull << 20, 5ull << 30, s3.multipart_threshold) ||
             !get_uint(st, p, "part_size", 5ull << 20, 5ull << 30, s3.part_size))
           return false;

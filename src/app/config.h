@@ -114,6 +114,7 @@ struct ArchiveS3Config {
   milliseconds backoff_max = std::chrono::minutes(5);
   std::uint64_t ready_backlog_bytes = 0;  // /readyz fails past this (0: never)
   milliseconds ready_backlog_age{0};      // or past this age of the oldest unshipped seal (0: never)
+  milliseconds delete_local_after{0};     // local copies of shipped segments go this long after (0: kept)
   std::uint64_t multipart_threshold = 64ull << 20;
   std::uint64_t part_size = 16ull << 20;
   bool enabled() const { return !url.empty(); }

@@ -83,6 +83,12 @@ bool start_archive(const Config& cfg, proxy::ProxyContext& ctx, exchange::Fanout
     sh.backoff_max = sc.backoff_max;
     sh.ready_backlog_bytes = sc.ready_backlog_bytes;
     sh.ready_backlog_age = std::chrono::duration_cast<std::chrono::seconds>(sc.ready_backlog_age);
+    if (sc.delete_local_after.count() > 0)
+      sh.delete_local_after = std::chrono::duration_cast<std::chrono::seconds>(sc.delete_local_after);
+    // Retention moves to the shipper: nothing unshipped is ever deleted.
+    sh.retention_days = so.retention_days;
+    so.retention_days = 0;
+    sh.signing_key = tls::up_ref(key.get());
     ctx.archive_shipper = archive::ArchiveShipper::start(std::move(sh), &why);
     if (!ctx.archive_shipper) {
       if (error) *error = "archive.s3: " + why;
@@ -467,6 +473,8 @@ int run_server(const Config& cfg) {
     counter("sightline_archive_s3_adopted_total",
             "Files found already in the store after a crash, journaled without a second upload.", ss.adopted);
     counter("sightline_archive_s3_failed_passes_total", "Shipping passes that left segments behind.", ss.failures);
+    counter("sightline_archive_s3_local_deleted_total",
+            "Local segments deleted once shipped (delete_local_after, or retention_days).", ss.local_deleted);
     m.registry.callback_gauge("sightline_archive_s3_backlog_segments", "Sealed segments not yet shipped.", {},
                               [&ss] { return static_cast<double>(ss.backlog_segments.load()); });
     m.registry.callback_gauge("sightline_archive_s3_backlog_bytes", "Bytes of sealed segments not yet shipped.", {},

@@ -230,7 +230,7 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
   };
   if (!opts.signing_key) return fail("prune: no signing key");
   PruneResult result;
-  if (opts.retention_days == 0) return result;
+  if (opts.retention_days == 0 && !opts.also_delete) return result;
   const std::string& dir = opts.dir;
   // Two prunes (the proxy's and an operator's) must not interleave their
   // read-modify-write of pruned.json. A dry run on a read-only copy needs no lock.
@@ -278,7 +278,11 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
       result.skipped.push_back(f + ": manifest's sealed time '" + m->sealed + "' unreadable");
       continue;
     }
-    if (*sealed >= cutoff) continue;
+    std::optional<std::string> other_reason;
+    if (opts.retention_days == 0 || *sealed >= cutoff) {
+      if (opts.also_delete) other_reason = opts.also_delete(f);
+      if (!other_reason) continue;
+    }
     std::optional<SegmentIndex> index;
     bool index_failed = false;
     auto applies = [&](const Hold& h) {
@@ -309,7 +313,7 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
     t.sealed = m->sealed;
     t.records = m->record_count;
     t.deleted = warc_date(opts.now);
-    t.reason = "retention " + std::to_string(opts.retention_days) + " days";
+    t.reason = other_reason ? *other_reason : "retention " + std::to_string(opts.retention_days) + " days";
     fresh.push_back(std::move(t));
   }
   if (opts.dry_run || fresh.empty()) {

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,6 +72,11 @@ struct PruneOptions {
   WallClock::time_point now = WallClock::now();
   bool dry_run = false;
   EVP_PKEY* signing_key = nullptr;  // the archive's private key: signs pruned.json
+  // Segments this vouches for go too, whatever retention_days says (the S3
+  // shipper: confirmed in the bucket long enough ago); what it returns is
+  // the tombstone's reason. Legal holds and each writer's latest segment
+  // still keep a segment.
+  std::function<std::optional<std::string>(const std::string& segment)> also_delete;
 };
 
 struct PruneResult {

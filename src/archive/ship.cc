@@ -96,7 +96,7 @@ std::optional<ShipJournal> ShipJournal::open(const std::string& dir, std::string
       break;
     }
     if (line.value("complete", false)) {
-      j.complete_.insert(line.value("segment", ""));
+      j.complete_[line.value("segment", "")] = line.value("at", "");
     } else {
       ShippedFile f;
       f.segment = line.value("segment", "");
@@ -161,10 +161,11 @@ std::optional<std::string> ShipJournal::record(const ShippedFile& f) {
 
 std::optional<std::string> ShipJournal::record_complete(const std::string& segment,
                                                         const std::string& manifest_version) {
+  const std::string at = now_text();
   nlohmann::json line = {{"segment", segment}, {"complete", true}, {"manifest_version_id", manifest_version},
-                         {"at", now_text()}};
+                         {"at", at}};
   if (auto e = append(line.dump())) return e;
-  complete_.insert(segment);
+  complete_[segment] = at;
   return std::nullopt;
 }
 

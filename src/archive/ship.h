@@ -47,6 +47,11 @@ class ShipJournal {
 
   const ShippedFile* find(const std::string& file) const;
   bool complete(const std::string& segment) const { return complete_.count(segment) > 0; }
+  // When the segment's last file was confirmed (RFC 3339), empty if not complete.
+  std::string completed_at(const std::string& segment) const {
+    auto it = complete_.find(segment);
+    return it == complete_.end() ? std::string() : it->second;
+  }
   // Appended and synced before they return.
   std::optional<std::string> record(const ShippedFile& f);
   std::optional<std::string> record_complete(const std::string& segment, const std::string& manifest_version);
@@ -59,7 +64,7 @@ class ShipJournal {
   std::string path_;
   std::vector<ShippedFile> files_;
   std::map<std::string, std::size_t> by_file_;
-  std::set<std::string> complete_;
+  std::map<std::string, std::string> complete_;  // segment -> completion time
   std::size_t cut_bytes_ = 0;
 };
 

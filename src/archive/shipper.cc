@@ -1,11 +1,14 @@
 #include "archive/shipper.h"
 
 #include "archive/format.h"
+#include "archive/index.h"
+#include "archive/retention.h"
 #include "core/log.h"
 
 #include <pthread.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <random>
 
 namespace sightline::archive {
@@ -78,6 +81,7 @@ void ArchiveShipper::pass() {
                   .str("manifest_version_id", m ? m->version_id : std::string())
                   .str("retain_until", m ? m->retain_until : std::string()));
   }
+  delete_shipped_local_copies();
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
@@ -104,6 +108,51 @@ void ArchiveShipper::pass() {
                 .num("backlog_bytes", rep.backlog_bytes)
                 .num("backlog_age_s", rep.oldest_backlog_s)
                 .num("failed_passes", static_cast<std::uint64_t>(consecutive_failures_)));
+}
+
+void ArchiveShipper::delete_shipped_local_copies() {
+  if ((!opts_.delete_local_after && opts_.retention_days == 0) || !opts_.signing_key) return;
+  const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  PruneOptions po;
+  po.dir = opts_.ship.dir;
+  po.signing_key = opts_.signing_key.get();
+  // Only what the bucket holds goes, once kept locally long enough
+  // (delete_local_after) or past retention; prune() itself keeps segments
+  // under legal hold and each writer's latest.
+  po.also_delete = [&](const std::string& segment) -> std::optional<std::string> {
+    auto at = parse_time(journal_.completed_at(segment));
+    if (!at) return std::nullopt;
+    const ShippedFile* m = journal_.find(segment + std::string(kManifestSuffix));
+    const std::string where = "shipped to S3 (" + (m ? m->key + " version " + m->version_id : segment) + ")";
+    if (opts_.delete_local_after && *at + opts_.delete_local_after->count() * 1000000 <= now_us) return where;
+    if (opts_.retention_days > 0) {
+      std::string text;
+      if (auto manifest = read_text_file((std::filesystem::path(opts_.ship.dir) / (segment + std::string(kManifestSuffix))).string()))
+        if (auto parsed = parse_manifest(*manifest, &text))
+          if (auto sealed = parse_time(parsed->sealed);
+              sealed && *sealed + static_cast<std::int64_t>(opts_.retention_days) * 86400 * 1000000 <= now_us)
+            return "retention " + std::to_string(opts_.retention_days) + " days, " + where;
+    }
+    return std::nullopt;
+  };
+  std::string why;
+  auto res = prune(po, &why);
+  if (!res) {
+    log::emit(log::Line(log::Level::error, "archive_local_delete_failed").str("msg", why));
+    return;
+  }
+  for (const auto& t : res->deleted)
+    log::emit(log::Line(log::Level::info, "archive_pruned")
+                  .str("segment", t.segment)
+                  .str("sealed", t.sealed)
+                  .num("records", t.records)
+                  .str("chain_head", t.chain_head)
+                  .str("manifest_sha256", t.manifest_sha256)
+                  .str("reason", t.reason));
+  for (const auto& h : res->held) log::emit(log::Line(log::Level::info, "archive_prune_held").str("detail", h));
+  stats_.local_deleted.fetch_add(res->deleted.size(), std::memory_order_relaxed);
 }
 
 void ArchiveShipper::run() {

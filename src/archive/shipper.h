@@ -5,6 +5,7 @@
 #pragma once
 
 #include "archive/ship.h"
+#include "tls/ossl.h"
 
 #include <atomic>
 #include <chrono>
@@ -27,6 +28,15 @@ struct ShipperOptions {
   // archive reaches the store.
   std::uint64_t ready_backlog_bytes = 0;
   std::chrono::seconds ready_backlog_age{0};
+  // Local copies of shipped segments are deleted this long after the store
+  // confirmed them (a signed tombstone each, as retention does); nullopt:
+  // kept. Needs the archive's private key for the tombstones.
+  std::optional<std::chrono::seconds> delete_local_after;
+  // archive.retention_days, applied here instead of by the writer while
+  // shipping is on: a segment past retention is deleted locally only once
+  // it is in the bucket.
+  unsigned retention_days = 0;
+  tls::EvpPkeyPtr signing_key;
 };
 
 struct ShipperStats {
@@ -39,6 +49,7 @@ struct ShipperStats {
   std::atomic<std::uint64_t> backlog_bytes{0};
   std::atomic<std::int64_t> backlog_age_s{0};
   std::atomic<std::int64_t> last_success_unix{0};
+  std::atomic<std::uint64_t> local_deleted{0};  // local copies removed after shipping
 };
 
 class ArchiveShipper {
@@ -61,6 +72,7 @@ class ArchiveShipper {
   ArchiveShipper(ShipperOptions opts, ShipJournal journal);
   void run();
   void pass();
+  void delete_shipped_local_copies();
 
   ShipperOptions opts_;
   ShipJournal journal_;

@@ -250,14 +250,14 @@ def main(t):
 
     proxies_url = "%s/%s/proxies" % (rgw.endpoint, BUCKET)
 
-    def shipping_proxy(d, name):
+    def shipping_proxy(d, name, extra=""):
         sport = h.free_port()
         p = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
                                      'target = "localhost:%d"\n\n[archive]\ndir = "%s"\nkey = "%s"\n'
                                      'all = true\nmax_segment_bytes = 131072\nwriter_id = "%s"\n\n'
                                      '[archive.s3]\nurl = "%s"\ncredentials_file = "%s"\nretention = "%ds"\n'
-                                     'interval = "1h"\nbackoff_max = "1s"\nready_backlog_bytes = 1\n'
-                                     % (sport, port, d, key, name, proxies_url, creds, RETAIN_S)),
+                                     'interval = "1h"\nbackoff_max = "1s"\nready_backlog_bytes = 1\n%s'
+                                     % (sport, port, d, key, name, proxies_url, creds, RETAIN_S, extra)),
                     name=name, port=sport)
         return p, sport
 
@@ -270,13 +270,19 @@ def main(t):
                  "not ready, resumed", fatal=True):
         before = len(rgw.list_versions(BUCKET, "proxies/"))
         pa, porta = shipping_proxy(os.path.join(t.dir, "proxyA"), "proxyA")
-        pb, portb = shipping_proxy(os.path.join(t.dir, "proxyB"), "proxyB")
+        pb, portb = shipping_proxy(os.path.join(t.dir, "proxyB"), "proxyB", 'delete_local_after = "1s"\n')
         for p, sp in ((pa, porta), (pb, portb)):
             load(sp, 120)
             # Sealed by size while running: shipped on the seal's poke, not the 1 h interval.
             assert wait_for(lambda: metric(p, "sightline_archive_s3_segments_total") >= 2, 30), \
                 p.stderr_text()[-2000:]
             assert "archive_shipped" in p.stderr_text()
+        # proxyB keeps local copies 1 s after the store confirmed them: the
+        # pass after the next seal deletes them.
+        time.sleep(1.2)
+        load(portb, 60)
+        assert wait_for(lambda: metric(pb, "sightline_archive_s3_local_deleted_total") >= 1, 30), \
+            pb.stderr_text()[-2000:]
         keys = [v["key"] for v in rgw.list_versions(BUCKET, "proxies/")]
         for node in ("proxyA", "proxyB"):
             assert any(k.startswith("proxies/%s/" % node) for k in keys), node
@@ -311,6 +317,22 @@ def main(t):
                              rgw.endpoint, "--credentials-file", creds, "--key", key + ".pub"] + list(extra),
                             capture_output=True, text=True, timeout=120)
         return cp
+
+    with t.check("delete_local_after: shipped local copies go with signed tombstones; both copies verify"):
+        db = os.path.join(t.dir, "proxyB")
+        done = [e for e in journal(db) if e.get("complete")]
+        assert done, journal(db)
+        deleted = [e["segment"] for e in done if not os.path.exists(os.path.join(db, e["segment"]))]
+        assert deleted, (done, sorted(os.listdir(db)))
+        pruned = json.load(open(os.path.join(db, "pruned.json")))
+        reasons = {e["segment"]: e["reason"] for e in pruned["entries"]}
+        for seg in deleted:
+            assert reasons.get(seg, "").startswith("shipped to S3 (proxies/proxyB/"), (seg, reasons)
+        assert "archive_pruned" in pb.stderr_text()
+        cp = subprocess.run([h.sightline_bin(), "archive", "verify", db, "--key", key + ".pub"],
+                            capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout[-1500:]
+        assert "pruned" in cp.stdout, cp.stdout[-800:]
 
     with t.check("manifests record the versions shipped before them; verify s3:// says intact"):
         da = os.path.join(t.dir, "proxyA")
