@@ -1,5 +1,6 @@
 #include "app/archive_ship_cli.h"
 
+#include "archive/format.h"
 #include "archive/ship.h"
 
 #include <nlohmann/json.hpp>
@@ -70,6 +71,10 @@ std::optional<int> ArchiveShipCli::run() const {
   if (journal->cut_bytes())
     std::cerr << "sightline: " << journal->path() << ": cut a torn last line (" << journal->cut_bytes()
               << " bytes)\n";
+  if (!f.node_id.empty() && (!archive::valid_writer_id(f.node_id) || f.node_id == "." || f.node_id == "..")) {
+    std::cerr << "sightline: --node-id " << f.node_id << ": letters, digits, '_' and '.' only\n";
+    return 2;
+  }
   archive::ShipOptions so;
   so.dir = f.dir;
   so.node_id = f.node_id;
@@ -77,6 +82,12 @@ std::optional<int> ArchiveShipCli::run() const {
   else if (f.lock_mode == "governance") so.lock_mode = archive::s3::LockMode::governance;
   so.retention = f.retain_seconds ? std::chrono::seconds(f.retain_seconds)
                                   : std::chrono::seconds(std::int64_t{f.retention_days} * 86400);
+  if (so.lock_mode && so.retention.count() == 0) {
+    std::cerr << "sightline: --lock-mode " << f.lock_mode
+              << " needs --retention-days (or --retain-seconds); --lock-mode none relies on the bucket's default "
+                 "retention\n";
+    return 2;
+  }
   so.legal_hold = f.legal_hold;
   so.multipart_threshold = f.multipart_threshold;
   so.part_size = f.part_size;

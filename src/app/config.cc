@@ -541,8 +541,24 @@ class Parser {
             !get_uint(st, p, "multipart_threshold", 5ull << 20, 5ull << 30, s3.multipart_threshold) ||
             !get_uint(st, p, "part_size", 5ull << 20, 5ull << 30, s3.part_size))
           return false;
-        if (!s3.node_id.empty() && !archive::valid_writer_id(s3.node_id))
+        if (!s3.node_id.empty() && (!archive::valid_writer_id(s3.node_id) || s3.node_id == "." || s3.node_id == ".."))
           return fail(st.get("node_id")->source(), "archive.s3.node_id", "letters, digits, '_' and '.' only");
+        if (s3.region.empty() || s3.region.find_first_of(":/ ") != std::string::npos)
+          return fail(st.source(), "archive.s3.region", "a region name such as \"eu-west-1\"");
+        // An object is locked only with a date: no silent "shipped, unlocked".
+        if (!s3.url.empty() && s3.lock_mode != "none" && s3.retention < std::chrono::seconds(1) &&
+            ac.retention_days == 0)
+          return fail(st.source(), "archive.s3",
+                      "lock_mode = \"" + s3.lock_mode +
+                          "\" needs a retention: archive.s3.retention (at least 1s) or archive.retention_days "
+                          "(or lock_mode = \"none\" to rely on the bucket's default retention)");
+        if (s3.retention.count() > 0 && s3.retention < std::chrono::seconds(1))
+          return fail(st.get("retention")->source(), "archive.s3.retention", "at least 1s");
+        // S3 allows 10,000 parts per upload.
+        if (s3.part_size * 10000 < ac.max_segment_bytes)
+          return fail(st.source(), "archive.s3.part_size",
+                      "part_size x 10000 must cover archive.max_segment_bytes (" +
+                          std::to_string(ac.max_segment_bytes) + ")");
         std::string why;
         if (!s3.url.empty() && !archive::s3::parse_target(s3.url, s3.virtual_host, &why))
           return fail(st.get("url")->source(), "archive.s3.url", why);

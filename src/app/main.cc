@@ -114,6 +114,11 @@ int verify_s3_command(const ArchiveFlags& f, EVP_PKEY* key) {
   co.ca_file = f.ca_file;
   archive::s3::Client client(co);
   std::string work = f.work_dir;
+  std::error_code ec;
+  if (!work.empty() && fs::exists(work, ec) && !fs::is_empty(work, ec)) {
+    std::cerr << "sightline: --work-dir " << work << " is not empty: stale files would be verified too\n";
+    return 2;
+  }
   if (work.empty()) {
     std::string tmpl = (fs::temp_directory_path() / "sightline-verify-XXXXXX").string();
     if (!::mkdtemp(tmpl.data())) {
@@ -123,10 +128,7 @@ int verify_s3_command(const ArchiveFlags& f, EVP_PKEY* key) {
     work = tmpl;
   }
   auto report = archive::verify_s3(client, key, work, &why);
-  if (f.work_dir.empty()) {
-    std::error_code ec;
-    fs::remove_all(work, ec);
-  }
+  if (f.work_dir.empty()) fs::remove_all(work, ec);
   if (!report) {
     std::cerr << "sightline: " << why << "\n";
     return 2;

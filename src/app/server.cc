@@ -617,6 +617,9 @@ int run_server(const Config& cfg) {
   ctx.hooks.stop();
   // Every exchange has ended: write what is queued and seal the segment.
   if (ctx.archive) ctx.archive->stop();
+  // The last seal's segment is shipped by the next start: a shutdown does
+  // not wait for the store (the transfer in progress is aborted).
+  if (ctx.archive_shipper) ctx.archive_shipper->stop();
   admin.close();
   workers.clear();
   signals.clear();

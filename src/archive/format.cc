@@ -101,7 +101,7 @@ std::string manifest_json(const Manifest& m) {
     nlohmann::ordered_json files = nlohmann::ordered_json::array();
     for (const auto& f : m.shipped)
       files.push_back({{"file", f.file}, {"key", f.key}, {"version_id", f.version_id}, {"sha256", f.sha256}});
-    j["shipped"] = {{"journal_lines", m.shipped_journal_lines}, {"files", std::move(files)}};
+    j["shipped"] = {{"journal_bytes", m.shipped_journal_bytes}, {"files", std::move(files)}};
   }
   return j.dump(1) + "\n";
 }
@@ -216,7 +216,7 @@ std::optional<Manifest> parse_manifest(std::string_view text, std::string* why) 
     m.key_fingerprint = j.at("key_fingerprint").get<std::string>();
     if (auto it = j.find("shipped"); it != j.end()) {
       m.has_shipped = true;
-      m.shipped_journal_lines = it->at("journal_lines").get<std::uint64_t>();
+      m.shipped_journal_bytes = it->at("journal_bytes").get<std::uint64_t>();
       for (const auto& f : it->at("files"))
         m.shipped.push_back({f.at("file").get<std::string>(), f.at("key").get<std::string>(),
                              f.at("version_id").get<std::string>(), f.at("sha256").get<std::string>()});
@@ -299,7 +299,9 @@ std::optional<std::string> write_all_at(int fd, std::string_view data, std::uint
 }
 
 std::optional<std::string> write_file_durably(const std::string& path, std::string_view text, unsigned mode) {
-  std::string tmp = path + ".tmp";
+  // Per thread: the writer, the S3 shipper and a CLI command may write the
+  // same sidecar at once; each renames only its own complete file.
+  std::string tmp = path + "." + std::to_string(::gettid()) + ".tmp";
   ::unlink(tmp.c_str());
   hooks::pcap::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode)));
   if (!fd) return errno_text("create", tmp, errno);

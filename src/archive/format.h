@@ -78,9 +78,9 @@ struct Manifest {
   std::string sealed;
   std::string key_fingerprint;
   // With S3 shipping: the files confirmed since the previous manifest, and
-  // how many lines of the shipping journal are accounted for so far.
+  // how many bytes of the shipping journal are accounted for so far.
   bool has_shipped = false;
-  std::uint64_t shipped_journal_lines = 0;
+  std::uint64_t shipped_journal_bytes = 0;
   std::vector<ShippedRef> shipped;
 };
 

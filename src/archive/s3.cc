@@ -1,6 +1,7 @@
 #include "archive/s3.h"
 
 #include "archive/warc.h"
+#include "tls/ossl.h"
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
@@ -119,25 +120,31 @@ std::string unquote(std::string s) {
   return s;
 }
 
-std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
+// Bodies kept in memory (error documents, listings, small objects) and
+// headers are bounded: a misbehaving store cannot grow the proxy's memory.
+constexpr std::size_t kMaxBody = 16u << 20;
+constexpr std::size_t kMaxHeaders = 200;
+
+// libcurl callbacks: C frames, so nothing may throw through them; a
+// callback that returns short makes libcurl abort the transfer.
+std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) noexcept try {
   auto* r = static_cast<Response*>(user);
   std::string_view line(data, size * n);
   if (line.rfind("HTTP/", 0) == 0) {
     r->headers.clear();  // a 100 Continue's headers are not the answer's
-    // ":ok" marks a 2xx status line, for a streaming sink (a name no header has).
+    r->success_status = false;
     auto sp = line.find(' ');
-    if (sp != std::string_view::npos && sp + 1 < line.size() && line[sp + 1] == '2') r->headers[":ok"] = "1";
+    if (sp != std::string_view::npos && sp + 1 < line.size() && line[sp + 1] == '2') r->success_status = true;
     return size * n;
   }
   auto colon = line.find(':');
-  if (colon != std::string_view::npos)
+  if (colon != std::string_view::npos) {
+    if (r->headers.size() >= kMaxHeaders) return 0;
     r->headers[lower(trim(line.substr(0, colon)))] = std::string(trim(line.substr(colon + 1)));
+  }
   return size * n;
-}
-
-std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
+} catch (...) {
+  return 0;
 }
 
 struct Upload {
@@ -145,7 +152,7 @@ struct Upload {
   std::size_t at = 0;
 };
 
-std::size_t on_read(char* buf, std::size_t size, std::size_t n, void* user) {
+std::size_t on_read(char* buf, std::size_t size, std::size_t n, void* user) noexcept {
   auto* u = static_cast<Upload*>(user);
   std::size_t k = std::min(size * n, u->data.size() - u->at);
   std::copy_n(u->data.data() + u->at, k, buf);
@@ -218,8 +225,18 @@ std::optional<Target> parse_target(std::string_view url, bool virtual_host, std:
     *why = virtual_host ? "no bucket: the host's first label names it" : "no bucket in the path";
     return std::nullopt;
   }
-  if (t.prefix.find('?') != std::string::npos || t.prefix.find("//") != std::string::npos) {
-    *why = "prefix must be a plain path";
+  bool dot_segment = false;
+  for (std::size_t at = 0; at <= t.prefix.size();) {
+    auto next = t.prefix.find('/', at);
+    std::string_view seg = std::string_view(t.prefix).substr(at, next == std::string::npos ? std::string::npos : next - at);
+    dot_segment = dot_segment || seg == "." || seg == "..";
+    if (next == std::string::npos) break;
+    at = next + 1;
+  }
+  // "." and ".." would be resolved away by the HTTP client, not by S3.
+  if (t.prefix.find_first_of("?#%") != std::string::npos || t.prefix.find("//") != std::string::npos || dot_segment ||
+      t.bucket == "." || t.bucket == "..") {
+    *why = "prefix must be a plain path (no '.' or '..' segments, '?', '#' or '%')";
     return std::nullopt;
   }
   return t;
@@ -334,15 +351,31 @@ Response Client::request(const std::string& method, const std::string& key, cons
     std::FILE* file;
     Response* r;
   } sink_state{sink, &r};
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, +[](char* data, std::size_t size, std::size_t n, void* user) {
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, +[](char* data, std::size_t size, std::size_t n, void* user) noexcept {
     auto* st = static_cast<Sink*>(user);
-    if (st->file && st->r->headers.count(":ok"))
+    if (st->file && st->r->success_status)
       return std::fwrite(data, 1, size * n, st->file) == size * n ? size * n : std::size_t{0};
-    return on_body(data, size, n, &st->r->body);
+    if (st->r->body.size() + size * n > kMaxBody) return std::size_t{0};
+    try {
+      st->r->body.append(data, size * n);
+    } catch (...) {
+      return std::size_t{0};
+    }
+    return size * n;
   });
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink_state);
+  // Stop: a transfer in progress ends at the next progress tick.
+  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, +[](void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
+    const auto* stop = static_cast<const std::atomic<bool>*>(user);
+    return stop && stop->load(std::memory_order_relaxed) ? 1 : 0;
+  });
+  curl_easy_setopt(c, CURLOPT_XFERINFODATA, opts_.stop);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, static_cast<long>(opts_.timeout.count()));
+  // No total timeout (a 5 GiB part takes long on a slow link): a transfer
+  // slower than 1 KiB/s for stall_timeout is a dead one.
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opts_.stall_timeout.count()));
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts_.connect_timeout.count()));
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -365,12 +398,16 @@ Response Client::request(const std::string& method, const std::string& key, cons
   char errbuf[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
   CURLcode rc = curl_easy_perform(c);
+  long status = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  // Nothing set above (header list, buffers on this stack) stays in the handle.
+  curl_easy_reset(c);
   if (rc != CURLE_OK) {
     r.status = 0;
     r.error = std::string(curl_easy_strerror(rc)) + (errbuf[0] ? std::string(": ") + errbuf : std::string());
     return r;
   }
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  r.status = status;
   if (!r.ok()) {
     auto code = xml_text(r.body, "Code"), msg = xml_text(r.body, "Message");
     r.error = "HTTP " + std::to_string(r.status) + (code ? " " + *code : std::string()) +
@@ -390,7 +427,8 @@ PutResult Client::put(const std::string& key, std::string_view data, const PutOp
 }
 
 PutResult Client::put_file_multipart(const std::string& key, const std::string& path, std::uint64_t part_size,
-                                     const PutOptions& po) {
+                                     const PutOptions& po, const std::string& sha256_hex_expected,
+                                     std::uint64_t size_expected) {
   PutResult res;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -415,11 +453,25 @@ PutResult Client::put_file_multipart(const std::string& key, const std::string& 
     return res;
   };
   std::string complete = "<CompleteMultipartUpload>";
-  std::string part(static_cast<std::size_t>(part_size), '\0');
+  std::string part(static_cast<std::size_t>(std::min(part_size, std::max<std::uint64_t>(size_expected, 1))), '\0');
+  tls::EvpMdCtxPtr whole(EVP_MD_CTX_new());
+  if (!whole || EVP_DigestInit_ex(whole.get(), EVP_sha256(), nullptr) != 1) {
+    Response why;
+    why.error = "sha256 init failed";
+    return abort_upload(std::move(why));
+  }
+  std::uint64_t sent = 0;
   for (int n = 1;; ++n) {
     in.read(part.data(), static_cast<std::streamsize>(part.size()));
+    if (in.bad()) {
+      Response why;
+      why.error = "read error on " + path;
+      return abort_upload(std::move(why));
+    }
     const auto got = static_cast<std::size_t>(in.gcount());
     if (got == 0 && n > 1) break;
+    EVP_DigestUpdate(whole.get(), part.data(), got);
+    sent += got;
     std::string_view data(part.data(), got);
     std::vector<std::string> ph;
     put_headers(ph, data, {}, false);
@@ -430,6 +482,17 @@ PutResult Client::put_file_multipart(const std::string& key, const std::string& 
     if (got < part.size()) break;
   }
   complete += "</CompleteMultipartUpload>";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  EVP_DigestFinal_ex(whole.get(), md, &md_len);
+  if (sent != size_expected ||
+      to_hex(std::string_view(reinterpret_cast<const char*>(md), md_len)) != sha256_hex_expected) {
+    // The file changed under us: a locked object must never hold other bytes.
+    Response why;
+    why.error = "the parts sent (" + std::to_string(sent) + " bytes) differ from the file checked (" +
+                std::to_string(size_expected) + " bytes): not completed";
+    return abort_upload(std::move(why));
+  }
   Response done = request("POST", key, id_q, complete, {"Content-Type: application/xml"});
   // S3 may answer 200 with an <Error> body when completion fails late.
   if (done.ok() && done.body.find("<Error>") != std::string::npos) {
@@ -438,7 +501,7 @@ PutResult Client::put_file_multipart(const std::string& key, const std::string& 
   }
   if (!done.ok()) return abort_upload(std::move(done));
   res.response = done;
-  res.etag = unquote(xml_text(done.body, "ETag").value_or(""));
+  res.etag = unquote(xml_text(done.body, "ETag").value_or(done.header("etag")));
   res.version_id = done.header("x-amz-version-id");
   return res;
 }
@@ -527,6 +590,18 @@ std::optional<std::vector<ObjectVersion>> Client::list_versions(const std::strin
       ov.etag = unquote(xml_text(v, "ETag").value_or(""));
       ov.latest = xml_text(v, "IsLatest").value_or("") == "true";
       ov.size = std::strtoull(xml_text(v, "Size").value_or("0").c_str(), nullptr, 10);
+      out.push_back(std::move(ov));
+    }
+    for (std::size_t at = body.find("<DeleteMarker>"); at != std::string_view::npos;
+         at = body.find("<DeleteMarker>", at + 1)) {
+      auto end = body.find("</DeleteMarker>", at);
+      if (end == std::string_view::npos) break;
+      std::string_view v = body.substr(at, end - at);
+      ObjectVersion ov;
+      ov.key = xml_text(v, "Key").value_or("");
+      ov.version_id = xml_text(v, "VersionId").value_or("");
+      ov.latest = xml_text(v, "IsLatest").value_or("") == "true";
+      ov.delete_marker = true;
       out.push_back(std::move(ov));
     }
     if (xml_text(body, "IsTruncated").value_or("false") != "true") return out;

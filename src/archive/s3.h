@@ -7,6 +7,7 @@
 // text or a log line.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -47,8 +48,9 @@ struct ClientOptions {
   Credentials credentials;
   std::string region = "us-east-1";
   std::string ca_file;  // empty: the system's trust store
-  std::chrono::seconds timeout{300};
+  std::chrono::seconds stall_timeout{60};  // under 1 KiB/s this long: the transfer is dead
   std::chrono::seconds connect_timeout{10};
+  const std::atomic<bool>* stop = nullptr;  // set: transfers in progress abort
 };
 
 struct Response {
@@ -56,6 +58,7 @@ struct Response {
   std::map<std::string, std::string> headers;  // names lower-cased
   std::string body;
   std::string error;  // transport error, or the S3 error code and message
+  bool success_status = false;  // the last status line was 2xx (streaming sinks)
   bool ok() const { return status >= 200 && status < 300; }
   std::string header(const std::string& name) const;
 };
@@ -82,6 +85,7 @@ struct ObjectVersion {
   std::uint64_t size = 0;
   std::string etag;  // without quotes
   bool latest = false;
+  bool delete_marker = false;  // a delete marker, not data (hides the key from plain reads)
 };
 
 class Client {
@@ -100,8 +104,10 @@ class Client {
   PutResult put(const std::string& key, std::string_view data, const PutOptions& po);
   // Multipart upload of a file too large for one PUT: parts of `part_size`
   // bytes, each with its MD5 and SHA-256; aborted on failure.
+  // The parts' bytes must hash to `sha256_hex` and add up to `size` (the
+  // file as it was checked), or the upload is aborted, never completed.
   PutResult put_file_multipart(const std::string& key, const std::string& path, std::uint64_t part_size,
-                               const PutOptions& po);
+                               const PutOptions& po, const std::string& sha256_hex, std::uint64_t size);
   // PutObjectRetention / GetObjectRetention on one version: some stores
   // (Ceph RGW 16) ignore lock headers on multipart uploads, so the shipper
   // reads the retention back and sets it where it is missing.

@@ -115,7 +115,7 @@ struct SegmentWriter::State {
   std::uint64_t next_seq = 1;
   std::uint64_t next_segment_seq = 1;
   std::uint64_t seals = 0;
-  std::uint64_t shipped_lines = 0;  // journal lines the manifests so far account for
+  std::uint64_t shipped_bytes = 0;  // journal bytes the manifests so far account for
   std::string previous_segment;
 
   // The open segment.
@@ -301,24 +301,47 @@ struct SegmentWriter::State {
     finish_record(b, bytes, meta_id, "metadata", meta);
   }
 
-  // The journal's complete lines past those earlier manifests listed. The
-  // shipper appends whole lines while this reads: a line without its
-  // newline is not counted yet.
+  // The journal's complete lines past the bytes earlier manifests listed
+  // (read from there on, not from the start). The shipper appends whole
+  // lines while this reads: a line without its newline waits for the next
+  // seal. Never throws: a line it cannot read is skipped, not bound.
   void add_shipped(Manifest& m) const {
     m.has_shipped = true;
-    m.shipped_journal_lines = shipped_lines;
-    auto text = read_text_file(opts.ship_journal);
-    if (!text) return;
-    std::uint64_t line_no = 0;
-    std::size_t at = 0;
-    for (auto nl = text->find('\n'); nl != std::string::npos; at = nl + 1, nl = text->find('\n', at)) {
-      if (++line_no <= shipped_lines) continue;
-      auto j = nlohmann::json::parse(text->begin() + static_cast<std::ptrdiff_t>(at),
-                                     text->begin() + static_cast<std::ptrdiff_t>(nl), nullptr, false);
-      if (j.is_object() && j.contains("file"))
-        m.shipped.push_back({j.value("file", ""), j.value("key", ""), j.value("version_id", ""), j.value("sha256", "")});
+    m.shipped_journal_bytes = shipped_bytes;
+    UniqueFd jfd(::open(opts.ship_journal.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    if (!jfd || ::fstat(jfd.get(), &st) != 0) return;
+    std::uint64_t from = shipped_bytes;
+    if (static_cast<std::uint64_t>(st.st_size) < from) {
+      // Replaced or cut by hand: start over rather than skip what it holds.
+      log::emit(log::Line(log::Level::warn, "archive_ship_journal_shorter")
+                    .str("journal", opts.ship_journal)
+                    .num("bytes", static_cast<std::uint64_t>(st.st_size))
+                    .num("recorded", from));
+      from = 0;
     }
-    m.shipped_journal_lines = std::max(shipped_lines, line_no);
+    std::string text(static_cast<std::size_t>(static_cast<std::uint64_t>(st.st_size) - from), '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+      ssize_t n = ::pread(jfd.get(), text.data() + got, text.size() - got, static_cast<off_t>(from + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    text.resize(got);
+    std::size_t at = 0, used = 0;
+    for (auto nl = text.find('\n'); nl != std::string::npos; at = nl + 1, nl = text.find('\n', at)) {
+      used = nl + 1;
+      auto j = nlohmann::json::parse(text.begin() + static_cast<std::ptrdiff_t>(at),
+                                     text.begin() + static_cast<std::ptrdiff_t>(nl), nullptr, false);
+      auto str = [&j](const char* k) {
+        auto it = j.find(k);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+      };
+      if (j.is_object() && !str("file").empty())
+        m.shipped.push_back({str("file"), str("key"), str("version_id"), str("sha256")});
+    }
+    m.shipped_journal_bytes = from + used;
   }
 
   std::optional<std::string> do_sync() {
@@ -388,7 +411,7 @@ struct SegmentWriter::State {
     previous_segment = name;
     ++next_segment_seq;
     ++seals;
-    if (m.has_shipped) shipped_lines = m.shipped_journal_lines;
+    if (m.has_shipped) shipped_bytes = m.shipped_journal_bytes;
     name.clear();
     records = 0;
     dirty = false;
@@ -520,7 +543,7 @@ std::unique_ptr<SegmentWriter> SegmentWriter::open(WriterOptions opts, tls::EvpP
     st->next_seq = m->first_seq + m->record_count;
     st->next_segment_seq = seq + 1;
     st->previous_segment = m->segment;
-    st->shipped_lines = m->shipped_journal_lines;
+    st->shipped_bytes = m->shipped_journal_bytes;
     rep.resumed_from = file;
   } else if (latest_sealed > 0) {
     return fail("archive: sealed segments of writer " + st->opts.writer_id + " have no manifest");

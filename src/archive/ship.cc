@@ -3,9 +3,11 @@
 #include "archive/format.h"
 #include "archive/index.h"
 #include "archive/warc.h"
+#include "hooks/pcap.h"
 #include "tls/ossl.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,12 +23,18 @@ namespace sightline::archive {
 namespace {
 
 namespace fs = std::filesystem;
+using hooks::pcap::UniqueFd;
 constexpr std::string_view kJournal = "shipping.journal";
 constexpr std::chrono::seconds kMinLock{10};
 
 std::string now_text() { return s3::iso8601(std::chrono::system_clock::now()); }
 
-// SHA-256 (hex) and MD5 (hex, S3's single-PUT ETag) of a file, streamed.
+std::string sha256_hex_of(std::string_view data) {
+  Digest d = sha256(data);
+  return to_hex(std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
+}
+
+// SHA-256 (hex) and MD5 (hex) of a file, streamed.
 struct FileDigests {
   std::string sha256;
   std::string md5;
@@ -67,11 +75,21 @@ std::optional<FileDigests> digest_file(const std::string& path, std::string* why
   return d;
 }
 
-nlohmann::json to_json(const ShippedFile& f) {
-  return {{"segment", f.segment}, {"file", f.file},     {"key", f.key},
-          {"version_id", f.version_id}, {"etag", f.etag}, {"sha256", f.sha256},
-          {"size", f.size},       {"retain_until", f.retain_until}, {"shipped_at", f.shipped_at},
-          {"adopted", f.adopted}};
+std::string to_line(const nlohmann::json& j) {
+  // Values from the store's headers may be anything: never throw on them.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string to_line(const ShippedFile& f) {
+  return to_line(nlohmann::json{{"segment", f.segment}, {"file", f.file}, {"key", f.key},
+                                {"version_id", f.version_id}, {"etag", f.etag}, {"sha256", f.sha256},
+                                {"size", f.size}, {"retain_until", f.retain_until}, {"shipped_at", f.shipped_at},
+                                {"adopted", f.adopted}});
+}
+
+std::string str(const nlohmann::json& j, const char* name) {
+  auto it = j.find(name);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
 }  // namespace
@@ -79,6 +97,20 @@ nlohmann::json to_json(const ShippedFile& f) {
 std::optional<ShipJournal> ShipJournal::open(const std::string& dir, std::string* why) {
   ShipJournal j;
   j.path_ = (fs::path(dir) / kJournal).string();
+  // One shipper per directory: the proxy's, or `archive ship`, not both.
+  // The proxy starts its shipper before the writer has made the directory.
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const std::string lock_path = (fs::path(dir) / ".ship.lock").string();
+  j.lock_.reset(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640));
+  if (!j.lock_) {
+    *why = errno_text("create", lock_path, errno);
+    return std::nullopt;
+  }
+  if (::flock(j.lock_.get(), LOCK_EX | LOCK_NB) != 0) {
+    *why = dir + ": another shipper (the proxy's [archive.s3], or sightline archive ship) is using it";
+    return std::nullopt;
+  }
   std::string text;
   if (auto t = read_text_file(j.path_)) text = std::move(*t);
   std::size_t good = 0;  // bytes of whole, parsed lines
@@ -88,29 +120,30 @@ std::optional<ShipJournal> ShipJournal::open(const std::string& dir, std::string
     if (nl == std::string::npos) break;  // torn: no newline
     auto line = nlohmann::json::parse(text.begin() + static_cast<std::ptrdiff_t>(at),
                                       text.begin() + static_cast<std::ptrdiff_t>(nl), nullptr, false);
-    if (line.is_discarded() || !line.is_object()) {
+    const bool readable = line.is_object() && !str(line, "segment").empty() &&
+                          (line.value("complete", false) ? true : !str(line, "file").empty());
+    if (!readable) {
       if (text.find('\n', nl + 1) != std::string::npos) {
         *why = j.path_ + ": unreadable line at byte " + std::to_string(at) + " (not a torn tail: fix by hand)";
         return std::nullopt;
       }
       break;
     }
-    if (line.value("complete", false)) {
-      j.complete_[line.value("segment", "")] = line.value("at", "");
+    if (line.value("complete", false) == true) {
+      j.mark_complete(str(line, "segment"), str(line, "at"));
     } else {
       ShippedFile f;
-      f.segment = line.value("segment", "");
-      f.file = line.value("file", "");
-      f.key = line.value("key", "");
-      f.version_id = line.value("version_id", "");
-      f.etag = line.value("etag", "");
-      f.sha256 = line.value("sha256", "");
-      f.size = line.value("size", std::uint64_t{0});
-      f.retain_until = line.value("retain_until", "");
-      f.shipped_at = line.value("shipped_at", "");
-      f.adopted = line.value("adopted", false);
-      j.by_file_[f.file] = j.files_.size();
-      j.files_.push_back(std::move(f));
+      f.segment = str(line, "segment");
+      f.file = str(line, "file");
+      f.key = str(line, "key");
+      f.version_id = str(line, "version_id");
+      f.etag = str(line, "etag");
+      f.sha256 = str(line, "sha256");
+      if (auto it = line.find("size"); it != line.end() && it->is_number_unsigned()) f.size = it->get<std::uint64_t>();
+      f.retain_until = str(line, "retain_until");
+      f.shipped_at = str(line, "shipped_at");
+      f.adopted = line.value("adopted", false) == true;
+      j.files_[f.file] = std::move(f);
     }
     at = nl + 1;
     good = at;
@@ -126,46 +159,56 @@ std::optional<ShipJournal> ShipJournal::open(const std::string& dir, std::string
   return j;
 }
 
+// Memory stays bounded by what is in flight: a complete segment keeps one
+// small entry (its manifest's key and version, for logs and tombstones),
+// not its files'.
+void ShipJournal::mark_complete(const std::string& segment, const std::string& at) {
+  CompleteSegment c;
+  c.at = at;
+  if (auto it = files_.find(segment + std::string(kManifestSuffix)); it != files_.end()) {
+    c.manifest_key = it->second.key;
+    c.manifest_version = it->second.version_id;
+  }
+  for (auto it = files_.begin(); it != files_.end();)
+    it = it->second.segment == segment ? files_.erase(it) : std::next(it);
+  complete_[segment] = std::move(c);
+}
+
 const ShippedFile* ShipJournal::find(const std::string& file) const {
-  auto it = by_file_.find(file);
-  return it == by_file_.end() ? nullptr : &files_[it->second];
+  auto it = files_.find(file);
+  return it == files_.end() ? nullptr : &it->second;
 }
 
 std::optional<std::string> ShipJournal::append(const std::string& line) {
-  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-  if (fd < 0) return errno_text("open", path_, errno);
+  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640));
+  if (!fd) return errno_text("open", path_, errno);
   std::string text = line + "\n";
-  std::optional<std::string> err;
   const char* p = text.data();
   std::size_t left = text.size();
-  while (left > 0 && !err) {
-    ssize_t n = ::write(fd, p, left);
+  while (left > 0) {
+    ssize_t n = ::write(fd.get(), p, left);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) err = errno_text("write", path_, errno);
-    else {
-      p += n;
-      left -= static_cast<std::size_t>(n);
-    }
+    if (n <= 0) return errno_text("write", path_, errno);
+    p += n;
+    left -= static_cast<std::size_t>(n);
   }
-  if (!err && ::fdatasync(fd) != 0) err = errno_text("fdatasync", path_, errno);
-  ::close(fd);
-  return err;
+  if (::fdatasync(fd.get()) != 0) return errno_text("fdatasync", path_, errno);
+  return std::nullopt;
 }
 
 std::optional<std::string> ShipJournal::record(const ShippedFile& f) {
-  if (auto e = append(to_json(f).dump())) return e;
-  by_file_[f.file] = files_.size();
-  files_.push_back(f);
+  if (auto e = append(to_line(f))) return e;
+  files_[f.file] = f;
   return std::nullopt;
 }
 
 std::optional<std::string> ShipJournal::record_complete(const std::string& segment,
                                                         const std::string& manifest_version) {
   const std::string at = now_text();
-  nlohmann::json line = {{"segment", segment}, {"complete", true}, {"manifest_version_id", manifest_version},
-                         {"at", at}};
-  if (auto e = append(line.dump())) return e;
-  complete_[segment] = at;
+  if (auto e = append(to_line(nlohmann::json{
+          {"segment", segment}, {"complete", true}, {"manifest_version_id", manifest_version}, {"at", at}})))
+    return e;
+  mark_complete(segment, at);
   return std::nullopt;
 }
 
@@ -203,7 +246,10 @@ std::optional<std::string> confirm_retention(s3::Client& client, const std::stri
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::string why;
     auto got = client.get_retention(key, version, &why);
-    if (!got && !why.empty()) return "retention of " + key + ": " + why;
+    if (!got && !why.empty()) {
+      if (why.rfind("HTTP ", 0) != 0) *transport_down = true;  // no HTTP answer at all
+      return "retention of " + key + ": " + why;
+    }
     // "2026-11-27T19:14:39Z" vs "2026-11-27T19:14:39.000000000Z": seconds compared.
     if (got && got->first == want_mode && got->second.substr(0, 19) >= want_until.substr(0, 19)) return std::nullopt;
     if (attempt == 1) break;
@@ -228,6 +274,8 @@ std::optional<std::string> ship_file(const ShipOptions& opts, s3::Client& client
   if (!d) return why;
   if (file == seg.name && d->sha256 != seg.manifest.file_sha256)
     return "segment's SHA-256 differs from its manifest's file_sha256: not shipped (run archive verify)";
+  if (file == seg.manifest.records_file && d->sha256 != seg.manifest.records_sha256)
+    return "records file's SHA-256 differs from its manifest's records_sha256: not shipped (run archive verify)";
   ShippedFile f;
   f.segment = seg.name;
   f.file = file;
@@ -236,22 +284,24 @@ std::optional<std::string> ship_file(const ShipOptions& opts, s3::Client& client
   f.size = d->size;
   s3::PutOptions po;
   po.lock_mode = opts.lock_mode;
-  if (opts.lock_mode && opts.retention.count() > 0) {
+  if (opts.lock_mode) {
     auto until = std::chrono::system_clock::time_point(std::chrono::microseconds(seg.sealed_us)) + opts.retention;
     // A segment shipped after its retention ended (a long outage) still gets
     // a date the store accepts: a short one, since nothing requires more.
     until = std::max(until, std::chrono::system_clock::now() + kMinLock);
     po.retain_until = until;
     f.retain_until = s3::iso8601(until);
-  } else {
-    po.lock_mode.reset();
   }
   po.legal_hold = opts.legal_hold;
   po.metadata["sha256"] = d->sha256;
   po.metadata["sightline-segment"] = seg.name;
   // Confirmed before a crash, never journaled: the object is there already.
+  // Adopted only with the same SHA-256 (set by our PUT, checked by the
+  // store against x-amz-content-sha256) and size; lock and hold are then
+  // confirmed below like a fresh upload's.
   s3::Response h = client.head(f.key);
-  if (h.ok() && h.header("x-amz-meta-sha256") == d->sha256 && !h.header("x-amz-version-id").empty()) {
+  if (h.ok() && h.header("x-amz-meta-sha256") == d->sha256 && h.header("content-length") == std::to_string(d->size) &&
+      !h.header("x-amz-version-id").empty()) {
     f.version_id = h.header("x-amz-version-id");
     f.etag = h.header("etag");
     if (f.etag.size() >= 2 && f.etag.front() == '"') f.etag = f.etag.substr(1, f.etag.size() - 2);
@@ -263,13 +313,14 @@ std::optional<std::string> ship_file(const ShipOptions& opts, s3::Client& client
     }
     s3::PutResult r;
     if (d->size > opts.multipart_threshold) {
-      r = client.put_file_multipart(f.key, path, opts.part_size, po);
+      r = client.put_file_multipart(f.key, path, opts.part_size, po, d->sha256, d->size);
     } else {
+      // The store checks Content-MD5 and x-amz-content-sha256 of these very
+      // bytes (its ETag is not an MD5 under SSE-KMS: not compared).
       auto bytes = read_text_file(path);
-      if (!bytes) return "cannot read " + path;
+      if (!bytes || bytes->size() != d->size || sha256_hex_of(*bytes) != d->sha256)
+        return "cannot read " + path + " as it was checked";
       r = client.put(f.key, *bytes, po);
-      if (r.response.ok() && r.etag != d->md5)
-        return "S3 answered ETag " + r.etag + " for MD5 " + d->md5 + " (" + f.key + ")";
     }
     if (!r.response.ok()) {
       if (r.response.status == 0) *transport_down = true;
@@ -279,15 +330,26 @@ std::optional<std::string> ship_file(const ShipOptions& opts, s3::Client& client
       return "PUT " + f.key + ": no version id in the answer (is the bucket versioned with Object Lock?)";
     f.version_id = r.version_id;
     f.etag = r.etag;
+    if (d->size > opts.multipart_threshold) {
+      // Parts are checked one by one; the whole object is checked here.
+      s3::Response v = client.head(f.key, f.version_id);
+      if (!v.ok() || v.header("content-length") != std::to_string(d->size))
+        return "HEAD " + f.key + " after multipart upload: " + (v.ok() ? "size " + v.header("content-length") : v.error);
+      if (f.etag.empty()) f.etag = v.header("etag");
+      if (f.etag.size() >= 2 && f.etag.front() == '"') f.etag = f.etag.substr(1, f.etag.size() - 2);
+    }
   }
   if (po.lock_mode) {
     // Counted only once the store reports the lock on this very version.
     if (auto e = confirm_retention(client, f.key, f.version_id, *po.lock_mode, po.retain_until, transport_down))
       return *e;
   }
-  if (po.legal_hold && !f.adopted) {
+  if (po.legal_hold && !(f.adopted && h.header("x-amz-object-lock-legal-hold") == "ON")) {
     s3::Response lh = client.put_legal_hold(f.key, f.version_id, true);
-    if (!lh.ok()) return "legal hold on " + f.key + ": " + lh.error;
+    if (!lh.ok()) {
+      if (lh.status == 0) *transport_down = true;
+      return "legal hold on " + f.key + ": " + lh.error;
+    }
   }
   f.shipped_at = now_text();
   if (auto e = journal.record(f)) return "journal: " + *e;
@@ -320,13 +382,19 @@ ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal&
       continue;
     }
     s.manifest = std::move(*m);
-    s.sealed_us = parse_time(s.manifest.sealed).value_or(0);
+    auto sealed = parse_time(s.manifest.sealed);
+    if (!sealed) {
+      report.errors.push_back(n + ": manifest's sealed time '" + s.manifest.sealed + "' unreadable");
+      continue;
+    }
+    s.sealed_us = *sealed;
     s.files.push_back(n);
     // The sidecar `archive search` uses over S3; built now when missing.
     std::string idx_err;
     (void)load_index(opts.dir, n, &idx_err);
     if (!s.manifest.records_file.empty()) s.files.push_back(s.manifest.records_file);
-    if (fs::exists(base + std::string(kIndexSuffix))) s.files.push_back(n + std::string(kIndexSuffix));
+    std::error_code exists_ec;
+    if (fs::exists(base + std::string(kIndexSuffix), exists_ec)) s.files.push_back(n + std::string(kIndexSuffix));
     s.files.push_back(n + std::string(kManifestSuffix));
     s.files.push_back(n + std::string(kSignatureSuffix));
     std::error_code ec;
@@ -339,10 +407,14 @@ ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal&
   std::sort(todo.begin(), todo.end(), [](const auto& a, const auto& b) { return a.sealed_us < b.sealed_us; });
   bool down = false;
   for (const auto& seg : todo) {
-    if (down) break;
+    if (down || (opts.stop && opts.stop->load(std::memory_order_relaxed))) break;
     const std::string node = opts.node_id.empty() ? seg.manifest.writer : opts.node_id;
     std::optional<std::string> err;
     for (const auto& f : seg.files) {
+      if (opts.stop && opts.stop->load(std::memory_order_relaxed)) {
+        err = "stopped";
+        break;
+      }
       err = ship_file(opts, client, journal, seg, node, f, report, &down);
       if (err) break;
     }

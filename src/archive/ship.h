@@ -16,13 +16,16 @@
 #pragma once
 
 #include "archive/s3.h"
+#include "hooks/pcap.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sightline::archive {
@@ -42,42 +45,54 @@ struct ShippedFile {
 
 class ShipJournal {
  public:
-  // Reads DIR/shipping.journal (creating it), cutting a torn last line.
+  // Reads DIR/shipping.journal (creating it), cutting a torn last line, and
+  // holds DIR/.ship.lock until destroyed: one shipper per directory.
   static std::optional<ShipJournal> open(const std::string& dir, std::string* why);
 
+  // A file of a segment not yet complete; complete segments keep no files.
   const ShippedFile* find(const std::string& file) const;
   bool complete(const std::string& segment) const { return complete_.count(segment) > 0; }
   // When the segment's last file was confirmed (RFC 3339), empty if not complete.
   std::string completed_at(const std::string& segment) const {
     auto it = complete_.find(segment);
-    return it == complete_.end() ? std::string() : it->second;
+    return it == complete_.end() ? std::string() : it->second.at;
+  }
+  // "KEY version V" of a complete segment's manifest, for logs and tombstones.
+  std::string manifest_ref(const std::string& segment) const {
+    auto it = complete_.find(segment);
+    if (it == complete_.end() || it->second.manifest_key.empty()) return segment;
+    return it->second.manifest_key + " version " + it->second.manifest_version;
   }
   // Appended and synced before they return.
   std::optional<std::string> record(const ShippedFile& f);
   std::optional<std::string> record_complete(const std::string& segment, const std::string& manifest_version);
-  const std::vector<ShippedFile>& files() const { return files_; }
   std::string path() const { return path_; }
   std::size_t cut_bytes() const { return cut_bytes_; }  // torn tail removed on open
 
  private:
+  struct CompleteSegment {
+    std::string at, manifest_key, manifest_version;
+  };
+  void mark_complete(const std::string& segment, const std::string& at);
   std::optional<std::string> append(const std::string& line);
   std::string path_;
-  std::vector<ShippedFile> files_;
-  std::map<std::string, std::size_t> by_file_;
-  std::map<std::string, std::string> complete_;  // segment -> completion time
+  hooks::pcap::UniqueFd lock_;  // flock on DIR/.ship.lock
+  std::map<std::string, ShippedFile> files_;  // by file name
+  std::map<std::string, CompleteSegment> complete_;
   std::size_t cut_bytes_ = 0;
 };
 
 struct ShipOptions {
   std::string dir;
   std::string node_id;  // key component; default: the segments' writer id
-  std::optional<s3::LockMode> lock_mode = s3::LockMode::compliance;  // nullopt: no lock headers
-  // retain-until = seal time + this; zero: no retention header (the
-  // bucket's default retention applies).
-  std::chrono::seconds retention{0};
+  // nullopt: no lock headers (a bucket default retention may still apply,
+  // unchecked). With a mode, retention must be at least 1 s.
+  std::optional<s3::LockMode> lock_mode = s3::LockMode::compliance;
+  std::chrono::seconds retention{0};  // retain-until = seal time + this
   bool legal_hold = false;
   std::uint64_t multipart_threshold = 64ull << 20;
   std::uint64_t part_size = 16ull << 20;
+  const std::atomic<bool>* stop = nullptr;  // set: the pass ends before the next file
 };
 
 struct ShipReport {

@@ -25,8 +25,17 @@ std::unique_ptr<ArchiveShipper> ArchiveShipper::start(ShipperOptions opts, std::
   return s;
 }
 
+namespace {
+s3::ClientOptions with_stop(s3::ClientOptions o, const std::atomic<bool>* stop) {
+  o.stop = stop;
+  return o;
+}
+}  // namespace
+
 ArchiveShipper::ArchiveShipper(ShipperOptions opts, ShipJournal journal)
-    : opts_(std::move(opts)), journal_(std::move(journal)), client_(opts_.client) {}
+    : opts_(std::move(opts)), journal_(std::move(journal)), client_(with_stop(opts_.client, &stop_flag_)) {
+  opts_.ship.stop = &stop_flag_;
+}
 
 ArchiveShipper::~ArchiveShipper() { stop(); }
 
@@ -39,6 +48,7 @@ void ArchiveShipper::poke() {
 }
 
 void ArchiveShipper::stop() {
+  stop_flag_.store(true, std::memory_order_relaxed);
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -61,6 +71,7 @@ std::string ArchiveShipper::not_ready() const {
 
 void ArchiveShipper::pass() {
   ShipReport rep = ship_sealed(opts_.ship, client_, journal_);
+  if (stop_flag_.load(std::memory_order_relaxed)) return;  // cut short by stop(): not a failure
   std::uint64_t bytes = 0, adopted = 0;
   for (const auto& f : rep.shipped) {
     bytes += f.size;
@@ -73,41 +84,69 @@ void ArchiveShipper::pass() {
   stats_.backlog_segments.store(rep.backlog_segments, std::memory_order_relaxed);
   stats_.backlog_bytes.store(rep.backlog_bytes, std::memory_order_relaxed);
   stats_.backlog_age_s.store(rep.oldest_backlog_s, std::memory_order_relaxed);
-  for (const auto& seg : rep.done_segments) {
-    const ShippedFile* m = journal_.find(seg + std::string(kManifestSuffix));
+  for (const auto& seg : rep.done_segments)
     log::emit(log::Line(log::Level::info, "archive_shipped")
                   .str("segment", seg)
-                  .str("key", m ? m->key : std::string())
-                  .str("manifest_version_id", m ? m->version_id : std::string())
-                  .str("retain_until", m ? m->retain_until : std::string()));
-  }
+                  .str("manifest", journal_.manifest_ref(seg))
+                  .str("completed", journal_.completed_at(seg)));
   delete_shipped_local_copies();
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
-  std::lock_guard lock(mu_);
+  unsigned failures = 0, recovered_after = 0;
+  std::string recovered_from;
+  {
+    std::lock_guard lock(mu_);
+    if (rep.errors.empty()) {
+      recovered_after = consecutive_failures_;
+      recovered_from = std::move(last_error_);
+      consecutive_failures_ = 0;
+      last_error_.clear();
+    } else {
+      failures = ++consecutive_failures_;
+      last_error_ = rep.errors.front();
+    }
+  }
+  // Logged without mu_: poke() on the archive writer's thread never waits on log I/O.
   if (rep.errors.empty()) {
     stats_.last_success_unix.store(now, std::memory_order_relaxed);
-    if (consecutive_failures_ > 0)
+    if (recovered_after > 0)
       log::emit(log::Line(log::Level::warn, "archive_ship_recovered")
-                    .num("failed_passes", static_cast<std::uint64_t>(consecutive_failures_))
-                    .str("after", last_error_));
-    consecutive_failures_ = 0;
-    last_error_.clear();
+                    .num("failed_passes", static_cast<std::uint64_t>(recovered_after))
+                    .str("after", recovered_from));
     return;
   }
   stats_.failures.fetch_add(1, std::memory_order_relaxed);
-  ++consecutive_failures_;
   // One line per pass, backed off: a store down for hours logs a few
   // hundred lines, not one per segment and retry.
-  last_error_ = rep.errors.front();
   log::emit(log::Line(log::Level::error, "archive_ship_failed")
-                .str("msg", last_error_)
+                .str("msg", rep.errors.front())
                 .num("errors", static_cast<std::uint64_t>(rep.errors.size()))
                 .num("backlog_segments", static_cast<std::uint64_t>(rep.backlog_segments))
                 .num("backlog_bytes", rep.backlog_bytes)
                 .num("backlog_age_s", rep.oldest_backlog_s)
-                .num("failed_passes", static_cast<std::uint64_t>(consecutive_failures_)));
+                .num("failed_passes", static_cast<std::uint64_t>(failures)));
+}
+
+// A pass must never end the thread (or, through std::terminate, the proxy):
+// whatever it throws is a failed pass with a reason.
+void ArchiveShipper::pass_or_log() {
+  std::string what;
+  try {
+    pass();
+    return;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+    what = "unknown exception";
+  }
+  stats_.failures.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(mu_);
+    ++consecutive_failures_;
+    last_error_ = "internal error: " + what;
+  }
+  log::emit(log::Line(log::Level::error, "archive_ship_failed").str("msg", "internal error: " + what));
 }
 
 void ArchiveShipper::delete_shipped_local_copies() {
@@ -124,8 +163,7 @@ void ArchiveShipper::delete_shipped_local_copies() {
   po.also_delete = [&](const std::string& segment) -> std::optional<std::string> {
     auto at = parse_time(journal_.completed_at(segment));
     if (!at) return std::nullopt;
-    const ShippedFile* m = journal_.find(segment + std::string(kManifestSuffix));
-    const std::string where = "shipped to S3 (" + (m ? m->key + " version " + m->version_id : segment) + ")";
+    const std::string where = "shipped to S3 (" + journal_.manifest_ref(segment) + ")";
     if (opts_.delete_local_after && *at + opts_.delete_local_after->count() * 1000000 <= now_us) return where;
     if (opts_.retention_days > 0) {
       std::string text;
@@ -169,13 +207,15 @@ void ArchiveShipper::run() {
           std::min(opts_.backoff_max, std::chrono::milliseconds(opts_.backoff_min.count() << shift));
       std::uniform_real_distribution<double> jitter(0.5, 1.0);
       delay = std::chrono::milliseconds(static_cast<std::int64_t>(static_cast<double>(cap.count()) * jitter(rng)));
-      poked_ = false;  // a seal does not cut a backoff short
     }
-    wake_.wait_for(lock, delay, [this] { return stopping_ || poked_; });
+    // While backing off, a seal does not cut the wait short (the store is
+    // what failed); it is shipped by the next attempt.
+    const bool backing_off = consecutive_failures_ > 0;
+    wake_.wait_for(lock, delay, [this, backing_off] { return stopping_ || (poked_ && !backing_off); });
     if (stopping_) return;
     poked_ = false;
     lock.unlock();
-    pass();
+    pass_or_log();
     lock.lock();
   }
 }

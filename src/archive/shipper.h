@@ -62,7 +62,7 @@ class ArchiveShipper {
   ArchiveShipper& operator=(const ArchiveShipper&) = delete;
 
   void poke();  // a segment was sealed: ship without waiting for the interval
-  void stop();  // ends after the pass in progress
+  void stop();  // aborts the transfer in progress and joins the thread
   const ShipperStats& stats() const { return stats_; }
   std::string journal_path() const { return journal_.path(); }
   // Why /readyz should fail because of the backlog; empty when it should not.
@@ -72,6 +72,7 @@ class ArchiveShipper {
   ArchiveShipper(ShipperOptions opts, ShipJournal journal);
   void run();
   void pass();
+  void pass_or_log();
   void delete_shipped_local_copies();
 
   ShipperOptions opts_;
@@ -82,6 +83,7 @@ class ArchiveShipper {
   std::condition_variable wake_;
   bool poked_ = true;
   bool stopping_ = false;
+  std::atomic<bool> stop_flag_{false};  // read by ship_sealed and libcurl's progress callback
   unsigned consecutive_failures_ = 0;
   std::string last_error_;
   std::thread thread_;

@@ -3,6 +3,7 @@
 #include "archive/format.h"
 #include "archive/ship.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -48,8 +49,21 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
       if (slash == std::string_view::npos) break;
       at = slash + 1;
     }
-    if (parts.size() != 5 || !valid_writer_id(parts[0]) || parts[4].empty() || parts[4].front() == '.') {
+    auto digits = [](std::string_view d, std::size_t n) {
+      return d.size() == n && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    // Names become paths under the work directory: nothing that could leave it.
+    if (parts.size() != 5 || !valid_writer_id(parts[0]) || parts[0] == "." || parts[0] == ".." ||
+        !digits(parts[1], 4) || !digits(parts[2], 2) || !digits(parts[3], 2) || parts[4].empty() ||
+        parts[4].front() == '.') {
       rep.findings.push_back(finding(FindingKind::inserted, v.key, "object outside the archive's key layout"));
+      continue;
+    }
+    if (v.delete_marker) {
+      // Object Lock allows a delete marker over a locked version: plain
+      // readers then get 404 although the version is still there.
+      rep.findings.push_back(finding(FindingKind::deleted, std::string(parts[0]) + "/" + std::string(parts[4]),
+                                     "a delete marker (version " + v.version_id + ") hides " + v.key));
       continue;
     }
     Object& o = objects[v.key];
@@ -82,7 +96,11 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
     // The first version of each key is the one the shipper uploaded.
     std::map<std::string, const Object*> by_file;
     for (const Object* o : objs) {
-      by_file[o->file] = o;
+      if (auto [it, fresh] = by_file.emplace(o->file, o); !fresh) {
+        rep.findings.push_back(finding(FindingKind::inserted, node + "/" + o->file,
+                                       o->key + " repeats " + it->second->key + " under another date"));
+        continue;
+      }
       const auto& first = o->versions.back();
       auto r = client.get_to_file(o->key, first.version_id, (fs::path(dir) / o->file).string());
       if (!r.ok()) {
@@ -110,7 +128,7 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
       for (const auto& ref : m->shipped) {
         auto it = by_file.find(ref.file);
         const std::string where = node + "/" + ref.file;
-        if (it == by_file.end()) {
+        if (it == by_file.end() || it->second->key != ref.key) {
           rep.findings.push_back(finding(FindingKind::segment_deleted, where,
                                          ref.key + " (version " + ref.version_id + ", recorded in " + o->file +
                                              ") is not in the bucket"));

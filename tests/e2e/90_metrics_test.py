@@ -309,7 +309,7 @@ def main(t):
                            extra='[policy]\nfiles = []\n\n[icap]\nrespmod = "icap://127.0.0.1:9/none"\n'
                                  'fail = "open"\nmax_body = 0\n\n'
                                  '[archive.s3]\nurl = "http://127.0.0.1:9/none"\naccess_key = "ak"\n'
-                                 'secret_key = "sk"\n',
+                                 'secret_key = "sk"\nretention = "1d"\n',
                            args=["--archive-dir", os.path.join(t.dir, "archive"), "--archive-key", archive_key,
                                  "--pcap-dir", os.path.join(t.dir, "pcap"),
                                  "--keylog-upstream", os.path.join(t.dir, "upstream.keys"),

@@ -123,13 +123,7 @@ def metric(proxy, name):
     raise AssertionError("%s not in /metrics" % name)
 
 
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+wait_for = h.wait_until
 
 
 def main(t):

@@ -202,25 +202,44 @@ def hostport(host, port):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
-def proc_tree(pid):
-    """pid plus all its descendants (by /proc ppid)."""
-    children = {}
+def proc_table():
+    """(pid, ppid, pgid) of every process, from /proc/PID/stat."""
+    out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % d) as f:
                 st = f.read()
-            ppid = int(st[st.rindex(")") + 2:].split()[1])
+            fields = st[st.rindex(")") + 2:].split()
+            out.append((int(d), int(fields[1]), int(fields[2])))
         except (OSError, ValueError, IndexError):
             continue
-        children.setdefault(ppid, []).append(int(d))
+    return out
+
+
+def proc_tree(pid):
+    """pid plus all its descendants (by /proc ppid)."""
+    children = {}
+    for p, ppid, _ in proc_table():
+        children.setdefault(ppid, []).append(p)
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def wait_until(pred, timeout, interval=0.05):
+    """pred() once true, polled every `interval` up to `timeout` seconds;
+    then its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
 
 
 def rss_bytes(pid):

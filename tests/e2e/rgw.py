@@ -50,7 +50,7 @@ import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 
-from harness import Fatal, Skip, _register, _unregister, _stop_process, free_ports, run, wait_port
+from harness import Fatal, Skip, _register, _unregister, _stop_process, free_ports, proc_table, run, wait_port
 
 CEPH_MON = os.environ.get("SIGHTLINE_CEPH_MON", "ceph-mon")
 CEPH_OSD = os.environ.get("SIGHTLINE_CEPH_OSD", "ceph-osd")
@@ -109,19 +109,8 @@ def _query_pairs(query):
 
 
 def _group_members(pgid):
-    """Pids whose process group is pgid (found in /proc)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-            if int(st[st.rindex(")") + 2:].split()[2]) == pgid:
-                out.append(int(d))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    """Pids whose process group is pgid."""
+    return [p for p, _, g in proc_table() if g == pgid]
 
 
 def _clean_env():

@@ -31,7 +31,7 @@ TEST_CASE("s3: targets, path style and virtual host") {
   CHECK(vh->prefix == "proxies");
   CHECK(s3::to_string(*vh) == "https://acme-archive.s3.eu-west-1.amazonaws.com/proxies");
   for (const char* bad : {"s3.example/archive", "ftp://h/b", "http:///b", "http://h/", "http://ak:sk@h/b",
-                          "http://h/b/p?x=1", "http://h/b/a//c"}) {
+                          "http://h/b/p?x=1", "http://h/b/a//c", "http://h/b/../c", "http://h/b/a/./c", "http://h/../p"}) {
     CAPTURE(bad);
     CHECK_FALSE(s3::parse_target(bad, false, &why));
     CHECK(!why.empty());
@@ -99,21 +99,31 @@ TEST_CASE("ship: the journal keeps confirmed lines, cuts a torn tail, refuses da
     REQUIRE(!j->record_complete("s1.warc.gz", "v2"));
   }
   const std::string path = dir + "/shipping.journal";
-  std::ofstream(path, std::ios::app) << "{\"segment\":\"s2.warc.gz\",\"file\":\"s2.w";  // torn by a crash
-  auto j = ShipJournal::open(dir, &why);
-  REQUIRE_MESSAGE(j, why);
-  CHECK(j->cut_bytes() > 0);
-  CHECK(j->complete("s1.warc.gz"));
-  CHECK_FALSE(j->complete("s2.warc.gz"));
-  REQUIRE(j->find("s1.warc.gz.manifest.json"));
-  CHECK(j->find("s1.warc.gz.manifest.json")->version_id == "v2");
-  CHECK(j->files().size() == 2);
+  std::ofstream(path, std::ios::app) << "{\"segment\":\"s2.warc.gz\",\"file\":\"s2.warc.gz\",\"version_id\":\"v3\"}\n"
+                                     << "{\"segment\":\"s2.warc.gz\",\"file\":\"s2.w";  // torn by a crash
+  {
+    auto j = ShipJournal::open(dir, &why);
+    REQUIRE_MESSAGE(j, why);
+    CHECK(j->cut_bytes() > 0);
+    CHECK(j->complete("s1.warc.gz"));
+    CHECK_FALSE(j->complete("s2.warc.gz"));
+    // A complete segment keeps one entry, not its files.
+    CHECK_FALSE(j->find("s1.warc.gz.manifest.json"));
+    CHECK(j->manifest_ref("s1.warc.gz") == "p/n/2026/11/27/s1.warc.gz version v2");
+    REQUIRE(j->find("s2.warc.gz"));
+    CHECK(j->find("s2.warc.gz")->version_id == "v3");
+    // One shipper per directory.
+    std::string busy;
+    CHECK_FALSE(ShipJournal::open(dir, &busy));
+    CHECK(busy.find("another shipper") != std::string::npos);
+  }
   // The torn bytes are gone from the file too.
   auto again = ShipJournal::open(dir, &why);
-  REQUIRE(again);
+  REQUIRE_MESSAGE(again, why);
   CHECK(again->cut_bytes() == 0);
+  again.reset();
   // Damage before the last line is not a crash: refused, named.
-  std::ofstream(path, std::ios::app) << "garbage\n{\"segment\":\"s3\",\"complete\":true}\n";
+  std::ofstream(path, std::ios::app) << "{\"segment\":7,\"file\":[]}\n{\"segment\":\"s3\",\"complete\":true}\n";
   CHECK_FALSE(ShipJournal::open(dir, &why));
   CHECK(why.find("unreadable line") != std::string::npos);
 }

@@ -366,10 +366,21 @@ TEST_CASE("config: [archive.s3] shipping settings and their checks") {
   CHECK(s.part_size == 5242880);
   for (const char* bad : {"url = \"s3.example/bucket\"\n", "url = \"https://h/\"\n", "lock_mode = \"strict\"\n",
                           "access_key = \"AK\"\n", "node_id = \"a/b\"\n", "part_size = 1024\n", "bucket = \"x\"\n",
-                          "interval = \"0s\"\n"}) {
+                          "interval = \"0s\"\n", "region = \"eu:west\"\n", "node_id = \"..\"\n",
+                          "retention = \"500ms\"\n", "url = \"http://h/b/../x\"\n"}) {
     CAPTURE(bad);
     ConfigError e;
-    CHECK_FALSE(parse(std::string("[archive]\ndir = \"/a\"\n[archive.s3]\n") + bad, e));
+    CHECK_FALSE(parse(std::string("[archive]\ndir = \"/a\"\nretention_days = 1\n[archive.s3]\n") + bad, e));
     CHECK(e.message.find("archive.s3") != std::string::npos);
   }
+  // Locking needs a date: archive.s3.retention or archive.retention_days.
+  ConfigError e;
+  CHECK_FALSE(parse("[archive]\ndir = \"/a\"\n[archive.s3]\nurl = \"http://h/b\"\n", e));
+  CHECK(e.message.find("needs a retention") != std::string::npos);
+  CHECK(parse("[archive]\ndir = \"/a\"\nretention_days = 2557\n[archive.s3]\nurl = \"http://h/b\"\n", e));
+  CHECK(parse("[archive]\ndir = \"/a\"\n[archive.s3]\nurl = \"http://h/b\"\nlock_mode = \"none\"\n", e));
+  // 10,000 parts must cover the largest segment.
+  CHECK_FALSE(parse("[archive]\ndir = \"/a\"\nmax_segment_bytes = 1099511627776\n[archive.s3]\n"
+                    "url = \"http://h/b\"\nretention = \"1d\"\npart_size = 5242880\n", e));
+  CHECK(e.message.find("part_size") != std::string::npos);
 }
