@@ -1,11 +1,16 @@
 #include "app/archive_cli.h"
 
+#include "archive/bucket.h"
 #include "archive/export.h"
 #include "archive/index.h"
 #include "archive/keys.h"
 #include "archive/retention.h"
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 namespace sightline::app {
@@ -19,6 +24,9 @@ struct ArchiveRetrievalCli::Flags {
   std::string hold_segment, hold_id;
   unsigned retention_days = 0;
   bool json = false, raw = false, dry_run = false;
+  // search s3://bucket/prefix
+  std::string endpoint, region = "us-east-1", credentials_file, ca_file;
+  bool virtual_host = false;
   CLI::App *search = nullptr, *show = nullptr, *exp = nullptr, *prune = nullptr;
   CLI::App *hold_add = nullptr, *hold_remove = nullptr, *hold_list = nullptr;
 };
@@ -72,30 +80,101 @@ std::string bare_uuid(const std::string& id) {
   return id.starts_with("<urn:uuid:") && id.ends_with('>') ? id.substr(10, id.size() - 11) : id;
 }
 
-int search(const Flags& f) {
-  auto filter = make_filter(f);
-  if (!filter) return 2;
-  std::string err;
-  auto result = archive::search(f.dir, filter->first, &err);
-  if (!result) {
-    std::cerr << "sightline: " << err << "\n";
-    return 2;
-  }
-  for (const auto& w : result->warnings) std::cerr << "warning: " << w << "\n";
-  for (const auto& h : result->hits) {
+// Prints the hits of `result`; segment names prefixed with "<node>/" over S3.
+void print_hits(const Flags& f, const archive::SearchResult& result, const std::string& node) {
+  for (const auto& w : result.warnings) std::cerr << "warning: " << (node.empty() ? "" : node + ": ") << w << "\n";
+  for (const auto& h : result.hits) {
     const auto& e = h.entry;
     if (f.json) {
       nlohmann::ordered_json j = {{"id", e.id},     {"time", e.time},     {"user", e.user},
                                   {"client", e.client}, {"host", e.host}, {"method", e.method},
                                   {"target", e.target},
                                   {"status", e.status ? nlohmann::ordered_json(*e.status) : nlohmann::ordered_json()},
-                                  {"segment", h.file}};
+                                  {"segment", (node.empty() ? "" : node + "/") + h.file}};
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       continue;
     }
     std::cout << e.time << "  " << bare_uuid(e.id) << "  " << (e.user.empty() ? "-" : e.user) << "  " << e.method
-              << " " << e.target << "  " << (e.status ? std::to_string(*e.status) : "-") << "  " << h.file << "\n";
+              << " " << e.target << "  " << (e.status ? std::to_string(*e.status) : "-") << "  "
+              << (node.empty() ? "" : node + "/") << h.file << "\n";
   }
+}
+
+// Over S3: each node's index sidecars, manifests and signatures are
+// mirrored into a temporary directory, each segment as a sparse file of its
+// sealed size (the search reads the sidecar when it matches the manifest);
+// --text needs the bodies, so it downloads the segments too.
+int search_s3(const Flags& f, const std::pair<archive::Filter, nlohmann::ordered_json>& filter) {
+  namespace fs = std::filesystem;
+  std::string why;
+  auto co = archive::client_for_s3_url(f.dir, f.endpoint, f.region, f.credentials_file, f.ca_file, f.virtual_host,
+                                       &why);
+  if (!co) {
+    std::cerr << "sightline: " << f.dir << ": " << why << "\n";
+    return 2;
+  }
+  archive::s3::Client client(*co);
+  auto listing = archive::list_bucket(client, &why);
+  if (!listing) {
+    std::cerr << "sightline: " << why << "\n";
+    return 2;
+  }
+  std::string work = (fs::temp_directory_path() / "sightline-search-XXXXXX").string();
+  if (!::mkdtemp(work.data())) {
+    std::cerr << "sightline: mkdtemp: " << std::strerror(errno) << "\n";
+    return 2;
+  }
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{work};
+  std::size_t hits = 0, segments = 0;
+  for (const auto& [node, objs] : listing->by_node()) {
+    const std::string dir = (fs::path(work) / node).string();
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    for (const archive::BucketObject* o : objs) {
+      const bool segment = o->file.ends_with(archive::kSealedSuffix);
+      const bool needed = o->file.ends_with(archive::kIndexSuffix) || o->file.ends_with(archive::kManifestSuffix) ||
+                          o->file.ends_with(archive::kSignatureSuffix) || (segment && !f.text.empty());
+      if (needed) {
+        if (auto e = archive::download_first(client, *o, dir)) {
+          std::cerr << "sightline: " << *e << "\n";
+          return 2;
+        }
+      } else if (segment) {
+        // Sparse: no byte of it is read unless the sidecar is unusable.
+        std::ofstream(fs::path(dir) / o->file).close();
+        fs::resize_file(fs::path(dir) / o->file, o->first().size, ec);
+      }
+    }
+    auto result = archive::search(dir, filter.first, &why);
+    if (!result) {
+      std::cerr << "sightline: " << node << ": " << why << "\n";
+      return 2;
+    }
+    print_hits(f, *result, node);
+    hits += result->hits.size();
+    segments += result->segments;
+  }
+  std::cerr << hits << " exchanges in " << segments << " segments of " << listing->by_node().size() << " nodes\n";
+  return hits == 0 ? 1 : 0;
+}
+
+int search(const Flags& f) {
+  auto filter = make_filter(f);
+  if (!filter) return 2;
+  if (f.dir.rfind("s3://", 0) == 0) return search_s3(f, *filter);
+  std::string err;
+  auto result = archive::search(f.dir, filter->first, &err);
+  if (!result) {
+    std::cerr << "sightline: " << err << "\n";
+    return 2;
+  }
+  print_hits(f, *result, "");
   std::cerr << result->hits.size() << " exchanges in " << result->segments << " segments\n";
   return result->hits.empty() ? 1 : 0;
 }
@@ -265,9 +344,16 @@ int hold(const Flags& f) {
 ArchiveRetrievalCli::ArchiveRetrievalCli(CLI::App* arch) : f_(std::make_unique<Flags>()) {
   Flags& f = *f_;
   f.search = arch->add_subcommand("search", "list archived exchanges matching all given filters");
-  f.search->add_option("dir", f.dir, "archive directory")->required();
+  f.search->add_option("dir", f.dir, "archive directory, or s3://bucket/prefix (shipped segments)")->required();
   add_filters(f.search, f);
   f.search->add_flag("--json", f.json, "one JSON object per line");
+  f.search->add_option("--endpoint", f.endpoint,
+                       "for s3://: the store's URL (default https://s3.REGION.amazonaws.com)");
+  f.search->add_option("--region", f.region, "for s3://: SigV4 region (default us-east-1)");
+  f.search->add_option("--credentials-file", f.credentials_file,
+                       "for s3://: access key and secret (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)");
+  f.search->add_option("--ca-file", f.ca_file, "for s3://: CA bundle of an https endpoint");
+  f.search->add_flag("--virtual-host", f.virtual_host, "for s3://: bucket in the host name");
 
   f.show = arch->add_subcommand("show", "print one exchange: request, response, metadata");
   f.show->add_option("dir", f.dir, "archive directory")->required();

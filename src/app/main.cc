@@ -4,6 +4,7 @@
 #include "app/archive_ship_cli.h"
 #include "app/config.h"
 #include "app/server.h"
+#include "archive/bucket.h"
 #include "archive/keys.h"
 #include "archive/s3.h"
 #include "archive/verify.h"
@@ -93,26 +94,14 @@ struct ArchiveFlags {
 int verify_s3_command(const ArchiveFlags& f, EVP_PKEY* key) {
   namespace archive = sightline::archive;
   namespace fs = std::filesystem;
-  std::string rest = f.dir.substr(5), why;
-  auto slash = rest.find('/');
-  const std::string bucket = rest.substr(0, slash), prefix = slash == std::string::npos ? "" : rest.substr(slash + 1);
-  std::string endpoint = f.endpoint.empty() ? "https://s3." + f.region + ".amazonaws.com" : f.endpoint;
-  while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
-  std::string url = f.virtual_host ? endpoint.substr(0, endpoint.find("://") + 3) + bucket + "." +
-                                         endpoint.substr(endpoint.find("://") + 3) + "/" + prefix
-                                   : endpoint + "/" + bucket + "/" + prefix;
-  auto target = archive::s3::parse_target(url, f.virtual_host, &why);
-  auto creds = target ? archive::s3::resolve_credentials("", "", f.credentials_file, &why) : std::nullopt;
-  if (!target || !creds) {
+  std::string why;
+  auto co = archive::client_for_s3_url(f.dir, f.endpoint, f.region, f.credentials_file, f.ca_file, f.virtual_host,
+                                       &why);
+  if (!co) {
     std::cerr << "sightline: " << f.dir << ": " << why << "\n";
     return 2;
   }
-  archive::s3::ClientOptions co;
-  co.target = *target;
-  co.credentials = *creds;
-  co.region = f.region;
-  co.ca_file = f.ca_file;
-  archive::s3::Client client(co);
+  archive::s3::Client client(*co);
   std::string work = f.work_dir;
   std::error_code ec;
   if (!work.empty() && fs::exists(work, ec) && !fs::is_empty(work, ec)) {

@@ -1,5 +1,6 @@
 #include "archive/verify_s3.h"
 
+#include "archive/bucket.h"
 #include "archive/format.h"
 #include "archive/ship.h"
 
@@ -11,11 +12,6 @@ namespace sightline::archive {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct Object {
-  std::string node, file, key;
-  std::vector<s3::ObjectVersion> versions;  // newest first, as S3 lists them
-};
 
 Finding finding(FindingKind kind, const std::string& segment, std::string detail) {
   Finding f{kind, segment, std::nullopt, std::nullopt, {}, std::move(detail)};
@@ -32,49 +28,13 @@ std::size_t S3Report::problems() const {
 
 std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, const std::string& work_dir,
                                   std::string* error) {
-  const std::string prefix = client.target().prefix.empty() ? "" : client.target().prefix + "/";
-  auto versions = client.list_versions(prefix, error);
-  if (!versions) return std::nullopt;
+  auto listing = list_bucket(client, error);
+  if (!listing) return std::nullopt;
   S3Report rep;
-  rep.objects = versions->size();
-  // <prefix><node>/<yyyy>/<mm>/<dd>/<file>
-  std::map<std::string, Object> objects;  // by key
-  for (auto& v : *versions) {
-    std::string_view rest(v.key);
-    rest.remove_prefix(prefix.size());
-    std::vector<std::string_view> parts;
-    for (std::size_t at = 0;;) {
-      auto slash = rest.find('/', at);
-      parts.push_back(rest.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at));
-      if (slash == std::string_view::npos) break;
-      at = slash + 1;
-    }
-    auto digits = [](std::string_view d, std::size_t n) {
-      return d.size() == n && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
-    };
-    // Names become paths under the work directory: nothing that could leave it.
-    if (parts.size() != 5 || !valid_writer_id(parts[0]) || parts[0] == "." || parts[0] == ".." ||
-        !digits(parts[1], 4) || !digits(parts[2], 2) || !digits(parts[3], 2) || parts[4].empty() ||
-        parts[4].front() == '.') {
-      rep.findings.push_back(finding(FindingKind::inserted, v.key, "object outside the archive's key layout"));
-      continue;
-    }
-    if (v.delete_marker) {
-      // Object Lock allows a delete marker over a locked version: plain
-      // readers then get 404 although the version is still there.
-      rep.findings.push_back(finding(FindingKind::deleted, std::string(parts[0]) + "/" + std::string(parts[4]),
-                                     "a delete marker (version " + v.version_id + ") hides " + v.key));
-      continue;
-    }
-    Object& o = objects[v.key];
-    o.node = std::string(parts[0]);
-    o.file = std::string(parts[4]);
-    o.key = v.key;
-    o.versions.push_back(std::move(v));
-  }
-  std::map<std::string, std::vector<const Object*>> by_node;
-  for (const auto& [key, o] : objects) {
-    by_node[o.node].push_back(&o);
+  rep.objects = listing->versions;
+  rep.findings = listing->findings;
+  const auto by_node = listing->by_node();
+  for (const auto& [key, o] : listing->objects) {
     if (o.versions.size() > 1) {
       std::string ids;
       for (const auto& v : o.versions) ids += (ids.empty() ? "" : ", ") + v.version_id;
@@ -94,17 +54,15 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
       return std::nullopt;
     }
     // The first version of each key is the one the shipper uploaded.
-    std::map<std::string, const Object*> by_file;
-    for (const Object* o : objs) {
+    std::map<std::string, const BucketObject*> by_file;
+    for (const BucketObject* o : objs) {
       if (auto [it, fresh] = by_file.emplace(o->file, o); !fresh) {
         rep.findings.push_back(finding(FindingKind::inserted, node + "/" + o->file,
                                        o->key + " repeats " + it->second->key + " under another date"));
         continue;
       }
-      const auto& first = o->versions.back();
-      auto r = client.get_to_file(o->key, first.version_id, (fs::path(dir) / o->file).string());
-      if (!r.ok()) {
-        *error = "GET " + o->key + " version " + first.version_id + ": " + r.error;
+      if (auto e = download_first(client, *o, dir)) {
+        *error = *e;
         return std::nullopt;
       }
     }
@@ -118,7 +76,7 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
     rep.records += report->records;
     // What later manifests recorded of earlier uploads must still be there,
     // as the first version of its key, with the same bytes.
-    for (const Object* o : objs) {
+    for (const BucketObject* o : objs) {
       if (!o->file.ends_with(kManifestSuffix)) continue;
       const std::string segment = o->file.substr(0, o->file.size() - kManifestSuffix.size());
       FindingKind kind{};

@@ -19,7 +19,8 @@ real Ceph RADOS Gateway started on loopback (tests/e2e/rgw.py).
 - In the proxy ([archive.s3]): two nodes ship into one bucket as each
   segment is sealed (keys disjoint, one version per key, journal = store);
   each manifest records the versions shipped before it; `archive verify
-  s3://` says intact, then names a version uploaded over a segment and an
+  s3://` says intact and `archive search s3://` finds the same exchanges
+  as a local search, then verify names a version uploaded over a segment and an
   archived version deleted after its retention; kill -9 during multipart
   uploads, four times: after restarts everything is shipped, no file is
   journaled twice, no key has two versions, and the bucket verifies;
@@ -351,6 +352,30 @@ def main(t):
         cp = verify_s3()
         assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout[-1500:] + cp.stderr
         assert "2 nodes" in cp.stdout, cp.stdout[-300:]
+
+    with t.check("archive search s3:// finds the shipped exchanges of both nodes from their sidecars"):
+        def search(*args):
+            return subprocess.run([h.sightline_bin(), "archive", "search", "s3://%s/proxies" % BUCKET, "--endpoint",
+                                   rgw.endpoint, "--credentials-file", creds, "--json"] + list(args),
+                                  capture_output=True, text=True, timeout=120)
+        cp = search()
+        assert cp.returncode == 0, cp.stdout[-500:] + cp.stderr
+        remote = [json.loads(x) for x in cp.stdout.splitlines()]
+        assert "of 2 nodes" in cp.stderr and "warning" not in cp.stderr, cp.stderr
+        for node in ("proxyA", "proxyB"):
+            assert any(x["segment"].startswith(node + "/") for x in remote), node
+        # The same exchanges as a local search of proxyA's shipped segments.
+        local = subprocess.run([h.sightline_bin(), "archive", "search", da, "--json"], capture_output=True,
+                               text=True, timeout=120)
+        done_a = {e["segment"] for e in journal(da) if e.get("complete")}
+        want = {x["id"] for x in map(json.loads, local.stdout.splitlines()) if x["segment"] in done_a}
+        got = {x["id"] for x in remote if x["segment"].startswith("proxyA/")}
+        assert want and got == want, (len(got), len(want))
+        cp = search("--status", "404")
+        assert cp.returncode == 1 and cp.stdout == "", cp.stdout[-300:]
+        # --text reads bodies: the segments are downloaded for it.
+        cp = search("--text", "no-such-text-in-any-body")
+        assert cp.returncode == 1 and "exchanges in" in cp.stderr, cp.stderr
 
     with t.check("verify s3:// names a version uploaded over an archived segment, exits 1"):
         victim = [e for e in journal(da) if "file" in e and e["file"].endswith(".warc.gz")][0]
