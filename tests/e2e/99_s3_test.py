@@ -16,6 +16,8 @@ real Ceph RADOS Gateway started on loopback (tests/e2e/rgw.py).
 - A segment whose bytes differ from its signed manifest is not shipped.
 - Wrong credentials: refused by the store, the secret never printed.
 - Segments over the multipart threshold go up in parts and are locked too.
+- HTTPS: the store's certificate is verified (an unknown CA is refused,
+  --ca-file accepted); --legal-hold puts a hold on every version.
 - In the proxy ([archive.s3]): two nodes ship into one bucket as each
   segment is sealed (keys disjoint, one version per key, journal = store);
   each manifest records the versions shipped before it; `archive verify
@@ -92,7 +94,7 @@ def main(t):
     segs = archive(d, 300, "node1")
     assert len(segs) >= 3, segs
 
-    rgw = rgwmod.Rgw(os.path.join(t.dir, "rgw")).start()
+    rgw = rgwmod.Rgw(os.path.join(t.dir, "rgw"), tls=(pki.fullchain("valid-ec"), pki.key("valid-ec"))).start()
     t.note("radosgw up in %.1f s" % sum(rgw.timings.values()) if rgw.timings else "radosgw up")
     rgw.create_lock_bucket(BUCKET)
     url = "%s/%s/fleet" % (rgw.endpoint, BUCKET)
@@ -211,6 +213,24 @@ def main(t):
         assert "wrong-secret" not in cp.stdout + cp.stderr
         assert journal(d3) == []
 
+    with t.check("https: verified against --ca-file; an unknown CA is refused; legal hold set and read back"):
+        d7 = os.path.join(t.dir, "node7")
+        archive(d7, 20, "node7")
+        tls_url = "%s/%s/tls" % (rgw.tls_endpoint, BUCKET)
+        base = [h.sightline_bin(), "archive", "ship", d7, "--s3", tls_url, "--credentials-file", creds,
+                "--retain-seconds", str(RETAIN_S), "--legal-hold"]
+        cp = subprocess.run(base, capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 1 and "SSL certificate problem" in cp.stderr, cp.stderr[-500:]
+        assert not [e for e in journal(d7) if "file" in e], "journaled without a verified store"
+        cp = subprocess.run(base + ["--ca-file", pki.origin_ca], capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0, cp.stdout[-500:] + cp.stderr[-500:]
+        lines = [json.loads(x) for x in cp.stdout.splitlines()]
+        assert lines and all(x["key"].startswith("tls/node7/") for x in lines), lines[:2]
+        for x in lines:
+            st, _, body = rgw.s3("GET", "/%s/%s" % (BUCKET, x["key"]),
+                                 query=[("legal-hold", ""), ("versionId", x["version_id"])])
+            assert st == 200 and b"<Status>ON</Status>" in body, (st, body[:300])
+
     with t.check("multipart: a segment over the threshold goes up in parts, locked"):
         d4 = os.path.join(t.dir, "node4")
         os.makedirs(d4)
@@ -253,15 +273,18 @@ def main(t):
 
     proxies_url = "%s/%s/proxies" % (rgw.endpoint, BUCKET)
 
-    def shipping_proxy(d, name, extra=""):
+    def shipping_proxy(d, name, extra="", url_flag=False):
+        """url_flag: the config names a dead store, `--archive-s3` the real one."""
         sport = h.free_port()
         p = h.Proxy(t, h.make_config(pki, extra='[[listener]]\naddress = "127.0.0.1:%d"\nmode = "static"\n'
                                      'target = "localhost:%d"\n\n[archive]\ndir = "%s"\nkey = "%s"\n'
                                      'all = true\nmax_segment_bytes = 131072\nwriter_id = "%s"\n\n'
                                      '[archive.s3]\nurl = "%s"\ncredentials_file = "%s"\nretention = "%s"\n'
                                      'interval = "1h"\nbackoff_max = "1s"\nready_backlog_bytes = 1\n%s'
-                                     % (sport, port, d, key, name, proxies_url, creds, PROXY_RETAIN, extra)),
-                    name=name, port=sport)
+                                     % (sport, port, d, key, name,
+                                        "http://127.0.0.1:9/dead/x" if url_flag else proxies_url,
+                                        creds, PROXY_RETAIN, extra)),
+                    args=["--archive-s3", proxies_url] if url_flag else [], name=name, port=sport)
         return p, sport
 
     def load(sport, n):
@@ -272,7 +295,7 @@ def main(t):
     with t.check("in the proxy: two nodes ship each seal at once, keys disjoint; outage: backlog, "
                  "not ready, resumed", fatal=True):
         before = len(rgw.list_versions(BUCKET, "proxies/"))
-        pa, porta = shipping_proxy(os.path.join(t.dir, "proxyA"), "proxyA")
+        pa, porta = shipping_proxy(os.path.join(t.dir, "proxyA"), "proxyA", url_flag=True)
         pb, portb = shipping_proxy(os.path.join(t.dir, "proxyB"), "proxyB", 'delete_local_after = "1s"\n')
         for p, sp in ((pa, porta), (pb, portb)):
             load(sp, 120)

@@ -188,8 +188,13 @@ class Rgw:
     """A throwaway Ceph cluster + radosgw on loopback (see the module doc)."""
 
     def __init__(self, tmpdir, start_timeout=30.0, keep=None, access_key="sightline-ak",
-                 secret_key="sightline-sk-0123456789abcdef", uid="tester"):
+                 secret_key="sightline-sk-0123456789abcdef", uid="tester", tls=None):
+        """tls: (certificate chain PEM, key PEM) to also serve HTTPS on
+        `tls_port` (tls_endpoint: https://localhost:PORT)."""
         self.tmpdir = tmpdir
+        self.tls = tls
+        self.tls_port = None
+        self.tls_endpoint = None
         self.start_timeout = start_timeout
         self.keep = bool(os.environ.get("SIGHTLINE_E2E_KEEP")) if keep is None else keep
         self.access_key = access_key
@@ -260,8 +265,14 @@ class Rgw:
         d = self.dir
         for sub in ("mon", "osd0", "run", "log", "rgw", "crash"):
             os.makedirs(os.path.join(d, sub))
-        self.mon_port, self.port = free_ports(2)
+        self.mon_port, self.port, tls_port = free_ports(3)
         self.endpoint = "http://127.0.0.1:%d" % self.port
+        ssl = ""
+        if self.tls:
+            self.tls_port = tls_port
+            self.tls_endpoint = "https://localhost:%d" % tls_port
+            ssl = " ssl_endpoint=127.0.0.1:%d ssl_certificate=%s ssl_private_key=%s" % (
+                tls_port, self.tls[0], self.tls[1])
         fsid = str(uuid.uuid4())
         # Unix socket paths are limited to 107 bytes: no admin socket when
         # the caller's dir is deep (they are only for debugging).
@@ -271,7 +282,7 @@ class Rgw:
         self.conf = os.path.join(d, "ceph.conf")
         with open(self.conf, "w") as f:
             f.write(_CONF % {"fsid": fsid, "d": d, "mon_port": self.mon_port,
-                             "rgw_port": self.port, "asok": asok})
+                             "rgw_port": self.port, "asok": asok, "ssl": ssl})
         t = time.monotonic()
         monmap = os.path.join(d, "monmap")
         self._run([MONMAPTOOL, "--create", "--addv", "a", "[v2:127.0.0.1:%d]" % self.mon_port,
@@ -293,6 +304,8 @@ class Rgw:
         self._spawn(OSD, [CEPH_OSD, "-f", "-i", "0", "-c", self.conf])
         self._spawn(GW, [RADOSGW, "-f", "-c", self.conf, "-n", GW])
         self._wait_gateway()
+        if self.tls_port and not wait_port("127.0.0.1", self.tls_port, self._left(), self.daemons[GW].proc):
+            raise Fatal("radosgw not serving TLS on 127.0.0.1:%d%s" % (self.tls_port, self._why(GW)))
         t = self._step("gateway up", t)
         self._run([RADOSGW_ADMIN, "-c", self.conf, "user", "create", "--uid", self.uid,
                    "--display-name", self.uid, "--access-key", self.access_key,
@@ -629,6 +642,6 @@ osd objectstore = memstore
 osd data = %(d)s/osd0
 memstore device bytes = 536870912
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:%(rgw_port)d
+rgw frontends = beast endpoint=127.0.0.1:%(rgw_port)d%(ssl)s
 rgw data = %(d)s/rgw
 """
