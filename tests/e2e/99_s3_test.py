@@ -18,6 +18,7 @@ real Ceph RADOS Gateway started on loopback (tests/e2e/rgw.py).
 - Segments over the multipart threshold go up in parts and are locked too.
 - HTTPS: the store's certificate is verified (an unknown CA is refused,
   --ca-file accepted); --legal-hold puts a hold on every version.
+- Virtual-host addressing (BUCKET.localhost) ships and verifies.
 - In the proxy ([archive.s3]): two nodes ship into one bucket as each
   segment is sealed (keys disjoint, one version per key, journal = store);
   each manifest records the versions shipped before it; `archive verify
@@ -230,6 +231,21 @@ def main(t):
             st, _, body = rgw.s3("GET", "/%s/%s" % (BUCKET, x["key"]),
                                  query=[("legal-hold", ""), ("versionId", x["version_id"])])
             assert st == 200 and b"<Status>ON</Status>" in body, (st, body[:300])
+
+    with t.check("virtual-host addressing: BUCKET.localhost, shipped and verified"):
+        d8 = os.path.join(t.dir, "node8")
+        archive(d8, 20, "node8")
+        vh_url = "http://%s.localhost:%d/vhost" % (BUCKET, rgw.port)
+        cp = subprocess.run([h.sightline_bin(), "archive", "ship", d8, "--s3", vh_url, "--virtual-host",
+                             "--credentials-file", creds, "--retain-seconds", str(RETAIN_S)],
+                            capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0, cp.stdout[-500:] + cp.stderr[-500:]
+        keys = [v["key"] for v in rgw.list_versions(BUCKET, "vhost/")]
+        assert keys and all(k.startswith("vhost/node8/") for k in keys), keys[:3]
+        cp = subprocess.run([h.sightline_bin(), "archive", "verify", "s3://%s/vhost" % BUCKET, "--virtual-host",
+                             "--endpoint", "http://localhost:%d" % rgw.port, "--credentials-file", creds,
+                             "--key", key + ".pub"], capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout[-800:] + cp.stderr[-300:]
 
     with t.check("multipart: a segment over the threshold goes up in parts, locked"):
         d4 = os.path.join(t.dir, "node4")

@@ -644,4 +644,6 @@ memstore device bytes = 536870912
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:%(rgw_port)d%(ssl)s
 rgw data = %(d)s/rgw
+# Virtual-host style: BUCKET.localhost (curl resolves *.localhost to loopback).
+rgw dns name = localhost
 """
