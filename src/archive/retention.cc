@@ -3,6 +3,7 @@
 #include "archive/index.h"
 #include "archive/keys.h"
 #include "archive/verify.h"
+#include "core/log.h"
 #include "hooks/pcap.h"
 
 #include <fcntl.h>
@@ -339,6 +340,19 @@ std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error) {
   }
   fsync_dir(dir);
   return result;
+}
+
+void log_prune_result(const PruneResult& r) {
+  for (const auto& t : r.deleted)
+    log::emit(log::Line(log::Level::info, "archive_pruned")
+                  .str("segment", t.segment)
+                  .str("sealed", t.sealed)
+                  .num("records", t.records)
+                  .str("chain_head", t.chain_head)
+                  .str("manifest_sha256", t.manifest_sha256)
+                  .str("reason", t.reason));
+  for (const auto& h : r.held) log::emit(log::Line(log::Level::info, "archive_prune_held").str("detail", h));
+  for (const auto& s : r.skipped) log::emit(log::Line(log::Level::warn, "archive_prune_skipped").str("detail", s));
 }
 
 }  // namespace sightline::archive

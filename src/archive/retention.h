@@ -93,6 +93,10 @@ struct PruneResult {
 // segments are never touched, and concurrent prunes serialize on a lock file.
 std::optional<PruneResult> prune(const PruneOptions& opts, std::string* error);
 
+// The proxy's log lines for a prune: archive_pruned per deletion (the
+// tombstone's facts), archive_prune_held and archive_prune_skipped.
+void log_prune_result(const PruneResult& r);
+
 // One JSON line for the deletion log: {"event":"archive_pruned",...}.
 std::string deletion_log_line(const Tombstone& t, bool dry_run);
 

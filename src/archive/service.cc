@@ -69,17 +69,7 @@ void ArchiveService::maybe_prune(std::chrono::steady_clock::time_point now) {
     log::emit(log::Line(log::Level::error, "archive_prune_failed").str("msg", err));
     return;
   }
-  for (const auto& t : res->deleted)
-    log::emit(log::Line(log::Level::info, "archive_pruned")
-                  .str("segment", t.segment)
-                  .str("sealed", t.sealed)
-                  .num("records", t.records)
-                  .str("chain_head", t.chain_head)
-                  .str("manifest_sha256", t.manifest_sha256)
-                  .str("reason", t.reason));
-  for (const auto& h : res->held) log::emit(log::Line(log::Level::info, "archive_prune_held").str("detail", h));
-  for (const auto& s : res->skipped)
-    log::emit(log::Line(log::Level::warn, "archive_prune_skipped").str("detail", s));
+  log_prune_result(*res);
   stats_.pruned.fetch_add(res->deleted.size(), std::memory_order_relaxed);
 }
 

@@ -181,15 +181,7 @@ void ArchiveShipper::delete_shipped_local_copies() {
     log::emit(log::Line(log::Level::error, "archive_local_delete_failed").str("msg", why));
     return;
   }
-  for (const auto& t : res->deleted)
-    log::emit(log::Line(log::Level::info, "archive_pruned")
-                  .str("segment", t.segment)
-                  .str("sealed", t.sealed)
-                  .num("records", t.records)
-                  .str("chain_head", t.chain_head)
-                  .str("manifest_sha256", t.manifest_sha256)
-                  .str("reason", t.reason));
-  for (const auto& h : res->held) log::emit(log::Line(log::Level::info, "archive_prune_held").str("detail", h));
+  log_prune_result(*res);
   stats_.local_deleted.fetch_add(res->deleted.size(), std::memory_order_relaxed);
 }
 
