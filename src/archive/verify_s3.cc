@@ -66,6 +66,25 @@ std::optional<S3Report> verify_s3(s3::Client& client, EVP_PKEY* public_key, cons
         return std::nullopt;
       }
     }
+    // The shipper uploads a segment's manifest last: segments after the
+    // node's last manifest whose own manifest is not in the bucket are still
+    // being shipped (or were cut off by a stop and will be again), not
+    // tampering. A missing manifest before that is a problem, reported by
+    // verify_archive below.
+    std::uint64_t last_manifest_seq = 0;
+    for (const auto& [file, o] : by_file)
+      if (file.ends_with(kManifestSuffix))
+        if (auto sn = parse_segment_name(file.substr(0, file.size() - kManifestSuffix.size())))
+          last_manifest_seq = std::max(last_manifest_seq, sn->seq);
+    for (const auto& [file, o] : by_file) {
+      auto sn = parse_segment_name(file);
+      if (!sn || sn->open || sn->seq <= last_manifest_seq || by_file.count(file + std::string(kManifestSuffix)))
+        continue;
+      for (const auto& [other, o2] : by_file)
+        if (other.rfind(file, 0) == 0) fs::remove(fs::path(dir) / other, ec);
+      rep.findings.push_back(finding(FindingKind::unsealed, node + "/" + file,
+                                     "shipping not finished: its manifest is not in the bucket yet"));
+    }
     auto report = verify_archive(dir, public_key, error);
     if (!report) return std::nullopt;
     for (auto f : report->findings) {

@@ -388,9 +388,15 @@ def main(t):
         # Every confirmed upload but those after the last seal is in a manifest.
         assert recorded and all(shipped_a[f] == v for f, (v, _) in recorded.items()), (recorded, shipped_a)
         assert len(recorded) >= len(shipped_a) - 5, (len(recorded), len(shipped_a))
+        # A segment whose upload a stop cut off before its manifest: in flight,
+        # a note, not a problem (the next start ships it again).
+        inflight = "proxies/proxyB/%s/proxyB-20261127T235959Z-999999.warc.gz" % time.strftime("%Y/%m/%d", time.gmtime())
+        st, _ = rgw.put_object(BUCKET, inflight, b"partial upload")
+        assert st == 200, st
         cp = verify_s3()
         assert cp.returncode == 0 and "intact" in cp.stdout, cp.stdout[-1500:] + cp.stderr
         assert "2 nodes" in cp.stdout, cp.stdout[-300:]
+        assert "unsealed" in cp.stdout and "999999" in cp.stdout, cp.stdout[-800:]
 
     with t.check("archive search s3:// finds the shipped exchanges of both nodes from their sidecars"):
         def search(*args):
@@ -476,16 +482,19 @@ def main(t):
             os.kill(p.pid, signal.SIGKILL)
             p.stop(sig=None)
         p, sport = crash_proxy(9)
-        assert wait_for(lambda: metric(p, "sightline_archive_s3_backlog_segments") == 0 and
-                        metric(p, "sightline_archive_s3_last_success_timestamp_seconds") > 0, 60), \
-            p.stderr_text()[-2000:]
+        # Its start sealed what the last crash left open (before it accepted
+        # connections): done once every sealed segment is complete.
+        def all_shipped():
+            done = {e["segment"] for e in journal(d6) if e.get("complete")}
+            return set(sealed(d6)) <= done
+        assert wait_for(all_shipped, 60), p.stderr_text()[-2000:]
         assert p.stop() == 0
         j = journal(d6)
         files = [e["file"] for e in j if "file" in e]
         assert len(files) == len(set(files)), "a file journaled twice"
         done = {e["segment"] for e in j if e.get("complete")}
         local = set(sealed(d6))
-        assert len(local) >= 4 and local - {max(local)} <= done, (sorted(local), sorted(done))
+        assert len(local) >= 4 and local <= done, (sorted(local), sorted(done))
         keys = [v["key"] for v in rgw.list_versions(BUCKET, "crash/")]
         assert len(keys) == len(set(keys)), "a key has two versions"
         cp = subprocess.run([h.sightline_bin(), "archive", "verify", "s3://%s/crash" % BUCKET, "--endpoint",
