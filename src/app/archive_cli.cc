@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 
 namespace sightline::app {
 
@@ -136,8 +137,13 @@ int search_s3(const Flags& f, const std::pair<archive::Filter, nlohmann::ordered
     const std::string dir = (fs::path(work) / node).string();
     std::error_code ec;
     fs::create_directories(dir, ec);
+    std::set<std::string> files;
+    for (const archive::BucketObject* o : objs) files.insert(o->file);
     for (const archive::BucketObject* o : objs) {
       const bool segment = o->file.ends_with(archive::kSealedSuffix);
+      // A segment whose manifest is not in the bucket yet is still being
+      // shipped: nothing to search in it (verify s3:// notes it).
+      if (segment && !files.count(o->file + std::string(archive::kManifestSuffix))) continue;
       const bool needed = o->file.ends_with(archive::kIndexSuffix) || o->file.ends_with(archive::kManifestSuffix) ||
                           o->file.ends_with(archive::kSignatureSuffix) || (segment && !f.text.empty());
       if (needed) {

@@ -367,7 +367,7 @@ ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal&
     report.errors.push_back(opts.dir + ": " + why);
     return report;
   }
-  std::vector<SegmentToShip> todo;
+  std::vector<SegmentToShip> pending;
   for (const auto& n : *names) {
     auto sn = parse_segment_name(n);
     if (!sn || sn->open || journal.complete(n)) continue;
@@ -402,11 +402,11 @@ ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal&
       auto sz = fs::file_size(fs::path(opts.dir) / f, ec);
       if (!ec) s.bytes += sz;
     }
-    todo.push_back(std::move(s));
+    pending.push_back(std::move(s));
   }
-  std::sort(todo.begin(), todo.end(), [](const auto& a, const auto& b) { return a.sealed_us < b.sealed_us; });
+  std::sort(pending.begin(), pending.end(), [](const auto& a, const auto& b) { return a.sealed_us < b.sealed_us; });
   bool down = false;
-  for (const auto& seg : todo) {
+  for (const auto& seg : pending) {
     if (down || (opts.stop && opts.stop->load(std::memory_order_relaxed))) break;
     const std::string node = opts.node_id.empty() ? seg.manifest.writer : opts.node_id;
     std::optional<std::string> err;
@@ -431,7 +431,7 @@ ShipReport ship_sealed(const ShipOptions& opts, s3::Client& client, ShipJournal&
   const auto now_us =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
-  for (const auto& seg : todo) {
+  for (const auto& seg : pending) {
     if (journal.complete(seg.name)) continue;
     ++report.backlog_segments;
     report.backlog_bytes += seg.bytes;
