@@ -13,9 +13,9 @@ cd "$here"
 
 build_pkgs=(meson ninja-build pkg-config g++ libssl-dev libuv1-dev libnghttp2-dev
             prometheus-cpp-dev libtomlplusplus-dev doctest-dev nlohmann-json3-dev
-            libcli11-dev libidn2-dev zlib1g-dev libisal-dev libcurl4-openssl-dev cmake openssl ca-certificates)
+            libcli11-dev libidn2-dev zlib1g-dev libisal-dev libcurl4-openssl-dev libcap-dev cmake openssl ca-certificates)
 test_pkgs=(nginx-light curl nghttp2-client python3 procps iproute2 prometheus nftables iptables haproxy openssl tshark
-           c-icap libc-icap-mod-urlcheck ceph-mon ceph-osd radosgw ceph-common)
+           c-icap libc-icap-mod-urlcheck ceph-mon ceph-osd radosgw ceph-common testssl.sh)
 fuzz_pkgs=(clang libclang-rt-14-dev)
 
 as_root() {
