@@ -7,6 +7,17 @@
 namespace sightline::tls {
 namespace {
 
+// TLS 1.3: OpenSSL's default suites, named here so that a system openssl.cnf
+// (Ciphersuites = ...) cannot add others such as TLS_AES_128_CCM_8_SHA256.
+constexpr const char* kTls13Ciphers =
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+// Handshake signatures: OpenSSL's default list without SHA-224 and DSA, which
+// no browser offers (SHA-1 is already excluded by security level 2).
+constexpr const char* kSigalgs =
+    "ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512:ed25519:ed448:"
+    "rsa_pss_pss_sha256:rsa_pss_pss_sha384:rsa_pss_pss_sha512:"
+    "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512:"
+    "RSA+SHA256:RSA+SHA384:RSA+SHA512";
 // Mozilla "intermediate" TLS 1.2 suites: ECDHE key exchange, AEAD only.
 constexpr const char* kTls12Ciphers =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -59,11 +70,21 @@ int new_upstream_session(SSL* ssl, SSL_SESSION* session) {
 bool common_settings(SSL_CTX* ctx, bool min13, const char* tls12_ciphers, std::string* error) {
   SSL_CTX_set_min_proto_version(ctx, min13 ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  // Security level 2 (112-bit): RSA and DH keys of 2048 bits or more, ECC of
+  // 224 or more, no SHA-1 signatures, in handshakes and certificate chains
+  // (the origin's included). Debian's libssl defaults to it already; set here
+  // so that neither another build of OpenSSL (upstream defaults to 1) nor a
+  // system openssl.cnf (CipherString = ...:@SECLEVEL=1) can lower it. The
+  // versions, suites, signature algorithms and groups below likewise
+  // override that file.
+  SSL_CTX_set_security_level(ctx, 2);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
   // No SSL_MODE_RELEASE_BUFFERS: it frees and re-allocates the 17 KiB
   // record buffers around every record of a keep-alive connection. The
   // session frees them once a connection is quiet (Session::on_timer).
   if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers) != 1 ||
+      SSL_CTX_set_ciphersuites(ctx, kTls13Ciphers) != 1 ||
+      SSL_CTX_set1_sigalgs_list(ctx, kSigalgs) != 1 ||
       SSL_CTX_set1_groups_list(ctx, group_list()) != 1) {
     if (error) *error = "TLS parameters: " + drain_errors();
     return false;

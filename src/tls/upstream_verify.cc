@@ -115,7 +115,10 @@ bool prepare_upstream_ssl(SSL* ssl, const std::string& verify_name, bool is_ip,
                           UpstreamVerifyState* state) {
   SSL_set_ex_data(ssl, verify_index(), state);
   X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+  // As browsers (and RFC 9525): the name must be in a subjectAltName; the
+  // subject CN of a certificate without DNS names is never matched.
+  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+                                             X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
   if (is_ip) return X509_VERIFY_PARAM_set1_ip_asc(param, verify_name.c_str()) == 1;
   return SSL_set1_host(ssl, verify_name.c_str()) == 1;
 }
