@@ -159,6 +159,46 @@ class Parser {
     return true;
   }
 
+  // Ports as integers or "LOW-HIGH" strings: [443, 8443, "1024-65535"].
+  bool get_port_list(const toml::table& t, const std::string& prefix, std::string_view key,
+                     std::vector<std::string>& out) {
+    const toml::node* n = t.get(key);
+    if (!n) return true;
+    const toml::array* arr = n->as_array();
+    if (!arr) return fail(n->source(), join(prefix, key), "expected an array of ports");
+    std::vector<std::string> v;
+    for (auto& e : *arr) {
+      std::string text;
+      if (auto i = e.value<std::int64_t>(); e.is_integer() && i) text = std::to_string(*i);
+      else if (auto str = e.value<std::string>(); e.is_string() && str) text = *str;
+      policy::PortRange r;
+      std::string why;
+      if (!policy::parse_port_range(text, r, why))
+        return fail(e.source(), join(prefix, key), "expected ports (1-65535) or \"LOW-HIGH\" ranges");
+      v.push_back(text);
+    }
+    out = std::move(v);
+    return true;
+  }
+
+  // A list of address prefixes ("10.0.0.0/8", "::1"); each checked now.
+  bool get_cidr_list(const toml::table& t, const std::string& prefix, std::string_view key,
+                     std::vector<std::string>& out) {
+    std::vector<std::string> v = out;
+    if (!get_string_list(t, prefix, key, v)) return false;
+    policy::AccessSettings probe;
+    probe.allow_clients = v;
+    std::string why;
+    if (!policy::AccessRules::build(probe, why)) {
+      auto pos = why.find(": ");
+      return fail(t.get(key)->source(), join(prefix, key),
+                  "expected address prefixes such as \"10.0.0.0/8\" or \"::1\" (" +
+                      (pos == std::string::npos ? why : why.substr(pos + 2)) + ")");
+    }
+    out = std::move(v);
+    return true;
+  }
+
   const toml::table* section(const toml::table& root, std::string_view name) {
     const toml::node* n = root.get(name);
     if (!n) return nullptr;
@@ -173,7 +213,8 @@ class Parser {
   bool parse(const toml::table& root, Config& cfg) {
     if (!check_keys(root, "", {"workers", "listener", "ca", "client", "upstream", "forge",
                                "timeouts", "limits", "http", "http2", "policy", "admin",
-                               "shutdown", "log", "pcap", "keylog", "events", "icap", "archive", "identity"}))
+                               "shutdown", "log", "pcap", "keylog", "events", "icap", "archive", "identity",
+                               "access", "process"}))
       return false;
     std::uint64_t u = 0;
     if (!get_uint(root, "", "workers", 0, 256, u)) return false;
@@ -289,9 +330,12 @@ class Parser {
 
     if (auto* t = section(root, "limits")) {
       std::uint64_t head = cfg.max_request_head, hello = cfg.max_client_hello,
-                    relay = cfg.relay_high_watermark, http_head = cfg.max_http_head;
+                    relay = cfg.relay_high_watermark, http_head = cfg.max_http_head,
+                    conns = cfg.max_connections, per_client = cfg.max_connections_per_client;
       if (!check_keys(*t, "limits", {"max_request_head", "max_client_hello", "relay_buffer",
-                                     "max_http_head"}) ||
+                                     "max_http_head", "max_connections", "max_connections_per_client"}) ||
+          !get_uint(*t, "limits", "max_connections", 0, 10'000'000, conns) ||
+          !get_uint(*t, "limits", "max_connections_per_client", 0, 10'000'000, per_client) ||
           !get_uint(*t, "limits", "max_http_head", 1024, 1 << 20, http_head) ||
           !get_uint(*t, "limits", "max_request_head", 1024, 1 << 20, head) ||
           !get_uint(*t, "limits", "max_client_hello", 1024, 64 * 1024, hello) ||
@@ -301,6 +345,32 @@ class Parser {
       cfg.max_client_hello = hello;
       cfg.relay_high_watermark = relay;
       cfg.max_http_head = http_head;
+      cfg.max_connections = conns;
+      cfg.max_connections_per_client = per_client;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "access")) {
+      auto& a = cfg.access;
+      if (!check_keys(*t, "access", {"allow_clients", "connect_ports", "http_ports", "deny_destinations",
+                                     "allow_destinations", "deny_own_listeners"}) ||
+          !get_cidr_list(*t, "access", "allow_clients", a.allow_clients) ||
+          !get_port_list(*t, "access", "connect_ports", a.connect_ports) ||
+          !get_port_list(*t, "access", "http_ports", a.http_ports) ||
+          !get_cidr_list(*t, "access", "deny_destinations", a.deny_destinations) ||
+          !get_cidr_list(*t, "access", "allow_destinations", a.allow_destinations) ||
+          !get_bool(*t, "access", "deny_own_listeners", a.deny_own_listeners))
+        return false;
+    }
+    if (bad_section_) return false;
+
+    if (auto* t = section(root, "process")) {
+      if (!check_keys(*t, "process", {"user", "group"}) ||
+          !get_string(*t, "process", "user", cfg.run_as_user) ||
+          !get_string(*t, "process", "group", cfg.run_as_group))
+        return false;
+      if (cfg.run_as_user.empty() && !cfg.run_as_group.empty())
+        return fail(t->get("group")->source(), "process.group", "needs process.user as well");
     }
     if (bad_section_) return false;
 

@@ -3,6 +3,7 @@
 // file, line and key named.
 #pragma once
 
+#include "policy/access.h"
 #include "tls/upstream_verify.h"
 
 #include <sys/socket.h>
@@ -194,6 +195,16 @@ struct Config {
   std::size_t max_client_hello = 16 * 1024;
   std::size_t relay_high_watermark = 256 * 1024;
   std::size_t max_http_head = 64 * 1024;  // HTTP/1.1 head and trailer sections
+  // Client connections open at once, in total and per client address (0: no limit).
+  std::uint64_t max_connections = 20000;
+  std::uint64_t max_connections_per_client = 1000;
+
+  // Who may use the proxy and where it may connect (docs/access.md).
+  policy::AccessSettings access;
+
+  // Drop to this user (and group: default the user's) once listeners are
+  // bound and keys read; empty: keep running as started.
+  std::string run_as_user, run_as_group;
 
   std::string via = "sightline";  // Via pseudonym added by the plain-HTTP proxy; "" for none
 

@@ -1,6 +1,7 @@
 #include "app/server.h"
 
 #include "app/hooks.h"
+#include "app/privileges.h"
 #include "archive/keys.h"
 #include "archive/tap.h"
 #include "hooks/exchange_tap.h"
@@ -15,6 +16,7 @@
 #include "sightline_build.h"
 #include "tls/contexts.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -143,6 +145,18 @@ bool build_context(const Config& cfg, proxy::ProxyContext& ctx, [[maybe_unused]]
   s.first_byte_timeout = cfg.first_byte_timeout;
   for (const auto& l : cfg.listeners) ctx.own_addresses.push_back(l.addr);
   if (auto admin = net::parse_listen_address(cfg.admin_listen)) ctx.own_addresses.push_back(*admin);
+  {
+    std::string why;
+    auto rules = policy::AccessRules::build(cfg.access, why);
+    if (!rules) {
+      if (error) *error = "access: " + why;
+      return false;
+    }
+    rules->add_own_endpoints(ctx.own_addresses);
+    ctx.access = std::make_unique<policy::AccessRules>(std::move(*rules));
+  }
+  if (cfg.max_connections != 0 || cfg.max_connections_per_client != 0)
+    ctx.limits = std::make_unique<net::ConnectionLimits>(cfg.max_connections, cfg.max_connections_per_client);
   s.max_request_head = cfg.max_request_head;
   s.max_client_hello = cfg.max_client_hello;
   s.relay_high_watermark = cfg.relay_high_watermark;
@@ -419,8 +433,28 @@ class PolicyWatcher {
 
 }  // namespace
 
+// An intercepted connection holds two descriptors; the soft limit (often
+// 1024) goes up to the hard one, and a limit that cannot hold
+// limits.max_connections is said at startup rather than found as accept
+// errors under load.
+void raise_fd_limit(const Config& cfg) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  std::uint64_t want = cfg.max_connections * 2 + 1024;
+  if (cfg.max_connections != 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    log::emit(log::Level::warn, {{"event", "fd_limit"}, {"limit", static_cast<std::uint64_t>(rl.rlim_cur)},
+                                 {"max_connections", cfg.max_connections}, {"wanted", want},
+                                 {"msg", "the descriptor limit (LimitNOFILE) cannot hold limits.max_connections"}});
+}
+
 int run_server(const Config& cfg) {
   const auto started = std::chrono::steady_clock::now();
+  raise_fd_limit(cfg);
   unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
   metrics::ProxyMetrics m(n, hook_consumer_count(cfg));
   proxy::ProxyContext ctx;
@@ -595,6 +629,23 @@ int run_server(const Config& cfg) {
       static_cast<tls::TicketKeys*>(t->data)->expire(tls::TicketKeys::Clock::now());
     }, 60'000, 60'000);
     uv_unref(ticket_key_expiry.handle());
+  }
+
+  // Everything that needs root is done: listeners bound, keys and files read.
+  if (!cfg.run_as_user.empty()) {
+    bool keep_net_admin = std::any_of(cfg.listeners.begin(), cfg.listeners.end(), [](const ListenerConfig& l) {
+      return l.mode == ListenerMode::tproxy && l.spoof_source;
+    });
+    std::string why;
+    if (!drop_privileges(cfg.run_as_user, cfg.run_as_group, keep_net_admin, &why)) {
+      log::emit(log::Level::error, {{"event", "startup_failed"}, {"msg", why}});
+      for (auto& w : workers) w->stop();
+      return 1;
+    }
+    log::emit(log::Level::info, {{"event", "privileges_dropped"}, {"user", cfg.run_as_user},
+                                 {"uid", static_cast<std::uint64_t>(getuid())},
+                                 {"gid", static_cast<std::uint64_t>(getgid())},
+                                 {"cap_net_admin", keep_net_admin}});
   }
 
   for (auto& w : workers) w->start_thread();

@@ -1,6 +1,7 @@
 #include "archive/keys.h"
 
 #include "archive/warc.h"
+#include "core/private_file.h"
 
 #include <openssl/pem.h>
 #include <fcntl.h>
@@ -90,6 +91,10 @@ bool keygen(const std::string& path, std::string* error) {
 }
 
 tls::EvpPkeyPtr load_signing_key(const std::string& path, std::string* error) {
+  if (std::string why; !core::check_private_file(path, "archive signing key", why)) {
+    *error = std::move(why);
+    return nullptr;
+  }
   auto bio = open_pem(path, error);
   if (!bio) return nullptr;
   tls::EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));

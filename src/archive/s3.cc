@@ -1,6 +1,7 @@
 #include "archive/s3.h"
 
 #include "archive/warc.h"
+#include "core/private_file.h"
 #include "tls/ossl.h"
 
 #include <curl/curl.h>
@@ -258,6 +259,10 @@ std::optional<Credentials> resolve_credentials(const std::string& access_key, co
     return Credentials{access_key, secret_key};
   }
   if (!file.empty()) {
+    if (std::string reason; !core::check_private_file(file, "credentials file", reason)) {
+      *why = std::move(reason);
+      return std::nullopt;
+    }
     std::ifstream in(file);
     if (!in) {
       *why = "cannot read credentials file " + file;

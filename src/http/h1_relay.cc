@@ -369,6 +369,7 @@ void H1Relay::on_end(Side from, bool clean) {
   // Upstream ended: completes a body delimited by the close.
   bool whole = tunnel_ || responses_.finish();
   if (!whole || !awaiting_response_.empty()) {
+    io_.note_failure(core::FailureCause::upstream_reset);
     auto& front = awaiting_response_.empty() ? current_request_ : awaiting_response_.front();
     if (front && !front->response_head_forwarded) {
       answer_and_close(502, "origin closed the connection before responding");
@@ -382,6 +383,8 @@ void H1Relay::on_end(Side from, bool clean) {
   if (!clean) io_.set_close_reason("upstream closed without close_notify");
   end_side(Side::client, clean);
 }
+
+bool H1Relay::awaiting_origin() const { return !awaiting_response_.empty(); }
 
 bool H1Relay::origin_idle() const {
   return keep_origin_ && origin_keep_alive_ && !origin_pinned_ && !tunnel_ && !closing_ && !refusal_ &&
@@ -404,6 +407,7 @@ void H1Relay::request_failed(const H1Parser::Error& err) {
     current_request_.reset();
   }
   io_.stop_reading(Side::client);
+  io_.note_failure(core::FailureCause::client_bad_request);
   if (awaiting_response_.empty()) {
     answer_and_close(err.status, err.reason);
   } else {
@@ -414,6 +418,7 @@ void H1Relay::request_failed(const H1Parser::Error& err) {
 }
 
 void H1Relay::response_failed(std::string reason) {
+  io_.note_failure(core::FailureCause::upstream_protocol);
   reason = "invalid response from origin: " + reason;
   if (!awaiting_response_.empty() && !awaiting_response_.front()->response_head_forwarded) {
     answer_and_close(502, reason);

@@ -33,6 +33,7 @@ class H1Relay final : public Relay {
   void on_data(Side from, std::span<const char> data) override;
   void on_end(Side from, bool clean) override;
   bool origin_idle() const override;
+  bool awaiting_origin() const override;
   void trim() override {
     requests_.trim();
     responses_.trim();

@@ -833,6 +833,8 @@ void H2Relay::on_data(Side from, std::span<const char> data) {
     // nghttp2 has queued a GOAWAY for the offender; send it, then stop.
     std::string why = std::string("HTTP/2 protocol error from ") + side_name(from) + ": " +
                       nghttp2_strerror(static_cast<int>(rc));
+    io_.note_failure(from == Side::client ? core::FailureCause::client_bad_request
+                                          : core::FailureCause::upstream_protocol);
     io_.set_close_reason(why);
     flush();
     failed_ = true;
@@ -873,6 +875,7 @@ void H2Relay::on_end(Side from, bool clean) {
   // cut short are reset.
   for (auto& [id, st] : streams_) {
     if (st->down_closed) continue;
+    io_.note_failure(core::FailureCause::upstream_reset);
     st->up_closed = true;
     if (!st->resp_head_sent) {
       answer_error(*st, 502, "origin closed the connection before responding");
@@ -883,6 +886,12 @@ void H2Relay::on_end(Side from, bool clean) {
   nghttp2_submit_goaway(down_, NGHTTP2_FLAG_NONE, last_down_stream_, NGHTTP2_NO_ERROR, nullptr, 0);
   flush();
   check_done();
+}
+
+bool H2Relay::awaiting_origin() const {
+  for (const auto& [id, st] : streams_)
+    if (st->up_id > 0 && !st->resp_end && !st->down_closed) return true;
+  return false;
 }
 
 void H2Relay::on_writable(Side) {

@@ -54,6 +54,7 @@ class H2Relay final : public Relay {
   void on_data(Side from, std::span<const char> data) override;
   void on_end(Side from, bool clean) override;
   void on_writable(Side to) override;
+  bool awaiting_origin() const override;
 
   struct Stream;
 

@@ -4,6 +4,7 @@
 // that also feed the exchange-event consumers.
 #pragma once
 
+#include "core/failure_cause.h"
 #include "core/log.h"
 #include "icap/icap_chain.h"
 
@@ -110,6 +111,9 @@ class RelayIo {
   virtual void fail(std::string reason) = 0;
   // Records why the connection ends, for the connection log line.
   virtual void set_close_reason(std::string reason) = 0;
+  // Classifies the failure ending the connection (log field and metric);
+  // the first one noted wins.
+  virtual void note_failure(core::FailureCause /*cause*/) {}
 };
 
 class Relay {
@@ -126,6 +130,9 @@ class Relay {
   // held, and it was never asked to close: the session may keep it for
   // another client connection (upstream.reuse).
   virtual bool origin_idle() const { return false; }
+  // A request went to the origin and its response is not complete: an idle
+  // timeout or a reset now is the origin's failure, not the client's.
+  virtual bool awaiting_origin() const { return false; }
   // Later exchanges go over another origin connection (an idle client's
   // origin connection was released and a new one taken): their records
   // carry its facts.

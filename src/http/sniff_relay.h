@@ -51,6 +51,7 @@ class SniffRelay final : public Relay {
   }
 
   bool origin_idle() const override { return inner_ && inner_->origin_idle(); }
+  bool awaiting_origin() const override { return inner_ && inner_->awaiting_origin(); }
   void trim() override {
     if (inner_) inner_->trim();
   }

@@ -134,6 +134,10 @@ ProxyMetrics::ProxyMetrics(unsigned workers, unsigned hook_consumers)
   icap_bypass_plain_http = r.counter("sightline_icap_bypassed_total",
                                      "HTTP messages relayed without ICAP adaptation, by reason.",
                                      {{"reason", "plain_http"}});
+  for (std::size_t c = 1; c < core::kFailureCauseNames.size(); ++c)
+    connection_failures[c] = r.counter("sightline_connection_failures_total",
+                                       "Client connections that ended on a failure, by cause.",
+                                       {{"cause", std::string(core::kFailureCauseNames[c])}});
   archive_backpressure = r.counter("sightline_archive_backpressure_total",
                                    "Archived connections paused because the archive queue was full.");
   for (std::size_t a = 0; a < kAuth.size(); ++a)

@@ -4,6 +4,7 @@
 // client addresses), so cardinality is bounded. docs/metrics.md lists them.
 #pragma once
 
+#include "core/failure_cause.h"
 #include "metrics/registry.h"
 
 #include <array>
@@ -47,6 +48,8 @@ struct ProxyMetrics {
              static_cast<std::size_t>(Mode::count)>
       connections;
   PerValue<ConnAction, GaugeId> active_connections;
+  // Connections that ended on a failure, by core::FailureCause (none unused).
+  std::array<CounterId, static_cast<std::size_t>(core::FailureCause::count)> connection_failures{};
   PerValue<ConnAction, CounterId> bytes_client_to_server, bytes_server_to_client;
 
   // Stage latencies (seconds).

@@ -31,8 +31,9 @@ UpstreamConn::UpstreamConn(uv_loop_t* loop, std::string host, std::uint16_t port
 
 UpstreamConn::~UpstreamConn() = default;
 
-void UpstreamConn::connect(std::chrono::milliseconds timeout, Owner* owner) {
+void UpstreamConn::connect(std::chrono::milliseconds timeout, Owner* owner, const DestinationCheck* check) {
   owner_ = owner;
+  check_ = check;
   connecting_ = true;
   timer_.init(uv_timer_init, loop_);
   timer_.get()->data = this;
@@ -61,7 +62,7 @@ void UpstreamConn::on_resolved(int status, addrinfo* res) {
   addrs_.reset(res);
   if (!connecting_ || closed_) return;
   if (status != 0 || !res) {
-    fail_connect("DNS resolution failed for " + host_ + ": " + uv_strerror(status));
+    fail_connect("DNS resolution failed for " + host_ + ": " + uv_strerror(status), kResolveFailed);
     return;
   }
   next_ = addrs_.get();
@@ -69,8 +70,19 @@ void UpstreamConn::on_resolved(int status, addrinfo* res) {
 }
 
 void UpstreamConn::try_next() {
-  while (next_ && next_->ai_family != AF_INET && next_->ai_family != AF_INET6) next_ = next_->ai_next;
+  while (next_) {
+    if (next_->ai_family == AF_INET || next_->ai_family == AF_INET6) {
+      auto why = check_ ? check_->refuse_destination(*next_->ai_addr) : std::nullopt;
+      if (!why) break;
+      refused_ = std::move(*why);
+    }
+    next_ = next_->ai_next;
+  }
   if (!next_) {
+    if (last_error_.empty() && !refused_.empty()) {
+      fail_connect("destination refused: " + refused_, kDestinationRefused);
+      return;
+    }
     fail_connect("connect to " + key_ + " failed: " + (last_error_.empty() ? "no address" : last_error_));
     return;
   }
@@ -110,12 +122,12 @@ void UpstreamConn::try_next() {
   (void)req.release();
 }
 
-void UpstreamConn::fail_connect(std::string error) {
+void UpstreamConn::fail_connect(std::string error, int status) {
   if (!connecting_) return;
   connecting_ = false;
   timer_.reset();
   close();
-  if (owner_) owner_->on_upstream_connected(*this, -1, error);
+  if (owner_) owner_->on_upstream_connected(*this, status, error);
 }
 
 void UpstreamConn::write(std::span<const char> data) {

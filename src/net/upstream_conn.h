@@ -5,6 +5,7 @@
 #pragma once
 
 #include "core/uv_handle.h"
+#include "net/destination_check.h"
 
 #include <uv.h>
 
@@ -34,8 +35,10 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
                std::span<char> read_buffer);
   ~UpstreamConn();
 
-  // Resolves and connects; on_upstream_connected reports the result.
-  void connect(std::chrono::milliseconds timeout, Owner* owner);
+  // Resolves and connects to the first address `check` (if any) allows;
+  // on_upstream_connected reports the result (kDestinationRefused when
+  // every address was refused).
+  void connect(std::chrono::milliseconds timeout, Owner* owner, const DestinationCheck* check = nullptr);
   void set_owner(Owner* owner) { owner_ = owner; }
   void write(std::span<const char> data);
   std::size_t queued() const;
@@ -53,7 +56,7 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   struct WriteReq;
   void on_resolved(int status, addrinfo* res);
   void try_next();
-  void fail_connect(std::string error);
+  void fail_connect(std::string error, int status = -1);
 
   uv_loop_t* loop_;
   std::string host_;
@@ -67,6 +70,8 @@ class UpstreamConn : public std::enable_shared_from_this<UpstreamConn> {
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
   addrinfo* next_ = nullptr;
   std::string last_error_;
+  std::string refused_;  // why the last refused address was refused
+  const DestinationCheck* check_ = nullptr;
   bool connecting_ = false;
   bool connected_ = false;
   bool closed_ = false;

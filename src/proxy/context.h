@@ -21,8 +21,10 @@
 #include "tls/upstream_sessions.h"
 #include "tls/upstream_verify.h"
 #include "net/address.h"
+#include "net/conn_limits.h"
 #include "net/upstream_conn.h"
 #include "proxy/origin_pool.h"
+#include "policy/access.h"
 #include "policy/auto_bypass.h"
 #include "policy/store.h"
 #include "metrics/proxy_metrics.h"
@@ -96,6 +98,10 @@ struct ProxyContext {
   SessionSettings settings;
   // The proxy's own listening addresses (loop protection for transparent mode).
   std::vector<sockaddr_storage> own_addresses;
+  // Client allow-list, CONNECT/HTTP ports, refused destinations; null: no checks.
+  std::unique_ptr<policy::AccessRules> access;
+  // Connections open at once, shared by the workers; null: unlimited.
+  std::unique_ptr<net::ConnectionLimits> limits;
   tls::TlsContexts tls;
   tls::IssuingCa ca;
   tls::IssuingCa untrusted_ca;

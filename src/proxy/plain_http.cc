@@ -303,7 +303,7 @@ bool PlainHttpProxy::select_upstream(const std::string& host, std::uint16_t port
   }
   up_ = std::make_shared<net::UpstreamConn>(loop_, host, port, read_buffer_);
   io_.pause_reading(Side::client, true);  // until connected: bounded buffering
-  up_->connect(settings_.connect_timeout, this);
+  up_->connect(settings_.connect_timeout, this, settings_.destinations);
   return up_ != nullptr;
 }
 
@@ -335,7 +335,11 @@ void PlainHttpProxy::on_upstream_connected(net::UpstreamConn& c, int status, con
     bool timeout = error.find("timed out") != std::string::npos;
     up_.reset();
     outbox_.clear();
-    answer(timeout ? 504 : 502, error, true);
+    io_.note_failure(status == net::kDestinationRefused ? core::FailureCause::access_destination
+                     : status == net::kResolveFailed    ? core::FailureCause::upstream_dns
+                     : timeout                          ? core::FailureCause::upstream_connect_timeout
+                                                        : core::FailureCause::upstream_connect);
+    answer(status == net::kDestinationRefused ? 403 : timeout ? 504 : 502, error, true);
     return;
   }
   up_->read_start();
@@ -356,6 +360,7 @@ void PlainHttpProxy::on_upstream_data(net::UpstreamConn& c, std::span<const char
   }
   if (!responses_->feed(data)) {
     const std::string why = "invalid response from origin: " + responses_->error().reason;
+    io_.note_failure(core::FailureCause::upstream_protocol);
     if (!awaiting_.empty() && !awaiting_.front()->head_sent) {
       answer(502, why, true);
     } else {
@@ -364,12 +369,17 @@ void PlainHttpProxy::on_upstream_data(net::UpstreamConn& c, std::span<const char
   }
 }
 
+bool PlainHttpProxy::awaiting_origin() const {
+  return up_ && !awaiting_.empty();
+}
+
 void PlainHttpProxy::on_upstream_closed(net::UpstreamConn& c, const std::string& reason) {
   if (&c != up_.get()) return;
   up_.reset();
   // The close may be what delimits the body.
   bool whole = responses_ ? responses_->finish() : true;
   if (awaiting_.empty() && whole) return;
+  io_.note_failure(core::FailureCause::upstream_reset);
   if (!awaiting_.empty() && !awaiting_.front()->head_sent) {
     answer(502, "origin closed the connection before responding (" + reason + ")", true);
     return;

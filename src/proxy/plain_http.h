@@ -50,6 +50,7 @@ struct PlainHttpSettings {
   std::function<RequestPolicy(const net::HostPort& origin, std::string_view proxy_authorization)>
       decide;  // absent: allow all
   std::function<void()> on_icap_skip;
+  const net::DestinationCheck* destinations = nullptr;  // addresses never connected to
 };
 
 class PlainHttpProxy final : public http::Relay, public net::UpstreamConn::Owner {
@@ -63,6 +64,7 @@ class PlainHttpProxy final : public http::Relay, public net::UpstreamConn::Owner
   void on_data(http::Side from, std::span<const char> data) override;
   void on_end(http::Side from, bool clean) override;
   void on_writable(http::Side to) override;
+  bool awaiting_origin() const override;
 
   void on_upstream_connected(net::UpstreamConn& c, int status, const std::string& error) override;
   void on_upstream_data(net::UpstreamConn& c, std::span<const char> data) override;

@@ -179,6 +179,7 @@ void Session::on_proxy_header_data(const char* data, std::size_t n) {
       listener_.proxy_protocol == 1 ? net::ProxyProtocolVersion::v1 : net::ProxyProtocolVersion::v2, hdr);
   if (res.status == net::ProxyParseStatus::need_more) return;
   if (res.status == net::ProxyParseStatus::error) {
+    note_failure(core::FailureCause::client_bad_request);
     close("bad PROXY protocol header: " + res.reason);
     return;
   }
@@ -203,6 +204,7 @@ void Session::on_proxy_header_data(const char* data, std::size_t n) {
 
 void Session::after_proxy_header() {
   const ListenerInfo& listener = listener_;
+  if (!admit_client()) return;
   identify_by_address();
   if (listener.kind == ListenerKind::redirect || listener.kind == ListenerKind::tproxy) {
     begin_transparent();
@@ -224,6 +226,51 @@ void Session::after_proxy_header() {
     if (state_ != State::reading_request) return;
   }
   start_reading(client_);
+}
+
+bool Session::admit_client() {
+  const auto& client = reinterpret_cast<const sockaddr&>(client_sa_);
+  std::optional<AdmissionRefusal> refusal;
+  if (ctx_.access && !ctx_.access->client_allowed(client)) {
+    note_failure(core::FailureCause::access_client);
+    refusal = AdmissionRefusal{403, "client " + (client_ip_.empty() ? std::string("?") : client_ip_) +
+                                        " is not in access.allow_clients"};
+  } else if (ctx_.limits) {
+    switch (ctx_.limits->acquire(client, limit_slot_)) {
+      case net::ConnectionLimits::Verdict::ok:
+        return true;
+      case net::ConnectionLimits::Verdict::total:
+        note_failure(core::FailureCause::limit_connections);
+        refusal = AdmissionRefusal{503, "connection limit reached (limits.max_connections = " +
+                                            std::to_string(ctx_.limits->max_total()) + ")"};
+        break;
+      case net::ConnectionLimits::Verdict::per_client:
+        note_failure(core::FailureCause::limit_client);
+        refusal = AdmissionRefusal{503, "too many connections from " + client_ip_ +
+                                            " (limits.max_connections_per_client = " +
+                                            std::to_string(ctx_.limits->max_per_client()) + ")"};
+        break;
+    }
+  }
+  if (!refusal) return true;
+  set_action("reject");
+  if (listener_.kind != ListenerKind::explicit_proxy) {
+    close(refusal->reason);  // nothing on these listeners speaks HTTP to us first
+    return false;
+  }
+  // The client's request head is read (bounded by timeouts.handshake and
+  // limits.max_request_head) so it gets the answer rather than a reset.
+  admission_refusal_ = std::move(refusal);
+  state_ = State::reading_request;
+  arm_timer(ctx_.settings.handshake_timeout);
+  if (!inbuf_.empty()) {
+    std::string early;
+    early.swap(inbuf_);
+    on_request_data(early.data(), early.size());
+    if (state_ != State::reading_request) return false;
+  }
+  start_reading(client_);
+  return false;
 }
 
 // Transparent listener: the client thinks it talks to the origin. The
@@ -270,6 +317,7 @@ void Session::begin_transparent() {
   for (const auto& own : ctx_.own_addresses)
     if (same_endpoint(original_dst_, own)) {
       set_action("reject");
+      note_failure(core::FailureCause::access_destination);
       close("loop: the original destination " +
             net::sockaddr_to_string(reinterpret_cast<sockaddr*>(&original_dst_)) +
             " is one of the proxy's own listeners");
@@ -330,6 +378,18 @@ bool looks_like_plain_http(std::string_view s) {
 
 void Session::on_request_data(const char* data, std::size_t n) {
   inbuf_.append(data, n);
+  if (admission_refusal_) {
+    // Answered once the request is in (or at its size cap), so the client
+    // reads the refusal instead of a reset.
+    if (inbuf_.find("\r\n\r\n") == std::string::npos && inbuf_.size() < ctx_.settings.max_request_head)
+      return;
+    stop_reading(client_);
+    auto r = std::move(*admission_refusal_);
+    admission_refusal_.reset();
+    respond_error(r.status, r.status == 503 ? "Service Unavailable" : "Forbidden", "sightline: " + r.reason + "\n",
+                  r.reason, r.status == 503 ? "Retry-After: 1\r\n" : "");
+    return;
+  }
   if (looks_like_plain_http(inbuf_)) {
     if (!requires_password()) {
       start_plain_http();
@@ -355,6 +415,7 @@ void Session::on_request_data(const char* data, std::size_t n) {
   if (res.status == net::ParseStatus::need_more) return;
   stop_reading(client_);
   if (res.status == net::ParseStatus::error) {
+    note_failure(core::FailureCause::client_bad_request);
     const char* phrase = res.http_status == 405   ? "Method Not Allowed"
                          : res.http_status == 431 ? "Request Header Fields Too Large"
                          : res.http_status == 505 ? "HTTP Version Not Supported"
@@ -374,6 +435,13 @@ void Session::on_request_data(const char* data, std::size_t n) {
 }
 
 void Session::after_request_head() {
+  if (ctx_.access && !ctx_.access->connect_port_allowed(request_.authority.port)) {
+    note_failure(core::FailureCause::access_port);
+    std::string why = "CONNECT to port " + std::to_string(request_.authority.port) +
+                      " is not allowed (access.connect_ports)";
+    respond_error(403, "Forbidden", "sightline: " + why + "\n", why);
+    return;
+  }
   // A destination blocked by name, port or address is refused before any
   // connection is made; the ClientHello's SNI is checked again later.
   if (auto d = decide(false); d.action == policy::Action::block) {
@@ -402,6 +470,7 @@ bool Session::start_plain_http() {
   ps.connect_timeout = ctx_.settings.connect_timeout;
   ps.high_watermark = ctx_.settings.relay_high_watermark;
   ps.via = ctx_.settings.via;
+  ps.destinations = ctx_.access.get();
   ps.decide = [this](const net::HostPort& origin, std::string_view proxy_authorization) {
     return plain_request_policy(origin, proxy_authorization);
   };
@@ -456,6 +525,7 @@ void Session::on_resolved(int status, addrinfo* res) {
   t_resolved_ = uv_hrtime();
   if (!connecting()) return;  // closed or timed out meanwhile
   if (status != 0 || !res) {
+    note_failure(core::FailureCause::upstream_dns);
     connect_failed(std::string("DNS resolution failed for ") + request_.authority.host + ": " +
                    uv_strerror(status));
     return;
@@ -465,9 +535,23 @@ void Session::on_resolved(int status, addrinfo* res) {
 }
 
 void Session::connect_next() {
-  while (next_addr_ && next_addr_->ai_family != AF_INET && next_addr_->ai_family != AF_INET6)
+  // Addresses access.deny_destinations (or the proxy's own listeners)
+  // refuse are skipped, so a name resolving to one is refused too.
+  while (next_addr_) {
+    if (next_addr_->ai_family == AF_INET || next_addr_->ai_family == AF_INET6) {
+      auto why = ctx_.access ? ctx_.access->refuse_destination(*next_addr_->ai_addr) : std::nullopt;
+      if (!why) break;
+      refused_destination_ = std::move(*why);
+    }
     next_addr_ = next_addr_->ai_next;
+  }
+  if (!next_addr_ && last_connect_error_.empty() && !refused_destination_.empty()) {
+    note_failure(core::FailureCause::access_destination);
+    connect_failed("destination refused: " + refused_destination_, 403);
+    return;
+  }
   if (!next_addr_) {
+    note_failure(core::FailureCause::upstream_connect);
     connect_failed("connect to " + request_.authority.to_string() + " failed: " +
                    (last_connect_error_.empty() ? "no usable address" : last_connect_error_));
     return;
@@ -632,9 +716,11 @@ void Session::on_hello_data(const char* data, std::size_t n) {
         return;
       }
       set_action("reject");
+      note_failure(core::FailureCause::client_bad_request);
       close("not TLS after CONNECT: " + res.reason);
       return;
     case tls::HelloStatus::malformed:
+      note_failure(core::FailureCause::client_bad_request);
       close("malformed ClientHello: " + res.reason);
       return;
     case tls::HelloStatus::done:
@@ -770,6 +856,11 @@ PlainHttpSettings::RequestPolicy Session::plain_request_policy(const net::HostPo
     }
   }
   request_.authority = origin;
+  if (ctx_.access && !ctx_.access->http_port_allowed(origin.port)) {
+    note_failure(core::FailureCause::access_port);
+    p.block = "HTTP to port " + std::to_string(origin.port) + " is not allowed (access.http_ports)";
+    return p;
+  }
   policy::Decision d = decide(false);
   if (d.action == policy::Action::block) {
     p.block = "blocked by policy: " + describe(d);
@@ -1136,15 +1227,15 @@ bool Session::connecting() const {
 
 // Before the ClientHello the client hears it in HTTP (explicit listeners);
 // after it, on an intercepted connection, through the error page.
-void Session::connect_failed(std::string why) {
+void Session::connect_failed(std::string why, int status) {
   if (!late_connect_) {
-    respond_error(502, "Bad Gateway", "sightline: " + why + "\n", why);
+    respond_error(status, status == 403 ? "Forbidden" : "Bad Gateway", "sightline: " + why + "\n", why);
     return;
   }
   late_connect_ = false;
   switch (late_next_) {
     case LateNext::upstream_tls:  // the client's handshake waits: it gets the error page
-      refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
+      refuse_upstream(status == 403 ? SSL_AD_ACCESS_DENIED : SSL_AD_HANDSHAKE_FAILURE, std::move(why), status);
       return;
     case LateNext::reattach:  // the client's request gets the 502
       reattach_failed(std::move(why));
@@ -1152,7 +1243,8 @@ void Session::connect_failed(std::string why) {
     case LateNext::decide:  // nothing decided yet, but the client speaks TLS: the same
       set_action("intercept");
       start_client_tls();
-      if (state_ != State::closing) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, std::move(why));
+      if (state_ != State::closing)
+        refuse_upstream(status == 403 ? SSL_AD_ACCESS_DENIED : SSL_AD_HANDSHAKE_FAILURE, std::move(why), status);
       return;
     default:  // no client handshake: the client sees the close
       close(std::move(why));
@@ -1361,7 +1453,10 @@ void Session::drive_upstream_handshake() {
   }
   int err = SSL_get_error(upstream_.ssl.get(), rc);
   if (err == SSL_ERROR_WANT_READ) {
-    if (upstream_.eof) refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream closed during TLS handshake");
+    if (upstream_.eof) {
+      note_failure(core::FailureCause::upstream_tls);
+      refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream closed during TLS handshake");
+    }
     return;
   }
   t_upstream_hs_done_ = uv_hrtime();
@@ -1369,9 +1464,11 @@ void Session::drive_upstream_handshake() {
     verdict_ = tls::verdict_for(verify_.first_error);
     verdict_reason_ = tls::reason_for(verify_);
     ERR_clear_error();
+    note_failure(core::FailureCause::upstream_certificate);
     refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
     return;
   }
+  note_failure(core::FailureCause::upstream_tls);
   refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "upstream TLS handshake failed: " + tls::drain_errors());
 }
 
@@ -1424,6 +1521,7 @@ void Session::on_upstream_verified() {
   X509* origin = SSL_get0_peer_certificate(ssl);
   if (!judge_origin_certificate(ssl)) {
     if (!origin || rule_on_invalid_.value_or(ctx_.settings.on_invalid) == tls::OnInvalid::block) {
+      note_failure(core::FailureCause::upstream_certificate);
       refuse_upstream(SSL_AD_ACCESS_DENIED, "upstream certificate invalid: " + verdict_reason_);
       return;
     }
@@ -1469,6 +1567,7 @@ void Session::on_upstream_verified() {
   forged->cert = tls::forge_leaf(origin, issuer, forged->key.get(), &error);
   if (!forged->cert) {
     ctx_.cert_cache->publish(cache_key_, nullptr);
+    note_failure(core::FailureCause::internal);
     refuse_client(SSL_AD_INTERNAL_ERROR, error);
     return;
   }
@@ -1482,6 +1581,7 @@ void Session::on_forged(tls::ForgedPtr leaf) {
   if (state_ != State::forging) return;
   t_forge_done_ = uv_hrtime();
   if (!leaf) {
+    note_failure(core::FailureCause::internal);
     refuse_client(SSL_AD_INTERNAL_ERROR, "certificate forging failed in another connection");
     return;
   }
@@ -1601,6 +1701,7 @@ void Session::drive_client_handshake() {
   if (err == SSL_ERROR_WANT_READ) {
     if (client_.eof) {
       note_pinned_client("closed the connection after the forged certificate", nullptr);
+      note_failure(core::FailureCause::client_closed);
       close("client closed during TLS handshake");
     }
     return;
@@ -1609,6 +1710,7 @@ void Session::drive_client_handshake() {
     note_pinned_client("rejected the forged certificate with an alert", alert);
   std::string why = tls::drain_errors();
   // A client that rejects the forged certificate says so with an alert.
+  note_failure(core::FailureCause::client_tls);
   close("client TLS handshake failed: " + why);
 }
 
@@ -1921,6 +2023,7 @@ void Session::pump(Leg& from) {
       break;
     }
     if (&from == &upstream_) upstream_tls_error_ = true;
+    note_failure(&from == &upstream_ ? core::FailureCause::upstream_protocol : core::FailureCause::client_tls);
     close(std::string("TLS error from ") + from.name + ": " + tls::drain_errors());
     return;
   }
@@ -2075,6 +2178,21 @@ void Session::pause_reading(Side from, bool paused) {
 
 void Session::fail(std::string reason) { close(std::move(reason)); }
 
+// A reset or failed write. Before relaying it is the failure of whichever
+// side went; while relaying, only an origin cutting a response short is
+// one (a client leaving mid-way, or an idle origin going, fails nothing).
+void Session::note_leg_lost(const Leg& leg) {
+  if (state_ == State::closing) return;
+  bool relaying = state_ == State::relaying;
+  if (&leg == &client_) {
+    if (!relaying) note_failure(core::FailureCause::client_closed);
+  } else if (!relaying) {
+    note_failure(core::FailureCause::upstream_tls);
+  } else if (relay_ && relay_->awaiting_origin()) {
+    note_failure(core::FailureCause::upstream_reset);
+  }
+}
+
 void Session::set_close_reason(std::string reason) {
   if (close_reason_.empty()) close_reason_ = std::move(reason);
 }
@@ -2087,6 +2205,11 @@ void Session::maybe_finish() {
 void Session::on_leg_eof(Leg& from) {
   from.eof = true;
   stop_reading(from);
+  // A client that connects and closes without a byte (a load balancer's
+  // TCP health check) has not failed.
+  bool silent = (state_ == State::reading_request || state_ == State::reading_proxy_header) && inbuf_.empty();
+  if (&from == &client_ && state_ != State::relaying && state_ != State::closing && !silent)
+    note_failure(core::FailureCause::client_closed);
   switch (state_) {
     case State::reading_proxy_header:
       close("client closed before the PROXY header");
@@ -2123,6 +2246,7 @@ void Session::on_write_done(Leg& leg, int status) {
   if (state_ == State::closing) return;
   if (status < 0) {
     fatal_ = true;
+    note_leg_lost(leg);
     close(std::string("write to ") + leg.name + " failed: " + uv_strerror(status));
     return;
   }
@@ -2165,6 +2289,7 @@ void Session::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (&leg == &self->client_)
       self->note_pinned_client("reset the connection after the forged certificate", nullptr);
     self->fatal_ = true;
+    self->note_leg_lost(leg);
     self->close(std::string(leg.name) + " read error: " + uv_strerror(static_cast<int>(nread)));
     return;
   }
@@ -2241,6 +2366,7 @@ void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
       n -= static_cast<std::size_t>(w);
     } else if (w != 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
       fatal_ = true;
+      note_leg_lost(leg);
       close(std::string("write to ") + leg.name + " failed: " + uv_strerror(w));
       return;
     }
@@ -2261,6 +2387,7 @@ void Session::send_raw(Leg& leg, const char* data, std::size_t n) {
   if (rc == 0) ++leg.writes_in_flight;
   if (rc != 0) {
     fatal_ = true;
+    note_leg_lost(leg);
     close(std::string("write to ") + leg.name + " failed: " + uv_strerror(rc));
     return;
   }
@@ -2313,25 +2440,31 @@ void Session::arm_timer(std::chrono::milliseconds ms) {
 
 void Session::on_timer() {
   if (reattaching_ && !late_connect_ && state_ != State::closing) {
+    note_failure(core::FailureCause::upstream_timeout);
     reattach_failed("origin TLS handshake timed out");
     return;
   }
   if (late_connect_ && state_ != State::closing) {
+    note_failure(core::FailureCause::upstream_connect_timeout);
     connect_failed("connect to " + request_.authority.to_string() + " timed out after " +
                    std::to_string(ctx_.settings.connect_timeout.count()) + " ms");
     return;
   }
   switch (state_) {
     case State::reading_proxy_header:
+      note_failure(core::FailureCause::client_timeout);
       close("timed out waiting for the PROXY header");
       return;
     case State::reading_request:
+      note_failure(core::FailureCause::client_timeout);
       close("timed out waiting for the request head");
       return;
     case State::authenticating:
+      note_failure(core::FailureCause::internal);
       close("timed out checking the proxy credentials");
       return;
     case State::connecting: {
+      note_failure(core::FailureCause::upstream_connect_timeout);
       std::string why = "connect to " + request_.authority.to_string() + " timed out after " +
                         std::to_string(ctx_.settings.connect_timeout.count()) + " ms";
       respond_error(504, "Gateway Timeout", "sightline: " + why + "\n", why);
@@ -2341,7 +2474,11 @@ void Session::on_timer() {
       auto idle = static_cast<std::uint64_t>(ctx_.settings.idle_timeout.count());
       std::uint64_t quiet = uv_now(host_.loop()) - idle_since_;
       if (quiet >= idle) {
-        close("idle timeout");
+        // An exchange still waiting for its response is the origin's
+        // failure; a quiet keep-alive connection closing is none.
+        bool awaiting_origin = relay_ && relay_->awaiting_origin();
+        if (awaiting_origin) note_failure(core::FailureCause::upstream_timeout);
+        close(awaiting_origin ? "idle timeout waiting for the origin's response" : "idle timeout");
         return;
       }
       std::uint64_t next = idle - quiet;
@@ -2372,9 +2509,18 @@ void Session::on_timer() {
         start_splice("no client bytes: server speaks first, spliced");
         return;
       }
-      close("TLS handshake timed out");
+      note_failure(core::FailureCause::client_timeout);
+      close("timed out waiting for the ClientHello");
+      return;
+    case State::upstream_handshake:
+      note_failure(core::FailureCause::upstream_timeout);
+      // The client's handshake is still to come: it gets the 504 page,
+      // within a fresh handshake budget.
+      arm_timer(ctx_.settings.handshake_timeout);
+      refuse_upstream(SSL_AD_HANDSHAKE_FAILURE, "origin TLS handshake timed out", 504);
       return;
     default:
+      note_failure(state_ == State::forging ? core::FailureCause::internal : core::FailureCause::client_timeout);
       close("TLS handshake timed out");
       return;
   }
@@ -2399,6 +2545,7 @@ void Session::close(std::string reason) {
   if (upstream_.ssl && !upstream_tls_error_ && SSL_is_init_finished(upstream_.ssl.get()))
     SSL_set_shutdown(upstream_.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (close_reason_.empty() || close_reason_ == "closed") close_reason_ = std::move(reason);
+  limit_slot_.reset();
   if (tap_) tap_->close(client_.read_done && upstream_.read_done && !fatal_);
   if (reattaching_) {  // closed mid-way (shutdown, abort): metrics and the line take the first connection
     reattaching_ = false;
@@ -2454,6 +2601,7 @@ void Session::record_metrics() {
               : static_    ? metrics::Mode::static_target
                            : metrics::Mode::explicit_proxy;
   r.inc(s, m.connections[metrics::idx(mode)][metrics::idx(a)][metrics::idx(outcome)]);
+  if (cause_ != core::FailureCause::none) r.inc(s, m.connection_failures[static_cast<std::size_t>(cause_)]);
   r.inc(s, m.bytes_client_to_server[metrics::idx(a)], client_.plaintext_in);
   r.inc(s, m.bytes_server_to_client[metrics::idx(a)],
         client_.ssl ? upstream_.plaintext_in : plain_bytes_to_client_);
@@ -2501,6 +2649,7 @@ void Session::log_connection() {
       {"total_ms", ms_between(t_accept_, uv_hrtime())},
       {"close_reason", close_reason_},
   };
+  if (cause_ != core::FailureCause::none) j["cause"] = core::name(cause_);
   if (!user_.empty()) j["user"] = user_;
   if (!groups_.empty()) j["groups"] = groups_;
   if (auth_) j["auth"] = metrics::to_string(*auth_);

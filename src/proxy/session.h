@@ -80,6 +80,9 @@ class Session final : public tls::ClientHandshakeHandler,
   void flush_sends() override;
   void fail(std::string reason) override;
   void set_close_reason(std::string reason) override;
+  void note_failure(core::FailureCause cause) override {
+    if (cause_ == core::FailureCause::none) cause_ = cause;
+  }
 
  private:
   enum class State {
@@ -174,7 +177,11 @@ class Session final : public tls::ClientHandshakeHandler,
   void open_upstream();
   void adopt_origin(std::unique_ptr<ParkedOrigin> parked);
   void connect_late(LateNext next);
-  void connect_failed(std::string why);
+  void connect_failed(std::string why, int status = 502);
+  // Access control and connection limits, once the client's address is
+  // known (after a PROXY header); false when the connection is refused.
+  bool admit_client();
+  void note_leg_lost(const Leg& leg);
   bool connecting() const;
   void park_origin_if_idle();
   bool park_origin(bool client_stays);
@@ -292,6 +299,7 @@ class Session final : public tls::ClientHandshakeHandler,
   std::unique_ptr<addrinfo, void (*)(addrinfo*)> addrs_{nullptr, uv_freeaddrinfo};
   addrinfo* next_addr_ = nullptr;
   std::string last_connect_error_;
+  std::string refused_destination_;  // why the last refused address was (access.deny_destinations)
 
   tls::UpstreamVerifyState verify_;
   std::string verdict_ = "not-checked";
@@ -351,6 +359,14 @@ class Session final : public tls::ClientHandshakeHandler,
                 t_upstream_hs_start_ = 0, t_upstream_hs_done_ = 0, t_forge_start_ = 0,
                 t_forge_done_ = 0, t_client_hs_done_ = 0;
   std::string close_reason_;
+  core::FailureCause cause_ = core::FailureCause::none;
+  net::ConnectionLimits::Slot limit_slot_;  // held from admission to close
+  // An explicit listener's client refused at admission: answered after its request head.
+  struct AdmissionRefusal {
+    int status;
+    std::string reason;
+  };
+  std::optional<AdmissionRefusal> admission_refusal_;
   std::uint64_t plain_bytes_to_client_ = 0;  // plain HTTP: bytes sent to the client
   std::string codec_;  // "http/1.1", "h2", "opaque" once relaying
   std::string action_ = "none";  // until a decision is made

@@ -1,5 +1,7 @@
 #include "tls/enterprise_ca.h"
 
+#include "core/private_file.h"
+
 #include "tls/forge.h"
 #include "tls/leaf_keys.h"
 
@@ -36,15 +38,7 @@ std::optional<IssuingCa> load_issuing_ca(const std::string& cert_file,
     ERR_clear_error();
     return std::nullopt;
   };
-  struct stat st {};
-  if (::stat(key_file.c_str(), &st) != 0)
-    return fail("CA key " + key_file + ": " + std::strerror(errno));
-  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%03o", static_cast<unsigned>(st.st_mode & 0777));
-    return fail("CA key " + key_file + " is accessible by group or others (mode " + mode +
-                "); run chmod 600 on it");
-  }
+  if (std::string why; !core::check_private_file(key_file, "CA key", why)) return fail(std::move(why));
 
   FilePtr cf(std::fopen(cert_file.c_str(), "re"));
   if (!cf) return fail("CA certificate " + cert_file + ": " + std::strerror(errno));

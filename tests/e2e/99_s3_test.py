@@ -206,6 +206,7 @@ def main(t):
         bad = os.path.join(t.dir, "bad.credentials")
         with open(bad, "w") as f:
             f.write("%s\nwrong-secret-do-not-print\n" % rgw.access_key)
+        os.chmod(bad, 0o600)
         d3 = os.path.join(t.dir, "node3")
         archive(d3, 20, "node3")
         cp, lines = ship(d3, credentials=bad)

@@ -631,6 +631,24 @@ def make_config(pki, listen_port=None, workers=1, client=None, upstream=None,
     return text
 
 
+# The tests' origins listen on loopback ports of any number, and their
+# clients come from 198.51.100.0/24 namespaces too: a config that does not
+# set [access] itself gets this instead of the (stricter) defaults.
+PERMISSIVE_ACCESS = """
+[access]
+allow_clients = ["0.0.0.0/0", "::/0"]
+connect_ports = ["1-65535"]
+http_ports = ["1-65535"]
+allow_destinations = ["127.0.0.0/8", "::1"]
+"""
+
+
+def with_test_access(config_text):
+    if re.search(r"^\[access\]", config_text, re.M):
+        return config_text
+    return config_text + PERMISSIVE_ACCESS
+
+
 def sightline_bin():
     b = os.environ.get("SIGHTLINE_BIN") or os.path.join(SRC, "build", "sightline")
     if not os.access(b, os.X_OK):
@@ -649,6 +667,7 @@ class Proxy:
         self.name = name
         self.port = port
         self.config = os.path.join(t.dir, "%s.toml" % name)
+        config_text = with_test_access(config_text)
         with open(self.config, "w") as f:
             f.write(config_text)
         m = re.search(r'^\[admin\]\s*\nlisten = "127\.0\.0\.1:(\d+)"', config_text, re.M)
@@ -1313,6 +1332,21 @@ def expect_close(w):
     except (ConnectionResetError, BrokenPipeError):
         raise AssertionError("the proxy reset the client connection")
     assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
+
+
+def failure_counts(proxy):
+    """sightline_connection_failures_total by cause: {'access_port': 2.0, ...}."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    out = {}
+    for m in re.finditer(r'^sightline_connection_failures_total\{cause="([a-z_]+)"\} (\S+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
 
 
 def origin_metrics(proxy):
@@ -2044,6 +2078,7 @@ class NetnsProxy(Proxy):
         self.name = name
         self.port = None
         self.config = os.path.join(t.dir, "%s.toml" % name)
+        config_text = with_test_access(config_text)
         with open(self.config, "w") as f:
             f.write(config_text)
         m = re.search(r'^\[admin\]\s*\nlisten = "127\.0\.0\.1:(\d+)"', config_text, re.M)

@@ -49,6 +49,10 @@ TEST_CASE("s3: credentials from values, a file, or the environment") {
   std::ofstream(aws) << "[default]\n# comment\naws_access_key_id = AKF\naws_secret_access_key = SKF\n";
   std::ofstream(plain) << "AKP\nSKP\n";
   std::ofstream(empty) << "# nothing\n";
+  // A secret others can read is refused, whatever it holds.
+  CHECK_FALSE(s3::resolve_credentials("", "", aws, &why));
+  CHECK(why.find("chmod 600") != std::string::npos);
+  for (const auto& f : {aws, plain, empty}) std::filesystem::permissions(f, std::filesystem::perms::owner_read);
   c = s3::resolve_credentials("", "", aws, &why);
   REQUIRE_MESSAGE(c, why);
   CHECK((c->access_key == "AKF" && c->secret_key == "SKF"));
