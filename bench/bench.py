@@ -510,6 +510,12 @@ class Env:
         # before upstream.reuse (bench/run --rev) do not know the key.
         if self.binary_knows(b"reuse_per_origin", binary):
             lines.append("reuse = %s" % ("true" if reuse else "false"))
+        # The origins are on loopback, the load comes from one address:
+        # open what issue 11's defaults close (binaries from before it do
+        # not know the keys).
+        if self.binary_knows(b"deny_destinations", binary):
+            lines += ["", "[access]", 'connect_ports = ["1-65535"]', 'allow_destinations = ["127.0.0.0/8"]',
+                      "", "[limits]", "max_connections = 0", "max_connections_per_client = 0"]
         lines += ["",
                   "[policy]", 'files = ["%s"]' % (policy or d + "/policy/none.toml"), "",
                   "[log]", 'file = "%s/logs/%s.log"' % (d, name)]
