@@ -46,7 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 SANITIZED = os.environ.get("SIGHTLINE_SANITIZE", "none") not in ("", "none")
-DEFAULT_COUNT = 10_000
+# The normal build holds the 10,000 the issue asks for; under ASan+UBSan
+# (several times slower, and CI runs both in 30 minutes) 2,000 still put the
+# same code paths under load for the sanitizers.
+DEFAULT_COUNT = 2_000 if SANITIZED else 10_000
 COUNT = int(os.environ.get("SIGHTLINE_LOAD_CONNECTIONS") or DEFAULT_COUNT)
 WORKERS = 2                # client processes (2 cores: more only adds contention)
 IN_FLIGHT = 128            # handshakes in progress per worker at any time
