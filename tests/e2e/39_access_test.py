@@ -53,6 +53,15 @@ def expect_refusal(proxy, target, code_wanted, cause, text):
     return ev
 
 
+def get_1k(s, pki):
+    """GET /1k through an established tunnel, TLS with the forged certificate."""
+    ss = h.tls_over(s, h.client_context(pki.ca_cert), "127.0.0.1")
+    ss.sendall(b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    status, _, body = h.read_http_response(ss)
+    assert status == 200 and len(body) == 1024, (status, len(body))
+    return ss
+
+
 def proc_status(pid):
     out = {}
     with open("/proc/%d/status" % pid) as f:
@@ -116,10 +125,7 @@ def main(t):
         s, code, head = connect_from(own.port, "127.0.0.1:%d" % op)
         try:
             assert code == 200, head[:200]
-            ss = h.tls_over(s, h.client_context(pki.ca_cert), "127.0.0.1")
-            ss.sendall(b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            status, _, body = h.read_http_response(ss)
-            assert status == 200 and len(body) == 1024, (status, len(body))
+            get_1k(s, pki)
         finally:
             s.close()
 
@@ -178,11 +184,7 @@ def main(t):
             assert ev is not None and ev.get("cause") == "limit_connections", ev
 
         with t.check("held connections still work at the limit"):
-            ss = h.tls_over(held[0], h.client_context(pki.ca_cert), "127.0.0.1")
-            ss.sendall(b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            status, _, body = h.read_http_response(ss)
-            assert status == 200 and len(body) == 1024, (status, len(body))
-            ss.close()
+            get_1k(held[0], pki).close()
             held.pop(0)
 
         with t.check("a freed slot is usable again"):
@@ -217,10 +219,7 @@ def main(t):
         s, code, head = connect_from(p.port, target)
         try:
             assert code == 200, head[:200]
-            ss = h.tls_over(s, h.client_context(pki.ca_cert), "127.0.0.1")
-            ss.sendall(b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            status, _, body = h.read_http_response(ss)
-            assert status == 200 and len(body) == 1024, (status, len(body))
+            get_1k(s, pki)
         finally:
             s.close()
 

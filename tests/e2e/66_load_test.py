@@ -528,39 +528,12 @@ def describe_failures(total):
 # --------------------------------------------------------------------------
 # metrics
 
-def scrape(proxy):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=10)
-    try:
-        c.request("GET", "/metrics")
-        r = c.getresponse()
-        body = r.read().decode(errors="replace")
-        assert r.status == 200, "/metrics -> %d" % r.status
-        return body
-    finally:
-        c.close()
-
-
-_FAILURE = re.compile(r'^sightline_connection_failures_total\{(?:[^}]*,)?cause="([a-z_]+)"[^}]*\}\s+(\S+)$')
-
-
 def failures(proxy):
-    """{cause: count} from sightline_connection_failures_total."""
-    out = {}
-    for line in scrape(proxy).splitlines():
-        m = _FAILURE.match(line)
-        if m:
-            out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
-    return out
+    return h.failure_counts(proxy)
 
 
 def active_connections(proxy):
-    """Sum of sightline_active_connections over its labels."""
-    total = 0.0
-    for line in scrape(proxy).splitlines():
-        if line.startswith("sightline_active_connections"):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return h.active_connections(proxy)
 
 
 def cpu_seconds(pid):

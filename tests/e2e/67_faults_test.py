@@ -69,38 +69,12 @@ CAUSES = ("client_timeout", "client_closed", "client_tls", "client_bad_request",
 # --------------------------------------------------------------------------
 # metrics
 
-def scrape(proxy):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=10)
-    try:
-        c.request("GET", "/metrics")
-        r = c.getresponse()
-        body = r.read().decode(errors="replace")
-        assert r.status == 200, "/metrics -> %d" % r.status
-        return body
-    finally:
-        c.close()
-
-
-_FAILURE = re.compile(r'^sightline_connection_failures_total\{(?:[^}]*,)?cause="([a-z_]+)"[^}]*\}\s+(\S+)$')
-
-
 def failures(proxy):
-    """{cause: count} from sightline_connection_failures_total (absent: {})."""
-    out = {}
-    for line in scrape(proxy).splitlines():
-        m = _FAILURE.match(line)
-        if m:
-            out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
-    return out
+    return h.failure_counts(proxy)
 
 
 def active_connections(proxy):
-    total = 0.0
-    for line in scrape(proxy).splitlines():
-        if line.startswith("sightline_active_connections"):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return h.active_connections(proxy)
 
 
 def delta(before, after):
@@ -120,7 +94,7 @@ def expect_failures(proxy, before, want, timeout=10.0):
         return got == want
     if not h.wait_until(ok, timeout, 0.1):
         raise AssertionError("sightline_connection_failures_total moved by %r, expected %r%s" % (
-            got, want, "" if "sightline_connection_failures_total" in scrape(proxy)
+            got, want, "" if "sightline_connection_failures_total" in h.admin_metrics(proxy)
             else " (the metric is not exposed)"))
 
 

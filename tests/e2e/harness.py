@@ -1334,33 +1334,40 @@ def expect_close(w):
     assert rest == b"", "unexpected bytes after the response: %r" % rest[:200]
 
 
-def failure_counts(proxy):
-    """sightline_connection_failures_total by cause: {'access_port': 2.0, ...}."""
+def admin_metrics(proxy):
+    """The proxy's /metrics text."""
     import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=10)
     try:
         c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        assert r.status == 200, "/metrics -> %d" % r.status
+        return body
     finally:
         c.close()
+
+
+def failure_counts(proxy):
+    """sightline_connection_failures_total by cause: {'access_port': 2, ...}."""
     out = {}
-    for m in re.finditer(r'^sightline_connection_failures_total\{cause="([a-z_]+)"\} (\S+)$', text, re.M):
-        out[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r'^sightline_connection_failures_total\{cause="([a-z_]+)"\} (\S+)$',
+                         admin_metrics(proxy), re.M):
+        out[m.group(1)] = int(float(m.group(2)))
     return out
+
+
+def active_connections(proxy):
+    """sightline_active_connections summed over its labels."""
+    return int(sum(float(m.group(1)) for m in
+                   re.finditer(r'^sightline_active_connections\{[^}]*\} (\S+)$', admin_metrics(proxy), re.M)))
 
 
 def origin_metrics(proxy):
     """The proxy's sightline_origin_* series (origin pool and releases):
     {'name{labels}': value}."""
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    finally:
-        c.close()
     out = {}
-    for line in text.splitlines():
+    for line in admin_metrics(proxy).splitlines():
         if line.startswith("sightline_origin_"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
