@@ -85,8 +85,10 @@ class Parser {
                 std::uint64_t lo, std::uint64_t hi, std::uint64_t& out) {
     const toml::node* n = t.get(key);
     if (!n) return true;
-    auto v = n->value<std::int64_t>();
-    if (!n->is_integer() || !v || *v < 0 || static_cast<std::uint64_t>(*v) < lo ||
+    // value<int64> converts a float without a range check (UB past 2^63):
+    // only integers are read as integers.
+    auto v = n->is_integer() ? n->value<std::int64_t>() : std::nullopt;
+    if (!v || *v < 0 || static_cast<std::uint64_t>(*v) < lo ||
         static_cast<std::uint64_t>(*v) > hi)
       return fail(n->source(), join(prefix, key),
                   "expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
@@ -99,13 +101,13 @@ class Parser {
     const toml::node* n = t.get("compression");
     if (!n) return true;
     auto s = n->value<std::string>();
-    auto i = n->value<std::int64_t>();
     if (n->is_string() && s && *s == "fast") {
       out = -1;
       return true;
     }
-    if (n->is_integer() && i && *i >= 0 && *i <= 9) {
-      out = static_cast<int>(*i);
+    std::int64_t level = n->is_integer() ? n->value<std::int64_t>().value_or(-1) : -1;
+    if (level >= 0 && level <= 9) {
+      out = static_cast<int>(level);
       return true;
     }
     return fail(n->source(), "archive.compression",
@@ -169,7 +171,7 @@ class Parser {
     std::vector<std::string> v;
     for (auto& e : *arr) {
       std::string text;
-      if (auto i = e.value<std::int64_t>(); e.is_integer() && i) text = std::to_string(*i);
+      if (auto i = e.is_integer() ? e.value<std::int64_t>() : std::nullopt; i) text = std::to_string(*i);
       else if (auto str = e.value<std::string>(); e.is_string() && str) text = *str;
       policy::PortRange r;
       std::string why;

@@ -1,6 +1,7 @@
 #include "policy/policy.h"
 
 #include "core/text_file.h"
+#include "policy/access.h"
 #include "policy/names.h"
 
 #include <toml++/toml.h>
@@ -156,10 +157,6 @@ class NameTable {
   std::string arena_;
   std::vector<std::vector<NameEntry>> overflow_;
   std::size_t used_ = 0;
-};
-
-struct PortRange {
-  std::uint16_t lo = 0, hi = 0;
 };
 
 bool ascii_iequal(std::string_view a, std::string_view b) {
@@ -531,26 +528,8 @@ class Builder {
       return true;
     }
     auto s = e.value<std::string>();
-    if (!e.is_string() || !s) return false;
-    auto number = [](std::string_view d, std::uint16_t& out) {
-      if (d.empty() || d.size() > 5) return false;
-      std::uint32_t v = 0;
-      for (char ch : d) {
-        if (ch < '0' || ch > '9') return false;
-        v = v * 10 + static_cast<std::uint32_t>(ch - '0');
-      }
-      if (v < 1 || v > 65535) return false;
-      out = static_cast<std::uint16_t>(v);
-      return true;
-    };
-    std::string_view sv = *s;
-    auto dash = sv.find('-');
-    if (dash == std::string_view::npos) {
-      if (!number(sv, r.lo)) return false;
-      r.hi = r.lo;
-      return true;
-    }
-    return number(sv.substr(0, dash), r.lo) && number(sv.substr(dash + 1), r.hi) && r.lo <= r.hi;
+    std::string why;
+    return e.is_string() && s && parse_port_range(*s, r, why);
   }
 
   bool cidrs(const toml::table& t, std::string_view key, std::vector<Cidr>& out) {

@@ -181,7 +181,10 @@ group = "sightline"
 
   for (const char* bad : {"[access]\nallow_clients = [\"10.0.0.1/40\"]\n", "[access]\nconnect_ports = [0]\n",
                           "[access]\nconnect_ports = [\"9-1\"]\n", "[access]\nsurprise = 1\n",
-                          "[process]\ngroup = \"x\"\n", "[limits]\nmax_connections = -1\n"}) {
+                          "[process]\ngroup = \"x\"\n", "[limits]\nmax_connections = -1\n",
+                          // Floats are no integers (toml++ would convert them unchecked: found by config_fuzz).
+                          "[limits]\nmax_connections = 1e24\n", "[access]\nconnect_ports = [1e30]\n",
+                          "[archive]\ncompression = 1e30\n", "[icap]\nmax_body = 1e24\n"}) {
     CHECK_MESSAGE(!app::parse_config(bad, "t.toml", err), bad);
     CHECK(err.message.find("t.toml:") == 0);
   }
