@@ -434,7 +434,8 @@ Digest record_digest(std::string_view record) {
   const std::string prefix = "\r\n" + std::string(kChainHeader) + ":";
   const std::size_t at = head.find(prefix);
   if (at == std::string_view::npos) return sha256(head);
-  const std::size_t line_end = head.find("\r\n", at + 2);
+  // A damaged record may end inside the chain line (no blank line after it).
+  const std::size_t line_end = std::min(head.find("\r\n", at + 2), head.size());
   return thread_sha256().of({head.substr(0, at), head.substr(line_end)});
 }
 

@@ -113,8 +113,12 @@ struct H2Relay::Stream {
   std::size_t req_off = 0, resp_off = 0;
   bool req_end = false, resp_end = false;
   bool resp_head_sent = false;
+  bool resp_head_in = false;  // the origin's final (non-1xx) response head arrived
   bool down_closed = false, up_closed = false;
-  bool done_reported = false;
+  // The exchange's ending (response end or abort) was reported, or none is
+  // owed: true until the request head is, since a header block nghttp2
+  // rejects (or the connection's end) may close the stream before that.
+  bool done_reported = true;
   bool synthetic = false;  // response made by the proxy (error page)
   bool head_request = false;
   // ICAP: the message is held (not submitted) until its body ended and the
@@ -158,6 +162,13 @@ struct H2Relay::Callbacks {
     H2Relay& r = relay(ud);
     Stream* st = s == r.down_ ? r.by_down(f->hd.stream_id) : r.by_up(f->hd.stream_id);
     if (!st) return 0;
+    // nghttp2 checks that :status has three digits; like the HTTP/1.1
+    // parser, the proxy also refuses one of no class (0xx): the response is
+    // malformed, the stream is reset and the client gets a 502.
+    if (s == r.up_ && namelen == 7 && std::memcmp(name, ":status", 7) == 0 && valuelen > 0 && value[0] == '0') {
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_PROTOCOL_ERROR);
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     st->collecting.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
                                 std::string(reinterpret_cast<const char*>(value), valuelen));
     return 0;
@@ -190,6 +201,7 @@ struct H2Relay::Callbacks {
           st->ex.authority = head.authority;
           st->ex.target = head.target;
           st->ex.timing.request_head_in = Clock::now();
+          st->done_reported = false;  // from now on an ending is owed
           r.consumer_.on_request_head(st->ex, head);
           st->req_head = std::move(st->collecting);
           st->collecting.clear();
@@ -234,7 +246,9 @@ struct H2Relay::Callbacks {
     Stream* st = r.by_up(f->hd.stream_id);
     if (!st) return 0;
     if (f->hd.type == NGHTTP2_HEADERS) {
-      if (f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+      // nghttp2 files the final response that follows 1xx heads (100
+      // Continue, 103 Early Hints) under HCAT_HEADERS, like trailers.
+      if (f->headers.cat == NGHTTP2_HCAT_RESPONSE || !st->resp_head_in) {
         exchange::Head head = to_event_head(st->collecting, false, r.headers_wanted_);
         if (head.status >= 100 && head.status < 200) {
           // Informational: relayed as a non-final header block.
@@ -244,6 +258,7 @@ struct H2Relay::Callbacks {
           r.consumer_.on_response_head(st->ex, head);
           return 0;
         }
+        st->resp_head_in = true;
         st->ex.status = head.status;
         st->ex.timing.response_head_in = Clock::now();
         r.consumer_.on_response_head(st->ex, head);

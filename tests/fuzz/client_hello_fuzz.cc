@@ -6,6 +6,7 @@
 // answers need_more until its first final answer, and that answer (status and
 // extracted fields) is exactly the one for the whole input. Checked with the
 // default size cap and with a small one.
+#include "fuzz_check.h"
 #include "tls/client_hello.h"
 
 #include <cstdint>
@@ -18,16 +19,6 @@ using sightline::tls::HelloResult;
 using sightline::tls::HelloStatus;
 
 namespace {
-
-[[noreturn]] void violated(const char* what) {
-  std::fprintf(stderr, "client_hello_fuzz: invariant violated: %s\n", what);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) violated(#cond); \
-  } while (0)
 
 bool same(const ClientHelloInfo& a, const ClientHelloInfo& b) {
   return a.sni == b.sni && a.sni_is_ip == b.sni_is_ip && a.alpn == b.alpn &&

@@ -6,6 +6,7 @@
 // final answer, and that answer must be the one for the whole input. A done
 // result must describe a well-formed head, and an authority must survive a
 // round trip through HostPort::to_string().
+#include "fuzz_check.h"
 #include "net/address.h"
 #include "net/connect_request.h"
 
@@ -20,16 +21,6 @@ using sightline::net::ParseStatus;
 using sightline::net::ProxyRequest;
 
 namespace {
-
-[[noreturn]] void violated(const char* what) {
-  std::fprintf(stderr, "connect_request_fuzz: invariant violated: %s\n", what);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) violated(#cond); \
-  } while (0)
 
 void check_authority(const sightline::net::HostPort& hp) {
   FUZZ_CHECK(hp.port != 0);

@@ -12,6 +12,7 @@
 // one call right after on_head, Content-Length bodies have their length,
 // nothing is reported after an error, and a clean finish() means every byte
 // was forwarded.
+#include "fuzz_check.h"
 #include "http/h1_parser.h"
 
 #include <cstdint>
@@ -29,16 +30,6 @@ using sightline::http::HeaderList;
 using sightline::http::MessageHead;
 
 namespace {
-
-[[noreturn]] void violated(const char* what) {
-  std::fprintf(stderr, "h1_parser_fuzz: invariant violated: %s\n", what);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) violated(#cond); \
-  } while (0)
 
 const std::vector<std::vector<std::string_view>> kMethods = {
     {"GET", "GET", "GET", "GET"},

@@ -9,6 +9,7 @@
 // every response, the error and the bytes consumed. A complete response must
 // be consistent: its Encapsulated parts valid, heads present exactly for the
 // header sections, the body bounded, and its serialized heads parse again.
+#include "fuzz_check.h"
 #include "icap/icap_message.h"
 
 #include <cstdint>
@@ -22,16 +23,6 @@ using sightline::icap::ResponseParser;
 using sightline::icap::Section;
 
 namespace {
-
-[[noreturn]] void violated(const char* what) {
-  std::fprintf(stderr, "icap_response_fuzz: invariant violated: %s\n", what);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) violated(#cond); \
-  } while (0)
 
 std::string run(std::string_view in, std::size_t step, const Limits& limits) {
   ResponseParser p(limits);

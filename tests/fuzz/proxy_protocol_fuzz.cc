@@ -11,6 +11,7 @@
 // inputs of 40 bytes or more, v1 lines with TCP6 addresses in every textual
 // form (compressed, padded, upper case, dotted tail) and a TCP4 line are also
 // built and checked the same way.
+#include "fuzz_check.h"
 #include "net/proxy_protocol.h"
 
 #include <arpa/inet.h>
@@ -32,16 +33,6 @@ using sightline::net::ProxyParseStatus;
 using sightline::net::ProxyProtocolVersion;
 
 namespace {
-
-[[noreturn]] void violated(const char* what) {
-  std::fprintf(stderr, "proxy_protocol_fuzz: invariant violated: %s\n", what);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) violated(#cond); \
-  } while (0)
 
 using Span = std::span<const std::uint8_t>;
 

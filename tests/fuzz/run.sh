@@ -18,13 +18,14 @@ fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
-targets="${FUZZ_TARGETS:-h1_parser client_hello connect_request proxy_protocol icap_response}"
+targets="${FUZZ_TARGETS:-h1_parser client_hello connect_request proxy_protocol icap_response warc_reader config policy h2_frames}"
 
 if [ ! -f "$build/build.ninja" ]; then
   CXX="${FUZZ_CXX:-clang++}" meson setup "$build" "$root" \
     -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false
 fi
 ninja -C "$build"
+build="$(cd "$build" && pwd)"  # the targets run from their work directory
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sightline-fuzz.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -47,22 +48,27 @@ for t in $targets; do
   echo "== $t: ${seconds}s, $(ls "$corpus" | wc -l) seeds"
   log="$work/$t/fuzz.log"
   set +e
+  # From the work directory: with -jobs, libFuzzer writes each job's log
+  # (fuzz-N.log) into the current directory.
   # shellcheck disable=SC2086  # FUZZ_ARGS is a list of flags
-  "$exe" "$corpus" -max_total_time="$seconds" -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" "${dict[@]}" ${FUZZ_ARGS:-} >"$log" 2>&1
+  (cd "$work/$t" && "$exe" "$corpus" -max_total_time="$seconds" -print_final_stats=1 \
+    -artifact_prefix="$artifacts/" "${dict[@]}" ${FUZZ_ARGS:-}) >"$log" 2>&1
   rc=$?
   set -e
 
-  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
-  rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")"
-  cov="$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)"
+  # Totals over the main log and the jobs' logs, if any.
+  logs=("$log" "$work/$t"/fuzz-*.log)
+  [ -f "${logs[1]}" ] || logs=("$log")
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
+  rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
+  cov="$(cat "${logs[@]}" | grep -o 'cov: [0-9]*' | sort -t' ' -k2 -n | tail -1 || true)"
   echo "   exit $rc, ${runs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) files"
   if [ "$rc" -ne 0 ]; then
     failed+=("$t")
     keep="$build/fuzz-artifacts/$t"
     mkdir -p "$keep"
     cp -R "$artifacts/." "$keep/" 2>/dev/null || true
-    cp "$log" "$keep/fuzz.log"
+    cp "${logs[@]}" "$keep/"
     echo "   FAILED: last lines of the log (full log and reproducers in $keep):"
     tail -n 40 "$log" | sed 's/^/   | /'
     echo "   reproduce: $exe $keep/<crash-file>"
