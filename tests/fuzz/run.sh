@@ -7,7 +7,9 @@
 #   tests/fuzz/run.sh [SECONDS_PER_TARGET]
 #
 # Environment: FUZZ_BUILD_DIR (default build-fuzz), FUZZ_CXX (default
-# clang++), FUZZ_TARGETS (default: all), FUZZ_ARGS (extra libFuzzer flags).
+# clang++), FUZZ_TARGETS (default: all), FUZZ_ARGS (extra libFuzzer flags),
+# FUZZ_PARALLEL (targets fuzzed at once; default: the number of cores, each
+# target being one process unless FUZZ_ARGS asks for -jobs).
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -34,19 +36,21 @@ trap 'rm -rf "$work"' EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:print_stacktrace=1}"
 
-failed=()
-for t in $targets; do
-  exe="$build/tests/fuzz/${t}_fuzz"
-  seeds="$root/tests/fuzz/corpus/$t"
-  corpus="$work/$t/corpus"
-  artifacts="$work/$t/artifacts"
+# One target: its report goes to $work/$t/report, its exit code to $work/$t/rc.
+fuzz_one() {
+  local t="$1"
+  local exe="$build/tests/fuzz/${t}_fuzz"
+  local seeds="$root/tests/fuzz/corpus/$t"
+  local corpus="$work/$t/corpus"
+  local artifacts="$work/$t/artifacts"
+  local report="$work/$t/report"
   mkdir -p "$corpus" "$artifacts"
   cp -R "$seeds/." "$corpus/"
-  dict=()
+  local dict=()
   [ -f "$root/tests/fuzz/$t.dict" ] && dict=("-dict=$root/tests/fuzz/$t.dict")
 
-  echo "== $t: ${seconds}s, $(ls "$corpus" | wc -l) seeds"
-  log="$work/$t/fuzz.log"
+  echo "== $t: ${seconds}s, $(ls "$corpus" | wc -l) seeds" >"$report"
+  local log="$work/$t/fuzz.log" rc
   set +e
   # From the work directory: with -jobs, libFuzzer writes each job's log
   # (fuzz-N.log) into the current directory.
@@ -57,22 +61,45 @@ for t in $targets; do
   set -e
 
   # Totals over the main log and the jobs' logs, if any.
-  logs=("$log" "$work/$t"/fuzz-*.log)
+  local logs=("$log" "$work/$t"/fuzz-*.log)
   [ -f "${logs[1]}" ] || logs=("$log")
+  local runs rate cov
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
   cov="$(cat "${logs[@]}" | grep -o 'cov: [0-9]*' | sort -t' ' -k2 -n | tail -1 || true)"
-  echo "   exit $rc, ${runs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) files"
+  echo "   exit $rc, ${runs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) files" >>"$report"
   if [ "$rc" -ne 0 ]; then
-    failed+=("$t")
-    keep="$build/fuzz-artifacts/$t"
+    local keep="$build/fuzz-artifacts/$t"
     mkdir -p "$keep"
     cp -R "$artifacts/." "$keep/" 2>/dev/null || true
     cp "${logs[@]}" "$keep/"
-    echo "   FAILED: last lines of the log (full log and reproducers in $keep):"
-    tail -n 40 "$log" | sed 's/^/   | /'
-    echo "   reproduce: $exe $keep/<crash-file>"
+    {
+      echo "   FAILED: last lines of the log (full log and reproducers in $keep):"
+      tail -n 40 "$log" | sed 's/^/   | /'
+      echo "   reproduce: $exe $keep/<crash-file>"
+    } >>"$report"
   fi
+  echo "$rc" >"$work/$t/rc"
+}
+
+# Each target is one process on one core: the targets share the cores.
+parallel="${FUZZ_PARALLEL:-$(nproc)}"
+running=0
+for t in $targets; do
+  if [ "$running" -ge "$parallel" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  mkdir -p "$work/$t"
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
+
+failed=()
+for t in $targets; do
+  cat "$work/$t/report" 2>/dev/null || echo "== $t: no report"
+  [ "$(cat "$work/$t/rc" 2>/dev/null || echo 1)" = 0 ] || failed+=("$t")
 done
 
 if [ "${#failed[@]}" -ne 0 ]; then
