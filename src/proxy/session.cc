@@ -217,6 +217,12 @@ void Session::after_proxy_header() {
     connect_known_target();
     return;
   }
+  read_request_head();
+}
+
+// Explicit listeners: the request head, starting with what came after a
+// PROXY header, within timeouts.handshake.
+void Session::read_request_head() {
   state_ = State::reading_request;
   arm_timer(ctx_.settings.handshake_timeout);
   if (!inbuf_.empty()) {
@@ -261,15 +267,7 @@ bool Session::admit_client() {
   // The client's request head is read (bounded by timeouts.handshake and
   // limits.max_request_head) so it gets the answer rather than a reset.
   admission_refusal_ = std::move(refusal);
-  state_ = State::reading_request;
-  arm_timer(ctx_.settings.handshake_timeout);
-  if (!inbuf_.empty()) {
-    std::string early;
-    early.swap(inbuf_);
-    on_request_data(early.data(), early.size());
-    if (state_ != State::reading_request) return false;
-  }
-  start_reading(client_);
+  read_request_head();
   return false;
 }
 

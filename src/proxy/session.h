@@ -181,6 +181,7 @@ class Session final : public tls::ClientHandshakeHandler,
   // Access control and connection limits, once the client's address is
   // known (after a PROXY header); false when the connection is refused.
   bool admit_client();
+  void read_request_head();
   void note_leg_lost(const Leg& leg);
   bool connecting() const;
   void park_origin_if_idle();
