@@ -66,7 +66,8 @@ fuzz_one() {
   local runs rate cov
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "${logs[@]}" | awk '{s += $1} END {if (NR) print s}')"
-  cov="$(cat "${logs[@]}" | grep -o 'cov: [0-9]*' | sort -t' ' -k2 -n | tail -1 || true)"
+  cov="$(awk 'match($0, /cov: [0-9]+/) {v = substr($0, RSTART + 5, RLENGTH - 5) + 0; if (v > m) m = v}
+             END {if (m) print "cov: " m}' "${logs[@]}")"
   echo "   exit $rc, ${runs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) files" >>"$report"
   if [ "$rc" -ne 0 ]; then
     local keep="$build/fuzz-artifacts/$t"
@@ -87,11 +88,13 @@ parallel="${FUZZ_PARALLEL:-$(nproc)}"
 running=0
 for t in $targets; do
   if [ "$running" -ge "$parallel" ]; then
-    wait -n || true
+    wait -n
     running=$((running - 1))
   fi
   mkdir -p "$work/$t"
-  fuzz_one "$t" &
+  # A target that fails before writing its rc (a missing corpus, say) is
+  # recorded as failed here, so every job exits 0 and `wait` never stops the script.
+  { fuzz_one "$t" || echo 1 >"$work/$t/rc"; } &
   running=$((running + 1))
 done
 wait
