@@ -160,33 +160,14 @@ def rst_close(sock):
 # --------------------------------------------------------------------------
 # raw TCP origins (no TLS)
 
-class RawOrigin:
+class RawOrigin(h.TcpServer):
     """TCP listener on 127.0.0.1; each accepted socket goes to handler(sock,
     stop_event) on its own thread. kill() closes everything."""
 
     def __init__(self, handler):
         self.handler = handler
         self.stop = threading.Event()
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.accepted = 0
-        self.socks = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-        h._register(self)
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                self.socks.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(backlog=16)
 
     def _serve(self, c):
         try:
@@ -196,19 +177,8 @@ class RawOrigin:
             pass
 
     def kill(self):
-        h._unregister(self)
         self.stop.set()
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        with self.lock:
-            socks = list(self.socks)
-        for s in socks:
-            try:
-                s.close()
-            except OSError:
-                pass
+        super().kill()
 
 
 def silent_handler(c, stop):

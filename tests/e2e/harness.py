@@ -1546,24 +1546,18 @@ def http_response(status, body=b"", reason=None, headers=()):
     return out.encode("latin-1") + b"\r\n" + body
 
 
-class ConnectForwarder:
-    """A local TCP port (127.0.0.1) that opens a CONNECT tunnel through the
-    proxy to target for every connection it accepts and splices both ways,
-    so clients without proxy support (nghttp, h2load) can go through the
-    proxy. The client itself must send the target's SNI (e.g.
-    https://localhost:FWDPORT/ sends 'localhost')."""
+class TcpServer:
+    """A TCP listener on 127.0.0.1: each accepted socket is served by
+    self._serve(sock) on a thread of its own. kill() closes the listener and
+    shuts every socket down (which wakes threads blocked on them)."""
 
-    def __init__(self, proxy_port, target):
-        self.proxy_port = proxy_port
-        self.target = target
+    def __init__(self, backlog=128):
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(128)
+        self.lsock.listen(backlog)
         self.port = self.lsock.getsockname()[1]
         self.accepted = 0
-        self.errors = []
         self.socks = []
-        self.clients = []     # local address of each tunnel to the proxy
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.thread.start()
@@ -1579,6 +1573,39 @@ class ConnectForwarder:
                 self.accepted += 1
                 self.socks.append(c)
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        raise NotImplementedError
+
+    def kill(self):
+        _unregister(self)
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class ConnectForwarder(TcpServer):
+    """A local TCP port (127.0.0.1) that opens a CONNECT tunnel through the
+    proxy to target for every connection it accepts and splices both ways,
+    so clients without proxy support (nghttp, h2load) can go through the
+    proxy. The client itself must send the target's SNI (e.g.
+    https://localhost:FWDPORT/ sends 'localhost')."""
+
+    def __init__(self, proxy_port, target):
+        self.proxy_port = proxy_port
+        self.target = target
+        self.errors = []
+        self.clients = []     # local address of each tunnel to the proxy
+        super().__init__()
 
     def _serve(self, c):
         try:
@@ -1618,20 +1645,6 @@ class ConnectForwarder:
             b.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def kill(self):
-        _unregister(self)
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        with self.lock:
-            socks = list(self.socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class NginxSite:
